@@ -1,0 +1,41 @@
+# kdlab: `make repro` runs the whole study, `make test` the test suite (both set everything up first).
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.kdlab-installed
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+export PATH := $(abspath $(BIN)):$(PATH)
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: setup data-package repro test ui clean-venv
+
+setup: $(STAMP) data-package
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || python3 -m venv $(VENV)
+	@echo "installing kdlab and its pinned dependencies into $(VENV) (torch from local disk, about 3 minutes)"
+	$(BIN)/pip install -q -e '.[test]' 2>&1 | { grep -v '^WARNING: Location .* is ignored' || true; }
+	touch $(STAMP)
+
+# Fashion-MNIST, the offline default, ships as a Debian package.
+data-package:
+	@if [ ! -e $(FMNIST) ]; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	  else \
+	    echo "note: $(FMNIST) missing and apt-get unavailable (or not root); kdlab prepare will try torchvision's download"; \
+	  fi; \
+	fi
+
+repro: setup
+	dvc repro
+
+test: setup
+	$(BIN)/python -m pytest
+
+ui: setup
+	$(BIN)/kdlab ui
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,2 @@
+"""kdlab: reproducible knowledge-distillation studies."""
+__version__ = "0.1.0"

@@ -1,0 +1,76 @@
+"""``kdlab cache``: the teacher's logits for every view a student can draw (shared/DESIGN.md).
+
+data/teacher_logits/train.pt holds ``view_ids`` (N, K) int16 and ``logits`` (N, K, classes) fp16, with
+the teacher checkpoint's sha256 and the view settings, so a cache built by another teacher or with other
+views is refused instead of silently used. eval.pt holds the identity-view logits of val and test.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from kdlab import io, views
+from kdlab.params import Params
+
+CACHE = Path("data/teacher_logits")
+REBUILD = "dvc repro cache"
+
+
+@torch.no_grad()
+def teacher_logits_for(teacher, images, view_table, normalize, pad: int, batch_size: int, autocast) -> torch.Tensor:
+    """Logits (N, K, classes) fp16 of ``teacher`` on view ``view_table[i, k]`` of image i."""
+    n, k = view_table.shape
+    device = normalize.mean.device
+    flat = torch.arange(n * k)
+    out = None
+    for start in tqdm(range(0, n * k, batch_size), desc="cache teacher logits", dynamic_ncols=True, mininterval=2.0):
+        pairs = flat[start:start + batch_size]
+        img_idx, slot = pairs // k, pairs % k
+        x = views.render(images[img_idx].to(device), view_table[img_idx, slot].long().to(device), pad)
+        with autocast:
+            logits = teacher(normalize(x)).float().cpu()
+        if out is None:
+            out = torch.empty(n * k, logits.shape[1], dtype=torch.float16)
+        out[start:start + len(pairs)] = logits.half()
+    return out.view(n, k, -1)
+
+
+def run_cache(p: Params) -> dict:
+    from kdlab.stages import TEACHER, context, load_model
+    from kdlab.train import autocast, predict
+
+    ctx = context(p, p.cache.seed)
+    teacher = load_model(TEACHER, ctx, "dvc repro teacher")
+    train = ctx.splits["train"]
+    table = views.view_table(len(train["labels"]), p.views.pad, p.views.flip, p.cache.views, p.cache.seed)
+    logits = teacher_logits_for(teacher, train["images"], table, ctx.normalize, p.views.pad, p.cache.batch_size,
+                                autocast(ctx.device))
+    stamp = {"teacher_sha256": io.sha256(TEACHER), "pad": p.views.pad, "flip": p.views.flip,
+             "views": p.cache.views, "seed": p.cache.seed}
+    io.save_torch({"view_ids": table, "logits": logits, **stamp}, CACHE / "train.pt")
+    evals = {s: predict(teacher, ctx.splits[s]["images"], ctx.splits[s]["labels"], ctx.normalize,
+                        p.cache.batch_size).half() for s in ("val", "test")}
+    io.save_torch({**evals, **stamp}, CACHE / "eval.pt")
+    correct = (logits.float().argmax(-1) == train["labels"][:, None]).float().mean().item()
+    print(f"cached {tuple(logits.shape)} teacher logits; teacher correct on {correct:.4f} of cached train views")
+    return {"views_per_image": table.shape[1], "teacher_train_view_acc": correct}
+
+
+def load_train(p: Params) -> tuple[torch.Tensor, torch.Tensor]:
+    """(view_ids, logits) of the cache, checked against the current teacher and view params."""
+    from kdlab.stages import TEACHER
+
+    path = CACHE / "train.pt"
+    c = io.load_torch(path, REBUILD)
+    expected = {"pad": p.views.pad, "flip": p.views.flip, "views": p.cache.views, "seed": p.cache.seed}
+    got = {k: c.get(k) for k in expected}
+    if got != expected:
+        raise RuntimeError(f"{path} was built with {got} but params ask for {expected}; rebuild it with `{REBUILD}`")
+    if TEACHER.exists() and c.get("teacher_sha256") != io.sha256(TEACHER):
+        raise RuntimeError(f"{path} was built by another teacher than {TEACHER}; rebuild it with `{REBUILD}`")
+    if c["logits"].shape[:2] != c["view_ids"].shape:
+        raise RuntimeError(f"{path} is inconsistent (logits {tuple(c['logits'].shape)}, view ids "
+                           f"{tuple(c['view_ids'].shape)}); rebuild it with `{REBUILD}`")
+    return c["view_ids"], c["logits"]

@@ -1,0 +1,289 @@
+"""params.yaml -> frozen dataclasses, validated before any work.
+
+Every error names the offending key (dotted, e.g. ``loss.alpha``) and, where the
+value comes from a fixed set, the allowed values.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Union
+
+import yaml
+
+
+#: the labels-only student every distillation variant is compared against
+BASELINE = "raw"
+
+
+class ParamsError(ValueError):
+    """A bad value in params.yaml (or an override); the message names the key."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(f"params: {key}: {message}")
+
+
+@dataclass(frozen=True)
+class SyntheticParams:
+    n_train: int = 600
+    n_test: int = 200
+    image_size: int = 12
+    channels: int = 1
+    classes: int = 4
+
+
+@dataclass(frozen=True)
+class DataParams:
+    name: str = "fashion_mnist"
+    root: str = "data/raw"
+    val_size: int = 5000
+    split_seed: int = 0
+    synthetic: SyntheticParams = field(default_factory=SyntheticParams)
+
+
+@dataclass(frozen=True)
+class ViewParams:
+    pad: int = 2
+    flip: bool = True
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    arch: str = "resnet20"
+    width: float = 1.0
+    epochs: int = 10
+    lr: float = 0.1
+    seed: int = 0
+    channels_last: Union[bool, Literal["auto"]] = "auto"  # auto: on CUDA only
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: Literal["onecycle", "cosine"] = "onecycle"
+    warmup: float = 0.2
+    label_smoothing: float = 0.0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = 0
+
+
+@dataclass(frozen=True)
+class LossParams:
+    alpha: float = 0.5
+    temperature: float = 4.0
+
+
+@dataclass(frozen=True)
+class CacheParams:
+    views: Union[int, Literal["all"]] = "all"
+    seed: int = 0
+    batch_size: int = 1000
+
+
+@dataclass(frozen=True)
+class StudyParams:
+    variants: list[str] = field(default_factory=lambda: ["kd", "kd_correct_only"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams = field(default_factory=DataParams)
+    views: ViewParams = field(default_factory=ViewParams)
+    teacher: ModelParams = field(default_factory=ModelParams)
+    student: ModelParams = field(default_factory=lambda: ModelParams(arch="resnet8"))
+    train: TrainParams = field(default_factory=TrainParams)
+    loss: LossParams = field(default_factory=LossParams)
+    cache: CacheParams = field(default_factory=CacheParams)
+    study: StudyParams = field(default_factory=StudyParams)
+
+
+# ---------------------------------------------------------------- parsing
+
+def _convert(key: str, tp, value):
+    """Check ``value`` against the annotation ``tp``; return the (possibly coerced) value."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ParamsError(key, f"expected a mapping, got {value!r}")
+        return _build(tp, value, key)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ParamsError(key, f"{value!r} is not allowed; allowed: {', '.join(map(str, typing.get_args(tp)))}")
+        return value
+    if origin is Union:
+        errors = []
+        for option in typing.get_args(tp):
+            try:
+                return _convert(key, option, value)
+            except ParamsError as e:
+                errors.append(str(e).split(": ", 2)[-1])
+        raise ParamsError(key, " or ".join(errors))
+    if origin is list:
+        if not isinstance(value, list):
+            raise ParamsError(key, f"expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_convert(f"{key}[{i}]", item_tp, v) for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(key, f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(key, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamsError(key, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ParamsError(key, f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {tp} for {key}")
+
+
+def _build(cls, raw: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for k in raw:
+        if k not in names:
+            where = f"{prefix}.{k}" if prefix else str(k)
+            raise ParamsError(where, f"unknown key; allowed keys here: {', '.join(names)}")
+    kwargs = {k: _convert(f"{prefix}.{k}" if prefix else k, hints[k], v) for k, v in raw.items()}
+    return cls(**kwargs)
+
+
+def _positive(key: str, value, strict: bool = True):
+    if (value <= 0) if strict else (value < 0):
+        raise ParamsError(key, f"must be {'>' if strict else '>='} 0, got {value}")
+
+
+def _choice(key: str, value: str, allowed) -> None:
+    if value not in allowed:
+        raise ParamsError(key, f"unknown name {value!r}; allowed: {', '.join(sorted(allowed))}")
+
+
+def validate(p: Params) -> Params:
+    """Range and name checks that a type annotation cannot express."""
+    from kdlab.data import DATASETS
+    from kdlab.distill import METHODS
+    from kdlab.models import ARCHS
+
+    _choice("data.name", p.data.name, DATASETS)
+    _positive("data.val_size", p.data.val_size)
+    s = p.data.synthetic
+    for k in ("n_train", "n_test", "image_size", "channels"):
+        _positive(f"data.synthetic.{k}", getattr(s, k))
+    if s.classes < 2:
+        raise ParamsError("data.synthetic.classes", f"must be >= 2, got {s.classes}")
+    _positive("views.pad", p.views.pad, strict=False)
+    for role in ("teacher", "student"):
+        m = getattr(p, role)
+        _choice(f"{role}.arch", m.arch, ARCHS)
+        _positive(f"{role}.width", m.width)
+        if m.width != 1.0 and not ARCHS[m.arch].has_width:
+            raise ParamsError(f"{role}.width", f"{m.arch} has no width multiplier; use 1.0 or one of "
+                              f"{', '.join(sorted(a for a, s in ARCHS.items() if s.has_width))}")
+        _positive(f"{role}.epochs", m.epochs)
+        _positive(f"{role}.lr", m.lr)
+    t = p.train
+    _positive("train.batch_size", t.batch_size)
+    _positive("train.eval_batch_size", t.eval_batch_size)
+    _positive("train.weight_decay", t.weight_decay, strict=False)
+    if not 0 <= t.momentum < 1:
+        raise ParamsError("train.momentum", f"must be in [0, 1), got {t.momentum}")
+    if not 0 <= t.warmup < 1:
+        raise ParamsError("train.warmup", f"must be in [0, 1), got {t.warmup}")
+    if not 0 <= t.label_smoothing < 1:
+        raise ParamsError("train.label_smoothing", f"must be in [0, 1), got {t.label_smoothing}")
+    _positive("train.threads", t.threads, strict=False)
+    if not 0 <= p.loss.alpha <= 1:
+        raise ParamsError("loss.alpha", f"must be in [0, 1], got {p.loss.alpha}")
+    _positive("loss.temperature", p.loss.temperature)
+    if p.cache.views != "all":
+        from kdlab.views import num_views
+
+        total = num_views(p.views.pad, p.views.flip)
+        if not 1 <= p.cache.views <= total:
+            raise ParamsError("cache.views", f"must be 'all' or an integer in [1, {total}] "
+                              f"(views.pad={p.views.pad}, views.flip={p.views.flip} give {total} views), "
+                              f"got {p.cache.views}")
+    _positive("cache.batch_size", p.cache.batch_size)
+    if not p.study.variants:
+        raise ParamsError("study.variants", "is empty; list at least one of "
+                          + ", ".join(sorted(m for m in METHODS if m != BASELINE)))
+    distillers = sorted(m for m in METHODS if m != BASELINE)
+    for i, v in enumerate(p.study.variants):
+        if v == BASELINE:
+            raise ParamsError(f"study.variants[{i}]", f"{BASELINE!r} is the baseline, trained by the `baseline` "
+                              f"stage in every study; list only distillation variants: {', '.join(distillers)}")
+        _choice(f"study.variants[{i}]", v, distillers)
+    if len(set(p.study.variants)) != len(p.study.variants):
+        raise ParamsError("study.variants", f"has duplicates: {p.study.variants}")
+    if not p.study.seeds:
+        raise ParamsError("study.seeds", "is empty; give at least one seed, e.g. [0, 1, 2]")
+    if len(set(p.study.seeds)) != len(p.study.seeds):
+        raise ParamsError("study.seeds", f"has duplicates: {p.study.seeds}")
+    for i, s_ in enumerate(p.study.seeds):
+        _positive(f"study.seeds[{i}]", s_, strict=False)
+    return p
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """``loss.alpha=0.7`` -> ("loss.alpha", 0.7); the value is read as YAML."""
+    if "=" not in text:
+        raise ParamsError(text, "an override must look like key=value, e.g. loss.alpha=0.7")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def _apply(raw: dict, key: str, value) -> None:
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ParamsError(key, f"{part} is not a mapping")
+    node[parts[-1]] = value
+
+
+def from_dict(raw: dict | None, overrides: list[str] = ()) -> Params:
+    raw = dict(raw or {})
+    for text in overrides:
+        _apply(raw, *parse_override(text))
+    return validate(_build(Params, raw))
+
+
+def load(path: str | Path = "params.yaml", overrides: list[str] = ()) -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found; run kdlab from the repository root (where params.yaml is)")
+    with open(path) as f:
+        try:
+            raw = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ParamsError(str(path), f"is not valid YAML: {e}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ParamsError(str(path), "must be a mapping of sections (data, teacher, student, ...)")
+    return from_dict(raw, overrides)
+
+
+def flatten(obj, prefix: str = "") -> dict[str, object]:
+    """Dataclass tree -> {"loss.alpha": 0.5, ...} for tracking."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        k = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(v):
+            out.update(flatten(v, k + "."))
+        else:
+            out[k] = v
+    return out

@@ -1,0 +1,111 @@
+"""The training stages: ``kdlab teacher`` and ``kdlab student --variant V --seed S``."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from kdlab import data, distill, io, models, runtime, tracking, views
+from kdlab.loader import Normalize, TrainBatches
+from kdlab.params import Params, flatten
+from kdlab.train import accuracy, fit, predict
+
+TEACHER = Path("models/teacher.pt")
+STUDENTS = Path("models/students")
+METRICS = Path("metrics")
+
+
+@dataclass
+class Context:
+    device: torch.device
+    meta: dict
+    splits: dict
+    normalize: Normalize
+
+
+def context(p: Params, seed: int) -> Context:
+    dev = runtime.setup(p.train, seed)
+    meta, splits = data.load_prepared()
+    return Context(dev, meta, splits, Normalize(meta["mean"], meta["std"], dev, channels_last=dev.type == "cuda"))
+
+
+def build_model(spec, ctx: Context) -> torch.nn.Module:
+    model = models.build(spec.arch, ctx.meta["channels"], ctx.meta["classes"], spec.width).to(ctx.device)
+    channels_last = ctx.device.type == "cuda" if spec.channels_last == "auto" else spec.channels_last
+    # convolutions follow the weights' memory format, so the inputs can stay as they are
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def load_model(path: Path, ctx: Context, rebuild: str) -> torch.nn.Module:
+    ckpt = io.load_torch(path, rebuild)
+    model = models.build(ckpt["arch"], ckpt["in_channels"], ckpt["classes"], ckpt["width"]).to(ctx.device)
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
+
+
+def _train_and_save(p: Params, ctx: Context, role: str, spec, seed: int, method, batches: TrainBatches,
+                    model_path: Path, metrics_path: Path, run_name: str, extra: dict) -> dict:
+    model = build_model(spec, ctx)
+    val = (ctx.splits["val"]["images"], ctx.splits["val"]["labels"])
+    test = (ctx.splits["test"]["images"], ctx.splits["test"]["labels"])
+    start = time.perf_counter()
+    with tracking.run(role, run_name, flatten(p), {**extra, "seed": seed}) as run:
+        def on_epoch(row):
+            run.log({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+
+        res = fit(model, method, batches, val, spec.epochs, spec.lr, p.train, run_name, on_epoch)
+        model.load_state_dict(res.last_state)
+        test_acc_last = accuracy(predict(model, *test, ctx.normalize, p.train.eval_batch_size), test[1])
+        model.load_state_dict(res.best_state)
+        test_acc = accuracy(predict(model, *test, ctx.normalize, p.train.eval_batch_size), test[1])
+        metrics = {
+            "val_acc": res.best_val_acc, "test_acc": test_acc, "best_epoch": res.best_epoch,
+            "val_acc_last": res.last_val_acc, "test_acc_last": test_acc_last, "epochs": spec.epochs,
+            "params": models.count_params(model), "train_seconds": res.train_seconds,
+            "wall_seconds": time.perf_counter() - start,
+        }
+        io.save_torch({
+            "arch": spec.arch, "width": spec.width, "in_channels": ctx.meta["channels"],
+            "classes": ctx.meta["classes"], "state_dict": res.best_state, "seed": seed,
+            "history": res.history, "metrics": metrics, "data_sha256": ctx.meta["sha256"], **extra,
+        }, model_path)
+        io.save_json(metrics, metrics_path)
+        # "val_acc" is the per-epoch curve in MLflow; the chosen epoch's value goes in as best_val_acc
+        run.log({("best_val_acc" if k == "val_acc" else k): v for k, v in metrics.items()})
+    print(f"{run_name}: val {metrics['val_acc']:.4f} (epoch {res.best_epoch}) test {test_acc:.4f} "
+          f"in {metrics['wall_seconds']:.0f}s")
+    return metrics
+
+
+def run_teacher(p: Params) -> dict:
+    ctx = context(p, p.teacher.seed)
+    train = ctx.splits["train"]
+    table = views.view_table(len(train["labels"]), p.views.pad, p.views.flip, "all", 0)
+    batches = TrainBatches(train["images"], train["labels"], ctx.normalize, p.train.batch_size, p.views.pad,
+                           table, seed=p.teacher.seed)
+    return _train_and_save(p, ctx, "teacher", p.teacher, p.teacher.seed, distill.build("raw", p), batches,
+                           TEACHER, METRICS / "teacher.json", "teacher", {})
+
+
+def student_paths(variant: str, seed: int) -> tuple[Path, Path]:
+    return STUDENTS / f"{variant}-{seed}.pt", METRICS / "students" / f"{variant}-{seed}.json"
+
+
+def run_student(p: Params, variant: str, seed: int) -> dict:
+    from kdlab import cache
+
+    method = distill.build(variant, p)
+    ctx = context(p, seed)
+    train = ctx.splits["train"]
+    if method.uses_teacher_logits:
+        table, teacher_logits = cache.load_train(p)
+    else:  # the same views the KD students draw from, without reading the teacher
+        table = views.view_table(len(train["labels"]), p.views.pad, p.views.flip, p.cache.views, p.cache.seed)
+        teacher_logits = None
+    batches = TrainBatches(train["images"], train["labels"], ctx.normalize, p.train.batch_size, p.views.pad,
+                           table, seed=seed, teacher_logits=teacher_logits)
+    model_path, metrics_path = student_paths(variant, seed)
+    return _train_and_save(p, ctx, "student", p.student, seed, method, batches, model_path, metrics_path,
+                           f"{variant}-{seed}", {"variant": variant})

@@ -1,0 +1,120 @@
+"""One training loop for the teacher and every student.
+
+SGD (momentum, nesterov, weight decay), one-cycle or cosine schedule stepped per batch, bf16 autocast
+and channels_last on CUDA, validation every epoch. The state with the best *validation* accuracy is
+kept; the test split is never looked at here.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from kdlab.loader import Batch, Normalize, TrainBatches, eval_batches
+
+
+@dataclass
+class FitResult:
+    best_state: dict
+    best_epoch: int
+    best_val_acc: float
+    last_val_acc: float
+    last_state: dict
+    history: list[dict] = field(default_factory=list)
+    train_seconds: float = 0.0
+
+
+def make_optimizer(model: nn.Module, lr: float, tp) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=tp.momentum, nesterov=tp.nesterov and tp.momentum > 0,
+                           weight_decay=tp.weight_decay)
+
+
+def make_schedule(opt, total_steps: int, tp) -> torch.optim.lr_scheduler.LambdaLR:
+    warm = max(1, int(tp.warmup * total_steps)) if tp.warmup > 0 else 0
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = (step - warm) / max(1, total_steps - warm)
+        if tp.schedule == "onecycle":
+            return max(0.0, 1.0 - t)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize: Normalize,
+            batch_size: int) -> torch.Tensor:
+    """Logits (float32, on the CPU) for the identity view of every image."""
+    model.eval()
+    device = normalize.mean.device
+    out = []
+    for b in eval_batches(images, labels, normalize, batch_size):
+        with autocast(device):
+            out.append(model(b.images).float().cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return (logits.argmax(dim=1) == labels.cpu()).float().mean().item()
+
+
+def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Batch], tuple], batches: TrainBatches,
+        val: tuple[torch.Tensor, torch.Tensor], epochs: int, lr: float, tp, desc: str,
+        on_epoch: Optional[Callable[[dict], None]] = None) -> FitResult:
+    """Train ``model`` with ``loss_fn`` (a distillation method) and return the best-on-val state."""
+    device = batches.normalize.mean.device
+    opt = make_optimizer(model, lr, tp)
+    sched = make_schedule(opt, epochs * len(batches), tp)
+    best = (-1.0, 0, None)
+    history = []
+    start = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        model.train()
+        sums: dict[str, torch.Tensor] = {}
+        seen = 0
+        bar = tqdm(batches.epoch(epoch), total=len(batches), desc=f"{desc} epoch {epoch}/{epochs}",
+                   leave=False, dynamic_ncols=True, mininterval=1.0)
+        for batch in bar:
+            with autocast(device):
+                _, terms = loss_fn(model, batch)
+            loss = sum(terms.values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            n = len(batch.labels)
+            seen += n
+            for k, v in terms.items():  # summed on the device: no host sync inside the step loop
+                sums[k] = sums.get(k, 0) + v.detach().float() * n
+        terms_mean = {k: (v / seen).item() for k, v in sums.items()}
+        if not all(math.isfinite(v) for v in terms_mean.values()):
+            raise FloatingPointError(f"{desc}: non-finite loss at epoch {epoch}: {terms_mean}")
+        val_logits = predict(model, *val, batches.normalize, tp.eval_batch_size)
+        val_acc = accuracy(val_logits, val[1])
+        row = {"epoch": epoch, "val_acc": val_acc, "loss": sum(terms_mean.values()),
+               "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - start,
+               **{f"loss/{k}": v for k, v in terms_mean.items()}}
+        history.append(row)
+        tqdm.write(f"{desc} epoch {epoch}/{epochs}: loss {row['loss']:.4f} val_acc {val_acc:.4f} "
+                   f"({row['seconds']:.0f}s)")
+        if on_epoch:
+            on_epoch(row)
+        if val_acc > best[0]:
+            best = (val_acc, epoch, copy.deepcopy(model.state_dict()))
+    return FitResult(best_state=best[2], best_epoch=best[1], best_val_acc=best[0], last_val_acc=history[-1]["val_acc"],
+                     last_state=copy.deepcopy(model.state_dict()), history=history,
+                     train_seconds=time.perf_counter() - start)

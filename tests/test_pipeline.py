@@ -1,0 +1,112 @@
+"""End to end: the real dvc.yaml in a temp git repo on tiny synthetic data, with a real MLflow store."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+TINY = {
+    "data": {"name": "synthetic", "val_size": 100,
+             "synthetic": {"n_train": 400, "n_test": 100, "image_size": 10, "channels": 1, "classes": 3}},
+    "views": {"pad": 1, "flip": True},
+    "teacher": {"arch": "resnet8", "width": 0.5, "epochs": 2, "lr": 0.1},
+    "student": {"arch": "resnet8", "width": 0.25, "epochs": 1, "lr": 0.1},
+    "train": {"batch_size": 64, "eval_batch_size": 200, "threads": 1},
+    "cache": {"views": 3},
+    "study": {"seeds": [0]},
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base.get(k, {}), v) if isinstance(v, dict) else v
+    return out
+
+
+def _run(cmd, cwd, env):
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, f"{cmd} failed:\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}"
+    return res.stdout + res.stderr
+
+
+def _ran(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+@pytest.fixture
+def repo(tmp_path):
+    root = tmp_path / "study"
+    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for f in ("dvc.yaml", "pyproject.toml", ".gitignore"):
+        shutil.copy(REPO / f, root / f)
+    params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t", PYTHONPATH=str(root / "src"),
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("DVC_ROOT", None)
+    _run(["git", "init", "-q", "-b", "main"], root, env)
+    _run(["dvc", "init", "-q"], root, env)
+    _run(["dvc", "config", "core.autostage", "true"], root, env)
+    _run(["git", "add", "-A"], root, env)
+    _run(["git", "commit", "-qm", "tiny study"], root, env)
+    return root, env
+
+
+def test_repro_then_alpha_experiment(repo):
+    root, env = repo
+    out = _run(["dvc", "repro"], root, env)
+    assert _ran(out) == {"prepare", "teacher", "cache", "baseline@raw-0", "student@kd-0",
+                         "student@kd_correct_only-0", "evaluate"}
+    for name in ("raw-0", "kd-0", "kd_correct_only-0"):
+        m = json.loads((root / f"metrics/students/{name}.json").read_text())
+        assert 0 <= m["test_acc"] <= 1 and m["epochs"] == 1 and m["best_epoch"] == 1
+    teacher = json.loads((root / "metrics/teacher.json").read_text())
+    assert teacher["test_acc"] > 0.5, teacher  # 3 separable classes: far above chance (1/3)
+    summary = json.loads((root / "metrics/summary.json").read_text())
+    assert set(summary["variants"]) == {"raw", "kd", "kd_correct_only"}
+    assert summary["variants"]["kd"]["test_acc"]["n"] == 1
+    assert "Distilled (kd)" in (root / "metrics/summary.md").read_text()
+
+    # MLflow: one study parent with teacher, students and evaluate as children, in the repo's sqlite store
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("kdlab")
+    assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
+    runs = client.search_runs([exp.experiment_id])
+    by_role = {}
+    for r in runs:
+        by_role.setdefault(r.data.tags["kdlab.role"], []).append(r)
+    assert len(by_role["study"]) == 1
+    parent = by_role["study"][0].info.run_id
+    assert {r.info.run_name for r in by_role["student"]} == {"raw-0", "kd-0", "kd_correct_only-0"}
+    for r in by_role["student"] + by_role["teacher"] + by_role["evaluate"]:
+        assert r.data.tags["mlflow.parentRunId"] == parent
+        assert r.info.status == "FINISHED"
+    kd_run = next(r for r in by_role["student"] if r.info.run_name == "kd-0")
+    assert {"loss/ce", "loss/kd", "val_acc", "test_acc"} <= set(kd_run.data.metrics)
+    assert kd_run.data.params["loss.alpha"] == "0.5"
+    curve = client.get_metric_history(by_role["teacher"][0].info.run_id, "val_acc")
+    assert sorted(m.step for m in curve) == [1, 2]
+    assert by_role["teacher"][0].data.metrics["best_val_acc"] == max(m.value for m in curve)
+
+    # an experiment on loss.alpha re-runs only the distilled students and evaluate
+    _run(["git", "add", "-A"], root, env)
+    _run(["git", "commit", "-qm", "baseline results"], root, env)
+    out = _run(["dvc", "exp", "run", "-S", "loss.alpha=0.7"], root, env)
+    assert _ran(out) == {"student@kd-0", "student@kd_correct_only-0", "evaluate"}
+    kd_runs = [r for r in client.search_runs([exp.experiment_id], "tags.`kdlab.role` = 'student'")
+               if r.data.params.get("loss.alpha") == "0.7"]
+    assert {r.info.run_name for r in kd_runs} == {"kd-0", "kd_correct_only-0"}
+    shown = _run(["dvc", "exp", "show", "--json"], root, env)
+    assert "summary.json" in shown
