@@ -96,6 +96,7 @@ def test_repro_then_alpha_experiment(repo):
     kd_run = next(r for r in by_role["student"] if r.info.run_name == "kd-0")
     assert {"loss/ce", "loss/kd", "val_acc", "test_acc"} <= set(kd_run.data.metrics)
     assert kd_run.data.params["loss.alpha"] == "0.5"
+    assert kd_run.data.tags["dvc.stage"] == "student@kd-0"
     curve = client.get_metric_history(by_role["teacher"][0].info.run_id, "val_acc")
     assert sorted(m.step for m in curve) == [1, 2]
     assert by_role["teacher"][0].data.metrics["best_val_acc"] == max(m.value for m in curve)

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-STAGES = ("prepare", "teacher", "cache", "student", "evaluate", "ui")
+STAGES = ("prepare", "teacher", "cache", "student", "evaluate", "readme", "ui")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -14,7 +14,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="kdlab",
         description="kdlab pipeline stages (normally run by `dvc repro`; see dvc.yaml).",
     )
-    ap.add_argument("stage", choices=STAGES, help="the stage to run; `ui` starts the MLflow UI on the project's store")
+    ap.add_argument("stage", choices=STAGES, help="the stage to run; `readme` copies metrics/summary.md into "
+                    "README.md's results block; `ui` starts the MLflow UI on the project's store")
     ap.add_argument("--variant", help="student stage: the distillation variant (study.variants in params.yaml)")
     ap.add_argument("--seed", type=int, help="student stage: the seed (one of study.seeds)")
     ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
@@ -39,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.stage == "ui":
         return ui(args.port)
+    if args.stage == "readme":
+        from kdlab.evaluate import run_readme
+        run_readme()
+        return 0
     from kdlab import params as params_mod
 
     try:

@@ -96,3 +96,22 @@ def run_evaluate(p: Params) -> dict:
         run.log_to_study(flat)
         run.log_artifact(SUMMARY_MD)
     return summary
+
+
+README_START, README_END = "<!-- results:start (kdlab readme) -->", "<!-- results:end -->"
+
+
+def readme_with_results(readme: str, summary_md: str) -> str:
+    """README text with the block between the results markers replaced by metrics/summary.md."""
+    start, end = readme.find(README_START), readme.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"README has no results block ({README_START} ... {README_END})")
+    return readme[:start + len(README_START)] + "\n" + summary_md + readme[end:]
+
+
+def run_readme(readme_path: str = "README.md") -> None:
+    from pathlib import Path
+
+    text = Path(readme_path).read_text()
+    io.save_text(readme_with_results(text, Path(SUMMARY_MD).read_text()), readme_path)
+    print(f"{readme_path}: results block updated from {SUMMARY_MD}")

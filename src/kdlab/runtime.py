@@ -17,7 +17,10 @@ TRIM_THRESHOLD = 128 * 1024 * 1024
 
 
 def tune_allocator() -> bool:
-    """Apply the thresholds unless the user set the variables themselves; True if glibc accepted them."""
+    """Apply the thresholds unless the user set the variables themselves (or KDLAB_MALLOPT=0, for
+    comparisons); True if glibc accepted them."""
+    if os.environ.get("KDLAB_MALLOPT") == "0":
+        return False
     if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
         return False
     name = ctypes.util.find_library("c")

@@ -115,6 +115,7 @@ def run(stage: str, run_name: str, flat_params: dict, extra_params: dict | None 
     tags = {
         "mlflow.parentRunId": parent, ROLE: stage, STUDY: key, "kdlab.stage": stage,
         "kdlab.git_commit": _git_commit(), "dvc.exp_name": os.environ.get("DVC_EXP_NAME", ""),
+        "dvc.stage": os.environ.get("DVC_STAGE", ""),
     }
     child = client.create_run(exp_id, run_name=run_name, tags=tags)
     run_id = child.info.run_id

@@ -1,0 +1,53 @@
+import torch
+
+from kdlab import distill, models, params, runtime, views
+from kdlab.loader import Normalize, TrainBatches
+from kdlab.train import fit, make_schedule, predict, accuracy
+
+
+def _train_once(seed: int):
+    p = params.from_dict({"train": {"batch_size": 32, "eval_batch_size": 64}})
+    runtime.setup(p.train, seed)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (96, 1, 8, 8), dtype=torch.uint8, generator=g)
+    labels = (images.float().mean(dim=(1, 2, 3)) > 127.5).long()
+    norm = Normalize([0.5], [0.3], "cpu")
+    table = views.view_table(96, 1, True, "all", 0)
+    batches = TrainBatches(images, labels, norm, 32, 1, table, seed=seed)
+    model = models.build("resnet8", 1, 2, 0.25)
+    res = fit(model, distill.build("raw", p), batches, (images[:40], labels[:40]), 2, 0.05, p.train, "t")
+    return res
+
+
+def test_training_is_deterministic_on_cpu_for_a_seed():
+    a, b, c = _train_once(3), _train_once(3), _train_once(4)
+    for k in a.last_state:
+        assert torch.equal(a.last_state[k], b.last_state[k]), k
+    assert any(not torch.equal(a.last_state[k], c.last_state[k]) for k in a.last_state)
+    assert a.history == [{**r, "seconds": a.history[i]["seconds"]} for i, r in enumerate(b.history)]
+    assert a.best_epoch in (1, 2) and a.best_val_acc == max(r["val_acc"] for r in a.history)
+
+
+def test_schedules_warm_up_then_decay():
+    for schedule in ("onecycle", "cosine"):
+        p = params.from_dict({"train": {"schedule": schedule, "warmup": 0.25}})
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = make_schedule(opt, 100, p.train)
+        lrs = []
+        for _ in range(100):
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        assert lrs[0] < lrs[10] < lrs[24] == 1.0, schedule
+        assert lrs[24] > lrs[60] > lrs[99] and lrs[99] < 0.05, schedule
+
+
+def test_predict_and_accuracy():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[1.0, 0, 0, 0], [-1.0, 0, 0, 0]]))
+        model[1].bias.zero_()
+    images = torch.tensor([[[[255, 0], [0, 0]]], [[[0, 0], [0, 0]]]], dtype=torch.uint8)
+    logits = predict(model, images, torch.tensor([0, 1]), Normalize([0.5], [1.0], "cpu"), 1)
+    assert logits.shape == (2, 2)
+    assert accuracy(logits, torch.tensor([0, 1])) == 1.0
