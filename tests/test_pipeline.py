@@ -66,7 +66,7 @@ def test_repro_then_alpha_experiment(repo):
     root, env = repo
     out = _run(["dvc", "repro"], root, env)
     assert _ran(out) == {"prepare", "teacher", "cache", "baseline@raw-0", "student@kd-0",
-                         "student@kd_correct_only-0", "evaluate"}
+                         "student@kd_correct_only-0", "evaluate", "report"}
     for name in ("raw-0", "kd-0", "kd_correct_only-0"):
         m = json.loads((root / f"metrics/students/{name}.json").read_text())
         assert 0 <= m["test_acc"] <= 1 and m["epochs"] == 1 and m["best_epoch"] == 1
@@ -76,6 +76,11 @@ def test_repro_then_alpha_experiment(repo):
     assert set(summary["variants"]) == {"raw", "kd", "kd_correct_only"}
     assert summary["variants"]["kd"]["test_acc"]["n"] == 1
     assert "Distilled (kd)" in (root / "metrics/summary.md").read_text()
+    report = (root / "reports/report.md").read_text()
+    assert "KD alpha 0.5," in report and "| Distilled (kd) | resnet8 |" in report
+    assert (root / "predictions/kd-0.pt").exists() and (root / "plots/curves/teacher.json").exists()
+    plots = _run(["dvc", "plots", "show", "--json"], root, env)
+    assert "plots/curves/kd-0.json" in plots
 
     # MLflow: one study parent with teacher, students and evaluate as children, in the repo's sqlite store
     from mlflow.tracking import MlflowClient
@@ -105,9 +110,13 @@ def test_repro_then_alpha_experiment(repo):
     _run(["git", "add", "-A"], root, env)
     _run(["git", "commit", "-qm", "baseline results"], root, env)
     out = _run(["dvc", "exp", "run", "-S", "loss.alpha=0.7"], root, env)
-    assert _ran(out) == {"student@kd-0", "student@kd_correct_only-0", "evaluate"}
+    assert _ran(out) == {"student@kd-0", "student@kd_correct_only-0", "evaluate", "report"}
+    assert "KD alpha 0.7," in (root / "reports/report.md").read_text()
     kd_runs = [r for r in client.search_runs([exp.experiment_id], "tags.`kdlab.role` = 'student'")
                if r.data.params.get("loss.alpha") == "0.7"]
     assert {r.info.run_name for r in kd_runs} == {"kd-0", "kd_correct_only-0"}
-    shown = _run(["dvc", "exp", "show", "--json"], root, env)
-    assert "summary.json" in shown
+    # the sweep command gathers the committed baseline (alpha 0.5) and the experiment (alpha 0.7)
+    out = _run([sys.executable, "-m", "kdlab", "sweep", "--param", "loss.alpha"], root, env)
+    rows = [line for line in (root / "reports/sweep_loss.alpha.md").read_text().splitlines()
+            if line.startswith("| 0.")]
+    assert [r.split("|")[1].strip() for r in rows] == ["0.5", "0.7"], out

@@ -6,18 +6,65 @@ import os
 import subprocess
 import sys
 
-STAGES = ("prepare", "teacher", "cache", "student", "evaluate", "readme", "ui")
+
+def _prepare(p, args):
+    from kdlab.data import prepare
+
+    meta = prepare(p.data)
+    print(f"prepared {p.data.name}: {meta['sizes']} images of {meta['channels']}x{meta['image_size']}^2, "
+          f"{meta['classes']} classes")
+
+
+def _teacher(p, args):
+    from kdlab.stages import run_teacher
+    run_teacher(p)
+
+
+def _cache(p, args):
+    from kdlab.cache import run_cache
+    run_cache(p)
+
+
+def _student(p, args):
+    from kdlab.stages import run_student
+    run_student(p, args.variant, args.seed)
+
+
+def _evaluate(p, args):
+    from kdlab.evaluate import run_evaluate
+    run_evaluate(p)
+
+
+def _report(p, args):
+    from kdlab.report import run_report
+    run_report(p)
+
+
+def _sweep(p, args):
+    from kdlab.sweep import run_sweep
+    run_sweep(args.param)
+
+
+def _readme(p, args):
+    from kdlab.evaluate import run_readme
+    run_readme()
+
+
+STAGES = {"prepare": _prepare, "teacher": _teacher, "cache": _cache, "student": _student,
+          "evaluate": _evaluate, "report": _report, "sweep": _sweep, "readme": _readme, "ui": None}
 
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="kdlab",
-        description="kdlab pipeline stages (normally run by `dvc repro`; see dvc.yaml).",
+        description="kdlab pipeline stages (normally run by `dvc repro`; see dvc.yaml). Extra commands: "
+                    "`sweep --param KEY` gathers DVC experiments into a table and plot; `readme` copies "
+                    "metrics/summary.md into README.md; `ui` starts the MLflow UI on the project's store.",
     )
-    ap.add_argument("stage", choices=STAGES, help="the stage to run; `readme` copies metrics/summary.md into "
-                    "README.md's results block; `ui` starts the MLflow UI on the project's store")
-    ap.add_argument("--variant", help="student stage: the distillation variant (study.variants in params.yaml)")
-    ap.add_argument("--seed", type=int, help="student stage: the seed (one of study.seeds)")
+    ap.add_argument("stage", choices=STAGES, help="what to run")
+    ap.add_argument("--variant", help="student: the distillation variant (raw or one of study.variants)")
+    ap.add_argument("--seed", type=int, help="student: the seed (one of study.seeds)")
+    ap.add_argument("--param", default="loss.alpha", help="sweep: the swept param (default loss.alpha)")
     ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     ap.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a param, e.g. -S loss.alpha=0.7 (repeatable)")
@@ -40,11 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.stage == "ui":
         return ui(args.port)
-    if args.stage == "readme":
-        from kdlab.evaluate import run_readme
-        run_readme()
-        return 0
     from kdlab import params as params_mod
+    from kdlab.data import DataError
 
     try:
         p = params_mod.load(args.params, args.overrides)
@@ -59,27 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.seed not in p.study.seeds:
             print(f"kdlab: --seed {args.seed!r} is not in study.seeds {p.study.seeds}", file=sys.stderr)
             return 2
-    if args.stage == "prepare":
-        from kdlab.data import DataError, prepare
-        try:
-            meta = prepare(p.data)
-        except DataError as e:
-            print(f"kdlab prepare: {e}", file=sys.stderr)
-            return 1
-        print(f"prepared {p.data.name}: {meta['sizes']} images of {meta['channels']}x{meta['image_size']}^2, "
-              f"{meta['classes']} classes")
-    elif args.stage == "teacher":
-        from kdlab.stages import run_teacher
-        run_teacher(p)
-    elif args.stage == "cache":
-        from kdlab.cache import run_cache
-        run_cache(p)
-    elif args.stage == "student":
-        from kdlab.stages import run_student
-        run_student(p, args.variant, args.seed)
-    elif args.stage == "evaluate":
-        from kdlab.evaluate import run_evaluate
-        run_evaluate(p)
+    try:
+        STAGES[args.stage](p, args)
+    except (DataError, FileNotFoundError) as e:
+        print(f"kdlab {args.stage}: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

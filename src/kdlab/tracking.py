@@ -93,10 +93,17 @@ class Run:
     def log_artifact(self, path) -> None:
         self.client.log_artifact(self.run_id, str(path))
 
-    def log_to_study(self, metrics: dict) -> None:
+    def _study(self) -> "Run | None":
         study = self.client.get_run(self.run_id).data.tags.get("mlflow.parentRunId")
-        if study:
-            Run(self.client, study).log(metrics)
+        return Run(self.client, study) if study else None
+
+    def log_to_study(self, metrics: dict) -> None:
+        if study := self._study():
+            study.log(metrics)
+
+    def log_study_artifact(self, path) -> None:
+        if study := self._study():
+            study.log_artifact(path)
 
 
 @contextmanager

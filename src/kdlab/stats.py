@@ -1,0 +1,64 @@
+"""How sure is each claim: intervals over seeds, Welch's test against the baseline, and paired tests on
+the test images for single-seed comparisons. Values that need more samples than given are None."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+from scipy import stats as sps
+
+
+def _clean(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def t_interval(values: Sequence[float], confidence: float = 0.95) -> dict:
+    """Mean, sample std and the t-distribution confidence interval of the mean."""
+    x = np.asarray(values, dtype=float)
+    n = len(x)
+    mean = float(x.mean())
+    if n < 2:
+        return {"mean": mean, "std": None, "ci_low": None, "ci_high": None, "n": n}
+    std = float(x.std(ddof=1))
+    half = sps.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)
+    return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half, "n": n}
+
+
+def welch(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> dict:
+    """mean(a) - mean(b) with its Welch-Satterthwaite interval and the two-sided Welch t-test p-value."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    diff = float(a.mean() - b.mean())
+    if len(a) < 2 or len(b) < 2:
+        return {"diff": diff, "ci_low": None, "ci_high": None, "p": None, "df": None}
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return {"diff": diff, "ci_low": diff, "ci_high": diff, "p": None if diff == 0 else 0.0, "df": None}
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = sps.t.ppf(0.5 + confidence / 2, df) * se
+    p = 2 * sps.t.sf(abs(diff) / se, df)
+    return {"diff": diff, "ci_low": diff - half, "ci_high": diff + half, "p": _clean(p), "df": _clean(df)}
+
+
+def mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict:
+    """Exact McNemar test on paired per-image correctness: b = only a right, c = only b right."""
+    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    n = only_a + only_b
+    p = 1.0 if n == 0 else min(1.0, float(2 * sps.binom.cdf(min(only_a, only_b), n, 0.5)))
+    return {"only_a": only_a, "only_b": only_b, "p": p}
+
+
+def paired_bootstrap(correct_a: Sequence[bool], correct_b: Sequence[bool], resamples: int = 10000,
+                     seed: int = 0, confidence: float = 0.95) -> dict:
+    """Accuracy difference a - b with a percentile interval from resampling test images (pairs kept)."""
+    a, b = np.asarray(correct_a, dtype=float), np.asarray(correct_b, dtype=float)
+    d = a - b
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(d), size=(resamples, len(d)))
+    boots = d[idx].mean(axis=1)
+    lo, hi = np.quantile(boots, [0.5 - confidence / 2, 0.5 + confidence / 2])
+    # two-sided: how often the resampled difference lands on the other side of zero
+    p = min(1.0, 2 * min((boots <= 0).mean(), (boots >= 0).mean()))
+    return {"diff": float(d.mean()), "ci_low": float(lo), "ci_high": float(hi), "p": float(p)}

@@ -1,0 +1,127 @@
+"""Evaluate's statistics and the report, from small fixtures of metrics files."""
+import json
+
+import pytest
+import torch
+
+from kdlab import evaluate, params, report, sweep
+
+
+def _fixture_runs(p, accs):
+    """runs.json-like dict: accs[variant] = per-seed test accuracies."""
+    runs = {"teacher": {"test_acc": 0.9, "ece": 0.02, "params": 1000, "flops_per_image": 2e6,
+                        "images_per_second": 500.0, "val_acc": 0.91, "test_acc_last": 0.9, "best_epoch": 3,
+                        "per_class_acc": {"0": 0.9}}}
+    for v, values in accs.items():
+        for s, a in zip(p.study.seeds, values):
+            runs[f"{v}-{s}"] = {"test_acc": a, "test_acc_last": a - 0.01, "agreement": a + 0.02,
+                                "kl_teacher_student": 0.1, "ece": 0.03, "params": 100, "flops_per_image": 2e5,
+                                "images_per_second": 5000.0, "variant": v, "seed": s, "val_acc": a,
+                                "best_epoch": 2, "per_class_acc": {"0": a}}
+    return runs
+
+
+@pytest.fixture
+def study(in_tmp):
+    p = params.from_dict({"study": {"seeds": [0, 1, 2]}})
+    runs = _fixture_runs(p, {"raw": [0.80, 0.81, 0.82], "kd": [0.84, 0.85, 0.86],
+                             "kd_correct_only": [0.83, 0.86, 0.845]})
+    labels = torch.arange(200) % 4
+    g = torch.Generator().manual_seed(0)
+    preds = {n: torch.randn(200, 4, generator=g) + 3 * torch.nn.functional.one_hot(labels, 4) for n in runs}
+    summary = evaluate.summarize(p, runs, preds, labels)
+    (in_tmp / "metrics").mkdir()
+    (in_tmp / evaluate.SUMMARY_JSON).write_text(json.dumps(summary))
+    (in_tmp / evaluate.RUNS_JSON).write_text(json.dumps(runs))
+    evaluate.CURVES.mkdir(parents=True) if not (in_tmp / evaluate.CURVES).exists() else None
+    (in_tmp / evaluate.CURVES).mkdir(parents=True, exist_ok=True)
+    for n in runs:
+        (in_tmp / evaluate.CURVES / f"{n}.json").write_text(json.dumps(
+            [{"epoch": e, "val_acc": 0.5 + 0.1 * e, "loss": 1.0 / e} for e in (1, 2, 3)]))
+    return p, summary, runs
+
+
+def test_summary_intervals_and_comparisons(study):
+    p, s, _ = study
+    kd = s["variants"]["kd"]["test_acc"]
+    assert kd["mean"] == pytest.approx(0.85) and kd["std"] == pytest.approx(0.01)
+    assert kd["ci_low"] == pytest.approx(0.85 - 4.302653 * 0.01 / 3 ** 0.5, rel=1e-6)
+    w = s["comparisons"]["kd_vs_raw"]["test_acc"]
+    # t = 0.04 / sqrt(2 * 0.01^2 / 3) = 4.898979 with df = 4
+    assert w["diff"] == pytest.approx(0.04) and w["p"] == pytest.approx(0.0080499, rel=1e-4)
+    assert set(s["comparisons"]) == {"kd_vs_raw", "kd_correct_only_vs_raw", "kd_correct_only_vs_kd"}
+    assert set(s["comparisons"]["kd_vs_raw"]["paired_by_seed"]) == {"0", "1", "2"}
+    md = evaluate.markdown(p, s)
+    assert "| Distilled (kd) | resnet8 | 85.00 [82.52, 87.48] |" in md
+    assert "+4.00 [+1.73, +6.27] | 0.008 |" in md
+    assert "| Trained alone (raw) | resnet8 | 81.00 [" in md
+    assert "| Teacher | resnet20 | 90.00 |" in md
+
+
+def test_verdicts_do_not_overstate():
+    better = {"test_acc": {"diff": 0.02, "ci_low": 0.01, "ci_high": 0.03, "p": 0.01}}
+    unclear = {"test_acc": {"diff": 0.003, "ci_low": -0.004, "ci_high": 0.01, "p": 0.3}}
+    worse = {"test_acc": {"diff": -0.02, "ci_low": -0.03, "ci_high": -0.01, "p": 0.01}}
+    single = {"test_acc": {"diff": 0.01, "ci_low": None, "ci_high": None, "p": None}}
+    assert "beat" in report.verdict("A", "B", better, 3)
+    assert "No detectable difference" in report.verdict("A", "B", unclear, 3)
+    assert "includes zero" in report.verdict("A", "B", unclear, 3)
+    assert "worse" in report.verdict("A", "B", worse, 3)
+    assert "one seed" in report.verdict("A", "B", single, 1)
+
+
+def test_report_renders_every_variant_and_valid_pngs(study, monkeypatch):
+    p, _, _ = study
+    monkeypatch.setattr(report.tracking, "run", _no_tracking)
+    path = report.run_report(p)
+    text = path.read_text()
+    for label in ("Trained alone (raw)", "Distilled (kd)", "Distilled, teacher-correct only"):
+        assert f"| {label} | resnet8 |" in text
+    assert "Question 1" in text and "beat" in text
+    for name in ("accuracy.png", "learning_curves.png", "agreement_vs_accuracy.png"):
+        blob = (report.REPORTS / name).read_bytes()
+        assert blob[:8] == b"\x89PNG\r\n\x1a\n" and len(blob) > 5000
+        assert f"]({name})" in text
+
+
+class _NoRun:
+    def log_artifact(self, path):
+        pass
+
+    log_study_artifact = log_artifact
+
+
+from contextlib import contextmanager  # noqa: E402
+
+
+@contextmanager
+def _no_tracking(*a, **k):
+    yield _NoRun()
+
+
+EXP_SHOW = [
+    {"rev": "workspace", "name": None, "experiments": None,
+     "data": {"rev": "workspace", "params": {"params.yaml": {"data": {"loss": {"alpha": 0.5}}}},
+              "metrics": {"metrics/summary.json": {"data": {"variants": {
+                  "raw": {"test_acc": {"mean": 0.8, "ci_low": 0.79, "ci_high": 0.81}},
+                  "kd": {"test_acc": {"mean": 0.82, "ci_low": 0.81, "ci_high": 0.83}}}}}}}},
+    {"rev": "abc", "name": "main", "data": {"rev": "abc", "params": {"params.yaml": {"data": {"loss": {"alpha": 0.5}}}},
+                                            "metrics": {}},
+     "experiments": [{"revs": [{"rev": "def", "name": "exp-1", "data": {
+         "rev": "def", "params": {"params.yaml": {"data": {"loss": {"alpha": 0.9}}}},
+         "metrics": {"metrics/summary.json": {"data": {"variants": {
+             "raw": {"test_acc": {"mean": 0.8}},  # dvc exp show drops null values
+             "kd": {"test_acc": {"mean": 0.84, "ci_low": 0.83, "ci_high": 0.85}}}}}}}}]}]},
+]
+
+
+def test_sweep_gathers_experiments(in_tmp):
+    exps = sweep.experiments(EXP_SHOW)
+    assert [e["name"] for e in exps] == ["workspace", "exp-1"]  # main has no metrics: skipped
+    names, rows = sweep.table(exps, "loss.alpha")
+    assert names == ["raw", "kd"] and [r[0] for r in rows] == [0.5, 0.9]
+    md = sweep.run_sweep("loss.alpha", json.dumps(EXP_SHOW)).read_text()
+    assert "| 0.9 | exp-1 | 80.00 | 84.00 [83.00, 85.00] |" in md
+    assert (report.REPORTS / "sweep_loss.alpha.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(RuntimeError, match="no experiment with loss.temperature"):
+        sweep.run_sweep("loss.temperature", json.dumps(EXP_SHOW))

@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+
+from kdlab import stats
+
+
+def test_t_interval_known_values():
+    r = stats.t_interval([1.0, 2.0, 3.0])
+    # t(0.975, 2) = 4.302653; se = 1 / sqrt(3)
+    assert r["mean"] == 2.0 and r["std"] == pytest.approx(1.0)
+    assert r["ci_low"] == pytest.approx(2 - 4.302653 / 3 ** 0.5, rel=1e-6)
+    assert r["ci_high"] == pytest.approx(2 + 4.302653 / 3 ** 0.5, rel=1e-6)
+    one = stats.t_interval([0.7])
+    assert one["mean"] == 0.7 and one["ci_low"] is None and one["n"] == 1
+
+
+def test_welch_known_values():
+    r = stats.welch([4.0, 5.0, 6.0], [1.0, 2.0, 3.0])
+    # equal variances 1, n = 3: se = sqrt(2/3), df = 4, t = 3.674235, t(0.975, 4) = 2.776445
+    assert r["diff"] == pytest.approx(3.0)
+    assert r["df"] == pytest.approx(4.0)
+    assert r["p"] == pytest.approx(0.021311641, rel=1e-5)
+    assert r["ci_low"] == pytest.approx(3 - 2.776445 * (2 / 3) ** 0.5, rel=1e-6)
+    unequal = stats.welch([1.0, 2.0, 3.0, 4.0], [2.0, 2.5])
+    # df by Welch-Satterthwaite: va = 1.6667/4, vb = 0.125/2
+    va, vb = (5 / 3) / 4, 0.125 / 2
+    assert unequal["df"] == pytest.approx((va + vb) ** 2 / (va ** 2 / 3 + vb ** 2 / 1))
+    assert stats.welch([1.0], [2.0])["p"] is None
+
+
+def test_mcnemar_exact():
+    a = np.array([True] * 1 + [False] * 9 + [True] * 50)
+    b = np.array([False] * 1 + [True] * 9 + [True] * 50)
+    r = stats.mcnemar(a, b)
+    assert (r["only_a"], r["only_b"]) == (1, 9)
+    assert r["p"] == pytest.approx(2 * 11 / 1024)
+    assert stats.mcnemar(a, a)["p"] == 1.0
+
+
+def test_paired_bootstrap():
+    rng = np.random.default_rng(0)
+    b = rng.random(2000) < 0.8
+    a = b.copy()
+    flip = rng.choice(2000, 100, replace=False)
+    a[flip] = True  # a is right wherever b is, and on up to 100 more images
+    r = stats.paired_bootstrap(a, b, resamples=2000)
+    assert r["diff"] == pytest.approx((a.mean() - b.mean()))
+    assert 0 < r["ci_low"] < r["diff"] < r["ci_high"]
+    assert r["p"] < 0.01
+    same = stats.paired_bootstrap(b, b, resamples=500)
+    assert same["diff"] == 0 and same["p"] == 1.0
