@@ -26,7 +26,7 @@ def test_flatten_has_dotted_keys():
     assert flat["data.synthetic.classes"] == 4
 
 
-@pytest.mark.parametrize("raw, key, words", [
+BAD = [
     ({"trian": {}}, "trian", ["unknown key", "train"]),
     ({"train": {"lrr": 0.1}}, "train.lrr", ["unknown key", "batch_size"]),
     ({"data": {"name": "mnist"}}, "data.name", ["cifar10", "fashion_mnist", "synthetic"]),
@@ -55,7 +55,23 @@ def test_flatten_has_dotted_keys():
     ({"teacher": {"arch": "resnet50", "width": 0.5}}, "teacher.width", ["no width multiplier"]),
     ({"views": {"pad": -1}}, "views.pad", [">= 0"]),
     ({"data": {"synthetic": {"classes": 1}}}, "data.synthetic.classes", [">= 2"]),
-])
+    ({"study": {"seeds": list(range(21))}}, "study.seeds", ["at most 20"]),
+    ({"data": {"val_size": 60000}}, "data.val_size", ["60000"]),
+    ({"data": {"name": "cifar10", "val_size": 50000}}, "data.val_size", ["50000"]),
+    ({"views": {"pad": 14}}, "views.pad", ["at most 13"]),
+    ({"views": {"pad": 1, "flip": False}, "cache": {"views": 10}}, "cache.views", ["[1, 9]"]),
+    ({"teacher": {"lr": 0}}, "teacher.lr", ["> 0"]),
+    ({"teacher": {"channels_last": "yes"}}, "teacher.channels_last", ["auto"]),
+    ({"train": {"momentum": 1.0}}, "train.momentum", ["[0, 1)"]),
+    ({"train": {"label_smoothing": 1.0}}, "train.label_smoothing", ["[0, 1)"]),
+    ({"train": {"threads": -1}}, "train.threads", [">= 0"]),
+    ({"data": {"synthetic": {"n_train": 0}}}, "data.synthetic.n_train", ["> 0"]),
+    ({"study": "kd"}, "study", ["mapping"]),
+    ({"study": {"seeds": "0,1"}}, "study.seeds", ["list"]),
+]
+
+
+@pytest.mark.parametrize("raw, key, words", BAD)
 def test_bad_params_name_the_key(raw, key, words):
     with pytest.raises(ParamsError) as e:
         params.from_dict(raw)
@@ -77,10 +93,13 @@ def test_load_rejects_non_mapping(tmp_path):
         params.load(f)
 
 
-def test_cli_refuses_bad_params_before_work(tmp_path, capsys):
+@pytest.mark.parametrize("raw, key, words", BAD)
+def test_cli_refuses_each_bad_params_file_before_any_work(raw, key, words, in_tmp, capsys):
+    """The catalogue through the command line: exit code 2, the key named, nothing written."""
     from kdlab import cli
 
-    f = tmp_path / "params.yaml"
-    f.write_text(yaml.safe_dump({"loss": {"alpha": 2}}))
-    assert cli.main(["teacher", "--params", str(f)]) == 2
-    assert "loss.alpha" in capsys.readouterr().err
+    (in_tmp / "params.yaml").write_text(yaml.safe_dump(raw))
+    for stage in (["teacher"], ["student", "--variant", "kd", "--seed", "0"]):
+        assert cli.main(stage) == 2
+        assert key in capsys.readouterr().err
+    assert sorted(p.name for p in in_tmp.iterdir()) == ["params.yaml"]

@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,39 @@ def test_repro_then_alpha_experiment(repo):
     rows = [line for line in (root / "reports/sweep_loss.alpha.md").read_text().splitlines()
             if line.startswith("| 0.")]
     assert [r.split("|")[1].strip() for r in rows] == ["0.5", "0.7"], out
+
+
+def test_parallel_queue_reaches_one_store_once_each(repo):
+    """dvc exp run --queue x3, dvc queue start -j 2: every run in the repo's sqlite store, none twice."""
+    root, env = repo
+    _run(["dvc", "repro"], root, env)
+    _run(["git", "add", "-A"], root, env)
+    _run(["git", "commit", "-qm", "baseline results"], root, env)
+    alphas = ["0.3", "0.6", "0.9"]
+    for a in alphas:
+        _run(["dvc", "exp", "run", "--queue", "-S", f"loss.alpha={a}"], root, env)
+    _run(["dvc", "queue", "start", "-j", "2"], root, env)
+    deadline = time.time() + 600
+    while True:
+        status = _run(["dvc", "queue", "status"], root, env)
+        if not re.search(r"\b(Queued|Running)\b", status):
+            break
+        assert time.time() < deadline, status
+        time.sleep(3)
+    assert status.count("Success") == 3, status
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("kdlab")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    for a in alphas:
+        mine = [r for r in runs if r.data.params.get("loss.alpha") == a]
+        study = [r for r in mine if r.data.tags["kdlab.role"] == "study"]
+        children = [r for r in mine if r.data.tags["kdlab.role"] != "study"]
+        assert len(study) == 1, [r.info.run_name for r in mine]
+        assert sorted(r.info.run_name for r in children) == ["evaluate", "kd-0", "kd_correct_only-0", "report"]
+        # the parent is named after the DVC experiment its children ran in
+        assert {r.data.tags["dvc.exp_name"] for r in children} == {study[0].info.run_name}
+        assert all(r.data.tags["mlflow.parentRunId"] == study[0].info.run_id for r in children)
+        assert all(r.info.status == "FINISHED" for r in mine), [(r.info.run_name, r.info.status) for r in mine]
+    _run(["dvc", "queue", "stop"], root, env)

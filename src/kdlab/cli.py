@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         return ui(args.port)
     from kdlab import params as params_mod
     from kdlab.data import DataError
+    from kdlab.tracking import TrackingError
 
     try:
         p = params_mod.load(args.params, args.overrides)
@@ -103,9 +105,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.seed not in p.study.seeds:
             print(f"kdlab: --seed {args.seed!r} is not in study.seeds {p.study.seeds}", file=sys.stderr)
             return 2
+    # SIGTERM (a scheduler, `kill`) ends a stage like Ctrl-C: the last complete epoch's checkpoint stays,
+    # the MLflow run is closed as KILLED, and rerunning the stage resumes
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         STAGES[args.stage](p, args)
-    except (DataError, FileNotFoundError) as e:
+    except KeyboardInterrupt:
+        print(f"kdlab {args.stage}: interrupted; rerun the stage to resume from its last complete epoch",
+              file=sys.stderr)
+        return 130
+    except (DataError, FileNotFoundError, FloatingPointError, TrackingError) as e:
         print(f"kdlab {args.stage}: {e}", file=sys.stderr)
         return 1
     return 0

@@ -37,6 +37,8 @@ class Raw:
 
 
 DATASETS: dict[str, Callable] = {}
+#: (channels, image size, training images) of the fixed datasets, for params validation
+SHAPES = {"fashion_mnist": (1, 28, 60000), "cifar10": (3, 32, 50000), "cifar100": (3, 32, 50000)}
 
 
 def register(name: str):

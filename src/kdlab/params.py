@@ -16,6 +16,8 @@ import yaml
 
 #: the labels-only student every distillation variant is compared against
 BASELINE = "raw"
+#: a study trains (1 + len(variants)) x len(seeds) students; more seeds than this is almost surely a typo
+MAX_SEEDS = 20
 
 
 class ParamsError(ValueError):
@@ -185,6 +187,15 @@ def validate(p: Params) -> Params:
     if s.classes < 2:
         raise ParamsError("data.synthetic.classes", f"must be >= 2, got {s.classes}")
     _positive("views.pad", p.views.pad, strict=False)
+    from kdlab.data import SHAPES
+
+    channels, size, n_train = SHAPES.get(p.data.name, (s.channels, s.image_size, s.n_train))
+    if p.data.val_size >= n_train and p.data.name != "synthetic":
+        raise ParamsError("data.val_size", f"{p.data.val_size} leaves no training images ({p.data.name} has "
+                          f"{n_train}); use fewer than {n_train}")
+    if 2 * p.views.pad >= size:
+        raise ParamsError("views.pad", f"{p.views.pad} shifts {p.data.name}'s {size}x{size} images out of the frame; "
+                          f"use at most {(size - 1) // 2}")
     for role in ("teacher", "student"):
         m = getattr(p, role)
         _choice(f"{role}.arch", m.arch, ARCHS)
@@ -230,6 +241,8 @@ def validate(p: Params) -> Params:
         raise ParamsError("study.variants", f"has duplicates: {p.study.variants}")
     if not p.study.seeds:
         raise ParamsError("study.seeds", "is empty; give at least one seed, e.g. [0, 1, 2]")
+    if len(p.study.seeds) > MAX_SEEDS:
+        raise ParamsError("study.seeds", f"has {len(p.study.seeds)} seeds; at most {MAX_SEEDS} are allowed")
     if len(set(p.study.seeds)) != len(p.study.seeds):
         raise ParamsError("study.seeds", f"has duplicates: {p.study.seeds}")
     for i, s_ in enumerate(p.study.seeds):

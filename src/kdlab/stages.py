@@ -1,6 +1,8 @@
 """The training stages: ``kdlab teacher`` and ``kdlab student --variant V --seed S``."""
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +15,8 @@ from kdlab.params import Params, flatten
 from kdlab.train import accuracy, fit, predict
 
 TEACHER = Path("models/teacher.pt")
+#: per-epoch training state of interrupted runs; deleted once a run's outputs are written
+CHECKPOINTS = Path("checkpoints")
 STUDENTS = Path("models/students")
 METRICS = Path("metrics")
 
@@ -45,9 +49,17 @@ def load_model(path: Path, ctx: Context, rebuild: str) -> torch.nn.Module:
     return model.eval()
 
 
+def _fingerprint(p: Params, ctx: Context, run_name: str, extra: dict) -> str:
+    blob = json.dumps({"params": flatten(p), "run": run_name, "data": ctx.meta["sha256"], **extra},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 def _train_and_save(p: Params, ctx: Context, role: str, spec, seed: int, method, batches: TrainBatches,
-                    model_path: Path, metrics_path: Path, run_name: str, extra: dict) -> dict:
+                    model_path: Path, metrics_path: Path, run_name: str, extra: dict,
+                    resume_key: dict | None = None) -> dict:
     model = build_model(spec, ctx)
+    checkpoint = CHECKPOINTS / f"{run_name}.pt"
     val = (ctx.splits["val"]["images"], ctx.splits["val"]["labels"])
     test = (ctx.splits["test"]["images"], ctx.splits["test"]["labels"])
     start = time.perf_counter()
@@ -55,7 +67,8 @@ def _train_and_save(p: Params, ctx: Context, role: str, spec, seed: int, method,
         def on_epoch(row):
             run.log({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
 
-        res = fit(model, method, batches, val, spec.epochs, spec.lr, p.train, run_name, on_epoch)
+        res = fit(model, method, batches, val, spec.epochs, spec.lr, p.train, run_name, on_epoch, checkpoint,
+                  _fingerprint(p, ctx, run_name, {**extra, **(resume_key or {})}))
         model.load_state_dict(res.last_state)
         test_acc_last = accuracy(predict(model, *test, ctx.normalize, p.train.eval_batch_size), test[1])
         model.load_state_dict(res.best_state)
@@ -72,6 +85,7 @@ def _train_and_save(p: Params, ctx: Context, role: str, spec, seed: int, method,
             "history": res.history, "metrics": metrics, "data_sha256": ctx.meta["sha256"], **extra,
         }, model_path)
         io.save_json(metrics, metrics_path)
+        checkpoint.unlink(missing_ok=True)
         # "val_acc" is the per-epoch curve in MLflow; the chosen epoch's value goes in as best_val_acc
         run.log({("best_val_acc" if k == "val_acc" else k): v for k, v in metrics.items()})
     print(f"{run_name}: val {metrics['val_acc']:.4f} (epoch {res.best_epoch}) test {test_acc:.4f} "
@@ -99,8 +113,10 @@ def run_student(p: Params, variant: str, seed: int) -> dict:
     method = distill.build(variant, p)
     ctx = context(p, seed)
     train = ctx.splits["train"]
+    resume_key = {}
     if method.uses_teacher_logits:
         table, teacher_logits = cache.load_train(p)
+        resume_key["cache_sha256"] = io.sha256(cache.CACHE / "train.pt")
     else:  # the same views the KD students draw from, without reading the teacher
         table = views.view_table(len(train["labels"]), p.views.pad, p.views.flip, p.cache.views, p.cache.seed)
         teacher_logits = None
@@ -108,4 +124,4 @@ def run_student(p: Params, variant: str, seed: int) -> dict:
                            table, seed=seed, teacher_logits=teacher_logits)
     model_path, metrics_path = student_paths(variant, seed)
     return _train_and_save(p, ctx, "student", p.student, seed, method, batches, model_path, metrics_path,
-                           f"{variant}-{seed}", {"variant": variant})
+                           f"{variant}-{seed}", {"variant": variant}, resume_key)

@@ -14,6 +14,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 EXPERIMENT = os.environ.get("KDLAB_EXPERIMENT", "kdlab")
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be reached or used; the message names its URI."""
 ROLE, STUDY = "kdlab.role", "kdlab.study"
 
 
@@ -21,8 +25,57 @@ def root() -> Path:
     return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
 
 
+def _db_path() -> Path:
+    return root() / "mlflow.db"
+
+
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root() / 'mlflow.db'}"
+    # timeout: parallel stages (dvc queue start -j N) wait for sqlite's write lock instead of failing
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{_db_path()}?timeout=60"
+
+
+# a tracking server that is down should fail a stage in seconds, not after MLflow's minutes of retries
+_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+
+
+@contextmanager
+def _store_lock():
+    """Serialise creating the sqlite store and the experiment across processes (parallel queue workers)."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        yield
+        return
+    import fcntl
+
+    with open(root() / "mlflow.db.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _client():
+    """(client, experiment id) for the store, created once, in WAL mode when it is the repo's sqlite file."""
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        for k, v in _HTTP_DEFAULTS.items():
+            os.environ.setdefault(k, v)
+    client = MlflowClient(tracking_uri=uri)
+    with _store_lock():
+        try:
+            exp_id = _experiment_id(client)
+        except Exception as e:
+            raise TrackingError(f"cannot reach the MLflow tracking store {uri} ({type(e).__name__}: {e}); "
+                                f"start it, or unset MLFLOW_TRACKING_URI to use the repo's sqlite store") from None
+        if not os.environ.get("MLFLOW_TRACKING_URI"):
+            import sqlite3
+
+            with sqlite3.connect(_db_path(), timeout=60) as db:  # readers no longer block the writer
+                db.execute("PRAGMA journal_mode=WAL")
+    return client, exp_id
 
 
 def _git_commit() -> str:
@@ -75,6 +128,14 @@ def _log_params(client, run_id: str, flat: dict) -> None:
         client.log_batch(run_id, params=items[i:i + 100])
 
 
+def _close_abandoned(client, exp_id: str, key: str, run_name: str) -> None:
+    """Runs of this study and name still RUNNING were killed without a chance to say so (SIGKILL)."""
+    flt = (f"tags.`{STUDY}` = '{key}' and attributes.run_name = '{run_name}' "
+           f"and attributes.status = 'RUNNING'")
+    for r in client.search_runs([exp_id], filter_string=flt):
+        client.set_terminated(r.info.run_id, "KILLED")
+
+
 class Run:
     """A child run of the study; ``log`` takes a dict of numbers and an optional step."""
 
@@ -109,14 +170,7 @@ class Run:
 @contextmanager
 def run(stage: str, run_name: str, flat_params: dict, extra_params: dict | None = None):
     """Open a child run of this params set's study run; closed FINISHED, FAILED or KILLED."""
-    from mlflow.tracking import MlflowClient
-
-    uri = tracking_uri()
-    client = MlflowClient(tracking_uri=uri)
-    try:
-        exp_id = _experiment_id(client)
-    except Exception as e:
-        raise RuntimeError(f"cannot reach the MLflow tracking store {uri}: {type(e).__name__}: {e}") from None
+    client, exp_id = _client()
     key = study_key(flat_params)
     parent = _study_run_id(client, exp_id, key, flat_params)
     tags = {
@@ -124,6 +178,7 @@ def run(stage: str, run_name: str, flat_params: dict, extra_params: dict | None 
         "kdlab.git_commit": _git_commit(), "dvc.exp_name": os.environ.get("DVC_EXP_NAME", ""),
         "dvc.stage": os.environ.get("DVC_STAGE", ""),
     }
+    _close_abandoned(client, exp_id, key, run_name)
     child = client.create_run(exp_id, run_name=run_name, tags=tags)
     run_id = child.info.run_id
     _log_params(client, run_id, {**flat_params, **(extra_params or {})})
@@ -136,15 +191,3 @@ def run(stage: str, run_name: str, flat_params: dict, extra_params: dict | None 
         client.set_terminated(run_id, "FAILED")
         raise
     client.set_terminated(run_id, "FINISHED")
-
-
-def runs(stage: str | None = None) -> list:
-    """All runs of the kdlab experiment (optionally of one stage), for tests and reports."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri())
-    exp = client.get_experiment_by_name(EXPERIMENT)
-    if exp is None:
-        return []
-    flt = f"tags.`{ROLE}` = '{stage}'" if stage else ""
-    return client.search_runs([exp.experiment_id], filter_string=flt, max_results=10000)

@@ -10,12 +10,14 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from kdlab import io
 from kdlab.loader import Batch, Normalize, TrainBatches, eval_batches
 
 
@@ -72,26 +74,74 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return (logits.argmax(dim=1) == labels.cpu()).float().mean().item()
 
 
+class NonFiniteLoss(FloatingPointError):
+    pass
+
+
+def _save_checkpoint(path: Path, fingerprint: str, epoch: int, model, opt, sched, best, history, elapsed) -> None:
+    io.save_torch({
+        "fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(), "best": best, "history": history, "elapsed": elapsed,
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }, path)
+
+
+def _resume(path: Path | None, fingerprint: str, model, opt, sched, desc: str):
+    """(next epoch, best, history, elapsed) from a checkpoint of this very run, else a fresh start."""
+    fresh = (1, (-1.0, 0, None), [], 0.0)
+    if path is None or not path.exists():
+        return fresh
+    ckpt = io.load_torch(path, f"rm {path}  # then rerun the stage to start over")
+    if ckpt.get("fingerprint") != fingerprint:
+        tqdm.write(f"{desc}: {path} belongs to other params or data; starting over")
+        return fresh
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["optimizer"])
+    sched.load_state_dict(ckpt["scheduler"])
+    torch.set_rng_state(ckpt["torch_rng"])
+    if ckpt["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+    tqdm.write(f"{desc}: resuming after epoch {ckpt['epoch']} from {path}")
+    return ckpt["epoch"] + 1, ckpt["best"], ckpt["history"], ckpt["elapsed"]
+
+
 def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Batch], tuple], batches: TrainBatches,
         val: tuple[torch.Tensor, torch.Tensor], epochs: int, lr: float, tp, desc: str,
-        on_epoch: Optional[Callable[[dict], None]] = None) -> FitResult:
-    """Train ``model`` with ``loss_fn`` (a distillation method) and return the best-on-val state."""
+        on_epoch: Optional[Callable[[dict], None]] = None, checkpoint: Path | None = None,
+        fingerprint: str = "") -> FitResult:
+    """Train ``model`` with ``loss_fn`` (a distillation method) and return the best-on-val state.
+
+    With ``checkpoint``, the full training state is written there (atomically) after every epoch, and a
+    checkpoint with the same ``fingerprint`` found at the start is resumed: an interrupted run ends with
+    exactly the metrics of an uninterrupted one. ``on_epoch`` also sees the rows of resumed epochs.
+    """
     device = batches.normalize.mean.device
     opt = make_optimizer(model, lr, tp)
     sched = make_schedule(opt, epochs * len(batches), tp)
-    best = (-1.0, 0, None)
-    history = []
-    start = time.perf_counter()
-    for epoch in range(1, epochs + 1):
+    first, best, history, elapsed = _resume(checkpoint, fingerprint, model, opt, sched, desc)
+    if on_epoch:
+        for row in history:
+            on_epoch(row)
+    # a non-finite loss is caught at once on the CPU; on CUDA every 50 steps, to avoid a sync per step
+    check_every = 1 if device.type == "cpu" else 50
+    start = time.perf_counter() - elapsed
+    for epoch in range(first, epochs + 1):
         model.train()
         sums: dict[str, torch.Tensor] = {}
         seen = 0
+        finite = torch.ones((), dtype=torch.bool, device=device)
         bar = tqdm(batches.epoch(epoch), total=len(batches), desc=f"{desc} epoch {epoch}/{epochs}",
                    leave=False, dynamic_ncols=True, mininterval=1.0)
-        for batch in bar:
+        for step, batch in enumerate(bar, start=1):
             with autocast(device):
                 _, terms = loss_fn(model, batch)
             loss = sum(terms.values())
+            finite &= torch.isfinite(loss.detach())
+            if (step % check_every == 0 or step == len(batches)) and not bool(finite):
+                values = {k: float(v) for k, v in terms.items()}
+                raise NonFiniteLoss(f"{desc}: non-finite loss at epoch {epoch}, step {step} (of {len(batches)}): "
+                                    f"{values}; lower the learning rate ({lr}) or check the inputs")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -101,20 +151,20 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Batch], tuple], batches:
             for k, v in terms.items():  # summed on the device: no host sync inside the step loop
                 sums[k] = sums.get(k, 0) + v.detach().float() * n
         terms_mean = {k: (v / seen).item() for k, v in sums.items()}
-        if not all(math.isfinite(v) for v in terms_mean.values()):
-            raise FloatingPointError(f"{desc}: non-finite loss at epoch {epoch}: {terms_mean}")
         val_logits = predict(model, *val, batches.normalize, tp.eval_batch_size)
         val_acc = accuracy(val_logits, val[1])
         row = {"epoch": epoch, "val_acc": val_acc, "loss": sum(terms_mean.values()),
                "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - start,
                **{f"loss/{k}": v for k, v in terms_mean.items()}}
         history.append(row)
+        if val_acc > best[0]:
+            best = (val_acc, epoch, copy.deepcopy(model.state_dict()))
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, fingerprint, epoch, model, opt, sched, best, history, row["seconds"])
         tqdm.write(f"{desc} epoch {epoch}/{epochs}: loss {row['loss']:.4f} val_acc {val_acc:.4f} "
                    f"({row['seconds']:.0f}s)")
         if on_epoch:
             on_epoch(row)
-        if val_acc > best[0]:
-            best = (val_acc, epoch, copy.deepcopy(model.state_dict()))
     return FitResult(best_state=best[2], best_epoch=best[1], best_val_acc=best[0], last_val_acc=history[-1]["val_acc"],
                      last_state=copy.deepcopy(model.state_dict()), history=history,
                      train_seconds=time.perf_counter() - start)
