@@ -103,3 +103,23 @@ def test_cli_refuses_each_bad_params_file_before_any_work(raw, key, words, in_tm
         assert cli.main(stage) == 2
         assert key in capsys.readouterr().err
     assert sorted(p.name for p in in_tmp.iterdir()) == ["params.yaml"]
+
+
+def test_bad_params_are_refused_without_importing_torch(tmp_path):
+    """Validation needs only the registries' names, so a typo costs a fraction of a second, not torch's import."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from kdlab import cli; rc = cli.main(['teacher', '-S', 'teacher.arch=vgg']); "
+            "print(rc, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"})
+    assert out.stdout.split() == ["2", "False"], out.stdout + out.stderr
+    assert "teacher.arch" in out.stderr
+
+
+def test_every_method_file_registers_its_own_name():
+    from kdlab import distill
+
+    for name in distill.names():
+        assert type(distill.build(name, params.from_dict({}))).name == name

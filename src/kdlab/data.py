@@ -13,9 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-import torch
-
 from kdlab import io
 
 PREPARED = Path("data/prepared")
@@ -50,6 +47,8 @@ def register(name: str):
 
 def _read_idx(path: Path) -> np.ndarray:
     """An MNIST-format idx file (optionally gzipped) -> numpy array."""
+    import numpy as np
+
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
         data = f.read()
@@ -68,6 +67,8 @@ def _network_error(name: str, root: Path, files: str, err: Exception) -> DataErr
 
 @register("fashion_mnist")
 def fashion_mnist(p) -> Raw:
+    import torch
+
     d = FASHION_MNIST_DEB_DIR
     if (d / "train-images-idx3-ubyte.gz").exists():
         arrays = [_read_idx(d / f"{s}-{kind}-ubyte.gz")
@@ -85,6 +86,9 @@ def fashion_mnist(p) -> Raw:
 
 
 def _cifar(cls, name: str, archive: str, p) -> Raw:
+    import numpy as np
+    import torch
+
     root = Path(p.root)
     try:
         tr, te = (cls(root, train=t, download=True) for t in (True, False))
@@ -109,6 +113,8 @@ def cifar100(p) -> Raw:
 @register("synthetic")
 def synthetic(p) -> Raw:
     """Tiny, learnable, deterministic data for tests: class templates plus noise."""
+    import torch
+
     s = p.synthetic
     g = torch.Generator().manual_seed(1234)
     templates = torch.rand(s.classes, s.channels, s.image_size, s.image_size, generator=g) * 255
@@ -124,6 +130,8 @@ def synthetic(p) -> Raw:
 
 def prepare(p, out: Path = PREPARED) -> dict:
     """Build the prepared tensors for ``p.data`` and return meta.json's content."""
+    import torch
+
     raw = DATASETS[p.name](p)
     n = len(raw.train_labels)
     val_size = p.val_size if p.name != "synthetic" else min(p.val_size, n // 5)

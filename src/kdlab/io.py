@@ -7,8 +7,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import torch
-
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -31,6 +29,8 @@ def _atomic(path: Path, write) -> None:
 
 
 def save_torch(obj, path) -> None:
+    import torch
+
     _atomic(path, lambda f: torch.save(obj, f))
 
 
@@ -53,6 +53,8 @@ def sha256(path) -> str:
 
 def load_torch(path, rebuild_hint: str):
     """torch.load with an error that names the file and the command that rebuilds it."""
+    import torch
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing; rebuild it with `{rebuild_hint}`")

@@ -176,9 +176,10 @@ def _choice(key: str, value: str, allowed) -> None:
 def validate(p: Params) -> Params:
     """Range and name checks that a type annotation cannot express."""
     from kdlab.data import DATASETS
-    from kdlab.distill import METHODS
+    from kdlab.distill import names as method_names
     from kdlab.models import ARCHS
 
+    methods = method_names()
     _choice("data.name", p.data.name, DATASETS)
     _positive("data.val_size", p.data.val_size)
     s = p.data.synthetic
@@ -230,8 +231,8 @@ def validate(p: Params) -> Params:
     _positive("cache.batch_size", p.cache.batch_size)
     if not p.study.variants:
         raise ParamsError("study.variants", "is empty; list at least one of "
-                          + ", ".join(sorted(m for m in METHODS if m != BASELINE)))
-    distillers = sorted(m for m in METHODS if m != BASELINE)
+                          + ", ".join(m for m in methods if m != BASELINE))
+    distillers = [m for m in methods if m != BASELINE]
     for i, v in enumerate(p.study.variants):
         if v == BASELINE:
             raise ParamsError(f"study.variants[{i}]", f"{BASELINE!r} is the baseline, trained by the `baseline` "

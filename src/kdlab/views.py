@@ -10,8 +10,10 @@ student draws view ids, so both see exactly the same pixels (shared/DESIGN.md).
 """
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where used, so params validation stays fast
+    import torch
 
 
 def num_views(pad: int, flip: bool) -> int:
@@ -35,6 +37,9 @@ def decode(view_ids: torch.Tensor, pad: int) -> tuple[torch.Tensor, torch.Tensor
 
 def render_one(image: torch.Tensor, view_id: int, pad: int) -> torch.Tensor:
     """Reference implementation for one (C, H, W) image: pad, crop, flip. Used by the tests."""
+    import torch
+    import torch.nn.functional as F
+
     dy, dx, flip = (int(t) for t in decode(torch.tensor([view_id]), pad))
     _, h, w = image.shape
     padded = F.pad(image, (pad, pad, pad, pad))
@@ -47,6 +52,9 @@ def render(images: torch.Tensor, view_ids: torch.Tensor, pad: int) -> torch.Tens
 
     One gather does the shift and the flip for the whole batch (no per-image Python).
     """
+    import torch
+    import torch.nn.functional as F
+
     if pad == 0 and not bool((view_ids > 0).any()):
         return images
     b, _, h, w = images.shape
@@ -70,6 +78,8 @@ def view_table(n_images: int, pad: int, flip: bool, views, seed: int) -> torch.T
     from a generator seeded by ``seed``. A pure function of its arguments, so a student that does not
     read the teacher's cache (the raw baseline) still draws from the same views as the KD students.
     """
+    import torch
+
     total = num_views(pad, flip)
     if views == "all" or views == total:
         return torch.arange(total, dtype=torch.int16).expand(n_images, total).contiguous()
