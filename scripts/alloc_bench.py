@@ -3,7 +3,7 @@
     python scripts/alloc_bench.py --rounds 3 --steps 30
 
 Each measurement is a fresh process training the same model on the same random batches for --steps
-SGD steps. Three settings: glibc defaults (KDLAB_MALLOPT=0), kdlab's mallopt thresholds (the default),
+SGD steps, counting the minor page faults of the timed steps. Three settings: glibc defaults (KDLAB_MALLOPT=0), kdlab's mallopt thresholds (the default),
 and the same thresholds through MALLOC_*_ environment variables. Prints img/s per round, the median
 per setting, and a hash of the final weights (equal hashes = bit-identical training).
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -40,14 +41,16 @@ def child(arch: str, width: float, batch: int, steps: int, size: int) -> None:
     for i in range(steps + 3):
         if i == 3:
             start = time.perf_counter()
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         x, y = data[i % 4]
         loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
     rate = batch * steps / (time.perf_counter() - start)
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
     digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()[:12]
-    print(f"{rate:.1f} {digest}")
+    print(f"{rate:.1f} {digest} {faults:.0f}")
 
 
 def main() -> None:
@@ -65,6 +68,7 @@ def main() -> None:
     src = str(Path(__file__).resolve().parents[1] / "src")
     rates: dict[str, list[float]] = {k: [] for k in SETTINGS}
     digests: dict[str, set[str]] = {k: set() for k in SETTINGS}
+    faults: dict[str, list[float]] = {k: [] for k in SETTINGS}
     for r in range(a.rounds):
         for name, extra in SETTINGS.items():
             env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "KDLAB_MALLOPT"}
@@ -74,14 +78,17 @@ def main() -> None:
                                  env=env, capture_output=True, text=True, check=True).stdout.split()
             rates[name].append(float(out[0]))
             digests[name].add(out[1])
-            print(f"round {r + 1} {name:14s} {float(out[0]):8.1f} img/s  weights {out[1]}", flush=True)
+            faults[name].append(float(out[2]))
+            print(f"round {r + 1} {name:14s} {float(out[0]):8.1f} img/s  {out[2]:>6s} page faults/step  "
+                  f"weights {out[1]}", flush=True)
     base = statistics.median(rates["glibc default"])
     print(f"\n{a.arch} width {a.width}, batch {a.batch}, {a.steps} steps, {a.rounds} interleaved rounds")
-    print("| setting | median img/s | vs glibc default | weights |")
-    print("|---|---|---|---|")
+    print("| setting | median img/s | vs glibc default | minor page faults per step | weights |")
+    print("|---|---|---|---|---|")
     for name in SETTINGS:
         med = statistics.median(rates[name])
-        print(f"| {name} | {med:.0f} | {med / base:.2f}x | {', '.join(sorted(digests[name]))} |")
+        print(f"| {name} | {med:.0f} | {med / base:.2f}x | {statistics.median(faults[name]):.0f} "
+              f"| {', '.join(sorted(digests[name]))} |")
 
 
 if __name__ == "__main__":
