@@ -99,6 +99,9 @@ def test_repro_then_alpha_experiment(repo):
     for r in by_role["student"] + by_role["teacher"] + by_role["evaluate"]:
         assert r.data.tags["mlflow.parentRunId"] == parent
         assert r.info.status == "FINISHED"
+    # the report and its pictures are artifacts of the study's parent run
+    artifacts = {a.path for a in client.list_artifacts(parent)}
+    assert {"report.md", "accuracy.png", "learning_curves.png", "agreement_vs_accuracy.png"} <= artifacts
     kd_run = next(r for r in by_role["student"] if r.info.run_name == "kd-0")
     assert {"loss/ce", "loss/kd", "val_acc", "test_acc"} <= set(kd_run.data.metrics)
     assert kd_run.data.params["loss.alpha"] == "0.5"
