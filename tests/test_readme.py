@@ -1,9 +1,7 @@
-from pathlib import Path
-
 import pytest
 
 from conftest import REPO
-from kdlab import evaluate, params
+from kdlab import evaluate
 
 
 def test_readme_results_are_the_pipelines_summary():

@@ -11,9 +11,13 @@ import json
 import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from kdlab import io
+
+if TYPE_CHECKING:  # imported where used, so params validation needs no torch
+    import numpy as np
+    import torch
 
 PREPARED = Path("data/prepared")
 FASHION_MNIST_DEB_DIR = Path("/usr/share/datasets/fashion-mnist")
