@@ -2,7 +2,7 @@
 
 data/teacher_logits/train.pt holds ``view_ids`` (N, K) int16 and ``logits`` (N, K, classes) fp16, with
 the teacher checkpoint's sha256 and the view settings, so a cache built by another teacher or with other
-views is refused instead of silently used. eval.pt holds the identity-view logits of val and test.
+views is refused instead of silently used.
 """
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def teacher_logits_for(teacher, images, view_table, normalize, pad: int, batch_s
 
 def run_cache(p: Params) -> dict:
     from kdlab.stages import TEACHER, context, load_model
-    from kdlab.train import autocast, predict
+    from kdlab.train import autocast
 
     ctx = context(p, p.cache.seed)
     teacher = load_model(TEACHER, ctx, "dvc repro teacher")
@@ -74,9 +74,6 @@ def run_cache(p: Params) -> dict:
     logits = teacher_logits_for(teacher, train["images"], table, ctx.normalize, p.views.pad, p.cache.batch_size,
                                 autocast(ctx.device), PARTIAL, fingerprint)
     io.save_torch({"view_ids": table, "logits": logits, **stamp}, CACHE / "train.pt")
-    evals = {s: predict(teacher, ctx.splits[s]["images"], ctx.splits[s]["labels"], ctx.normalize,
-                        p.cache.batch_size).half() for s in ("val", "test")}
-    io.save_torch({**evals, **stamp}, CACHE / "eval.pt")
     shutil.rmtree(PARTIAL, ignore_errors=True)
     correct = (logits.float().argmax(-1) == train["labels"][:, None]).float().mean().item()
     print(f"cached {tuple(logits.shape)} teacher logits; teacher correct on {correct:.4f} of cached train views")
