@@ -68,6 +68,14 @@ BAD = [
     ({"data": {"synthetic": {"n_train": 0}}}, "data.synthetic.n_train", ["> 0"]),
     ({"study": "kd"}, "study", ["mapping"]),
     ({"study": {"seeds": "0,1"}}, "study.seeds", ["list"]),
+    ({"methods": {"fitnett": {}}}, "methods.fitnett", ["fitnet", "dkd", "init_teacher"]),
+    ({"methods": {"fitnet": [1]}}, "methods.fitnet", ["mapping"]),
+    ({"parts": {"method": "hint"}}, "parts.method", ["fitnet", "at"]),
+    ({"parts": {"stages": []}}, "parts.stages", ["empty"]),
+    ({"parts": {"stages": ["conv1"]}}, "parts.stages[0]", ["layerN"]),
+    ({"parts": {"stages": ["layer1", "layer1"]}}, "parts.stages", ["duplicates"]),
+    ({"parts": {"init": ["init_teachr"]}}, "parts.init[0]", ["init_teacher", "init_random"]),
+    ({"parts": {"cka_images": 0}}, "parts.cka_images", ["> 0"]),
 ]
 
 

@@ -22,7 +22,9 @@ TINY = {
     "train": {"batch_size": 64, "eval_batch_size": 200, "threads": 1},
     "cache": {"views": 3},
     "study": {"seeds": [0]},
+    "parts": {"stages": ["layer2", "layer3"], "cka_images": 64},   # question 2 with two placements
 }
+PARTS_STAGES = {"placement@layer2-0", "placement@layer3-0", "carve@init_teacher-0", "carve@init_random-0", "parts"}
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -67,7 +69,7 @@ def test_repro_then_alpha_experiment(repo):
     root, env = repo
     out = _run(["dvc", "repro"], root, env)
     assert _ran(out) == {"prepare", "teacher", "cache", "baseline@raw-0", "student@kd-0",
-                         "student@kd_correct_only-0", "evaluate", "report"}
+                         "student@kd_correct_only-0", "evaluate", "report"} | PARTS_STAGES
     for name in ("raw-0", "kd-0", "kd_correct_only-0"):
         m = json.loads((root / f"metrics/students/{name}.json").read_text())
         assert 0 <= m["test_acc"] <= 1 and m["epochs"] == 1 and m["best_epoch"] == 1
@@ -81,7 +83,21 @@ def test_repro_then_alpha_experiment(repo):
     assert "KD alpha 0.5," in report and "| Distilled (kd) | resnet8 |" in report
     assert (root / "predictions/kd-0.pt").exists() and (root / "plots/curves/teacher.json").exists()
     plots = _run(["dvc", "plots", "show", "--json"], root, env)
-    assert "plots/curves/kd-0.json" in plots
+    assert "plots/curves/kd-0.json" in plots and "plots/parts_cka.json" in plots
+
+    # question 2: accuracy per placement and CKA per stage, in metrics, the report and the README block source
+    parts = json.loads((root / "metrics/parts.json").read_text())
+    assert list(parts["groups"]) == ["raw", "kd", "fitnet.layer2", "fitnet.layer3", "init_teacher", "init_random"]
+    for g, e in parts["groups"].items():
+        assert set(e["cka"]) == {"layer1", "layer2", "layer3"}
+        assert all(-1e-6 <= c["mean"] <= 1 + 1e-6 for c in e["cka"].values()), (g, e["cka"])
+        assert 0 <= e["test_acc"]["mean"] <= 1
+    # carved from a resnet8 teacher keeping its one block per stage: the teacher itself, CKA 1 before training
+    assert parts["groups"]["init_teacher"]["params"] == teacher["params"]
+    assert "fitnet.layer3_vs_kd" in parts["comparisons"] and "init_teacher_vs_init_random" in parts["comparisons"]
+    assert parts["cka_images"] == 64
+    assert "## Question 2" in report and "| fitnet.layer2 |" in report and (root / "reports/parts.png").exists()
+    assert json.loads((root / "metrics/parts/fitnet.layer2-0.json").read_text())["epochs"] == 1
 
     # MLflow: one study parent with teacher, students and evaluate as children, in the repo's sqlite store
     from mlflow.tracking import MlflowClient
@@ -95,13 +111,18 @@ def test_repro_then_alpha_experiment(repo):
         by_role.setdefault(r.data.tags["kdlab.role"], []).append(r)
     assert len(by_role["study"]) == 1
     parent = by_role["study"][0].info.run_id
-    assert {r.info.run_name for r in by_role["student"]} == {"raw-0", "kd-0", "kd_correct_only-0"}
+    assert {r.info.run_name for r in by_role["student"]} == {"raw-0", "kd-0", "kd_correct_only-0", "fitnet.layer2-0",
+                                                             "fitnet.layer3-0", "init_teacher-0", "init_random-0"}
     for r in by_role["student"] + by_role["teacher"] + by_role["evaluate"]:
         assert r.data.tags["mlflow.parentRunId"] == parent
         assert r.info.status == "FINISHED"
     # the report and its pictures are artifacts of the study's parent run
     artifacts = {a.path for a in client.list_artifacts(parent)}
-    assert {"report.md", "accuracy.png", "learning_curves.png", "agreement_vs_accuracy.png"} <= artifacts
+    assert {"report.md", "accuracy.png", "learning_curves.png", "agreement_vs_accuracy.png", "parts.png"} <= artifacts
+    hint_run = next(r for r in by_role["student"] if r.info.run_name == "fitnet.layer2-0")
+    assert {"loss/ce", "loss/kd", "loss/hint"} <= set(hint_run.data.metrics)
+    assert hint_run.data.tags["dvc.stage"] == "placement@layer2-0"
+    assert "parts/fitnet.layer3/cka_layer3" in by_role["parts"][0].data.metrics
     kd_run = next(r for r in by_role["student"] if r.info.run_name == "kd-0")
     assert {"loss/ce", "loss/kd", "val_acc", "test_acc"} <= set(kd_run.data.metrics)
     assert kd_run.data.params["loss.alpha"] == "0.5"
@@ -114,11 +135,12 @@ def test_repro_then_alpha_experiment(repo):
     _run(["git", "add", "-A"], root, env)
     _run(["git", "commit", "-qm", "baseline results"], root, env)
     out = _run(["dvc", "exp", "run", "-S", "loss.alpha=0.7"], root, env)
-    assert _ran(out) == {"student@kd-0", "student@kd_correct_only-0", "evaluate", "report"}
+    assert _ran(out) == {"student@kd-0", "student@kd_correct_only-0", "evaluate", "report"} | PARTS_STAGES
     assert "KD alpha 0.7," in (root / "reports/report.md").read_text()
     kd_runs = [r for r in client.search_runs([exp.experiment_id], "tags.`kdlab.role` = 'student'")
                if r.data.params.get("loss.alpha") == "0.7"]
-    assert {r.info.run_name for r in kd_runs} == {"kd-0", "kd_correct_only-0"}
+    assert {r.info.run_name for r in kd_runs} == {"kd-0", "kd_correct_only-0", "fitnet.layer2-0", "fitnet.layer3-0",
+                                                  "init_teacher-0", "init_random-0"}
     # the sweep command gathers the committed baseline (alpha 0.5) and the experiment (alpha 0.7)
     out = _run([sys.executable, "-m", "kdlab", "sweep", "--param", "loss.alpha"], root, env)
     rows = [line for line in (root / "reports/sweep_loss.alpha.md").read_text().splitlines()
@@ -154,7 +176,9 @@ def test_parallel_queue_reaches_one_store_once_each(repo):
         study = [r for r in mine if r.data.tags["kdlab.role"] == "study"]
         children = [r for r in mine if r.data.tags["kdlab.role"] != "study"]
         assert len(study) == 1, [r.info.run_name for r in mine]
-        assert sorted(r.info.run_name for r in children) == ["evaluate", "kd-0", "kd_correct_only-0", "report"]
+        assert sorted(r.info.run_name for r in children) == [
+            "evaluate", "fitnet.layer2-0", "fitnet.layer3-0", "init_random-0", "init_teacher-0", "kd-0",
+            "kd_correct_only-0", "parts", "report"]
         # the parent is named after the DVC experiment its children ran in
         assert {r.data.tags["dvc.exp_name"] for r in children} == {study[0].info.run_name}
         assert all(r.data.tags["mlflow.parentRunId"] == study[0].info.run_id for r in children)

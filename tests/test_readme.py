@@ -4,13 +4,14 @@ from conftest import REPO
 from kdlab import evaluate
 
 
-def test_readme_results_are_the_pipelines_summary():
-    """The README's numbers are metrics/summary.md as `make repro` wrote it (refresh: `kdlab readme`)."""
-    summary = REPO / evaluate.SUMMARY_MD
+@pytest.mark.parametrize("block", evaluate.README_BLOCKS)
+def test_readme_results_are_the_pipelines_summary(block):
+    """The README's numbers are the metrics files as `make repro` wrote them (refresh: `kdlab readme`)."""
+    summary = REPO / evaluate.README_BLOCKS[block]
     if not summary.exists():
-        pytest.skip("no metrics/summary.md committed yet")
+        pytest.skip(f"no {summary} committed yet")
     readme = (REPO / "README.md").read_text()
-    assert evaluate.readme_with_results(readme, summary.read_text()) == readme
+    assert evaluate.readme_with_results(readme, summary.read_text(), block) == readme
 
 
 def test_readme_block_replacement():

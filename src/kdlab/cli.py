@@ -31,6 +31,16 @@ def _student(p, args):
     run_student(p, args.variant, args.seed)
 
 
+def _part(p, args):
+    from kdlab.stages import run_student
+    run_student(p, args.variant, args.seed, at=args.at, parts=True)
+
+
+def _parts(p, args):
+    from kdlab.parts import run_parts
+    run_parts(p)
+
+
 def _evaluate(p, args):
     from kdlab.evaluate import run_evaluate
     run_evaluate(p)
@@ -51,26 +61,51 @@ def _readme(p, args):
     run_readme()
 
 
-STAGES = {"prepare": _prepare, "teacher": _teacher, "cache": _cache, "student": _student,
-          "evaluate": _evaluate, "report": _report, "sweep": _sweep, "readme": _readme, "ui": None}
+STAGES = {"prepare": _prepare, "teacher": _teacher, "cache": _cache, "student": _student, "part": _part,
+          "parts": _parts, "evaluate": _evaluate, "report": _report, "sweep": _sweep, "readme": _readme, "ui": None}
 
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="kdlab",
-        description="kdlab pipeline stages (normally run by `dvc repro`; see dvc.yaml). Extra commands: "
+        description="kdlab pipeline stages (normally run by `dvc repro`; see dvc.yaml). `part` trains one "
+                    "student of the question-2 study (`--variant parts.method --at STAGE`, or `--variant` one of "
+                    "parts.init) and `parts` measures that study. Extra commands: "
                     "`sweep --param KEY` gathers DVC experiments into a table and plot; `readme` copies "
                     "metrics/summary.md into README.md; `ui` starts the MLflow UI on the project's store.",
     )
     ap.add_argument("stage", choices=STAGES, help="what to run")
     ap.add_argument("--variant", help="student: the distillation variant (raw or one of study.variants)")
-    ap.add_argument("--seed", type=int, help="student: the seed (one of study.seeds)")
+    ap.add_argument("--seed", type=int, help="student, part: the seed (one of study.seeds)")
+    ap.add_argument("--at", help="part: the stage to place parts.method's feature loss at (one of parts.stages)")
     ap.add_argument("--param", default="loss.alpha", help="sweep: the swept param (default loss.alpha)")
     ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     ap.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a param, e.g. -S loss.alpha=0.7 (repeatable)")
     ap.add_argument("--port", type=int, default=5000, help="ui: port on 127.0.0.1 (default 5000)")
     return ap
+
+
+def _check_run_args(p, args, baseline: str) -> str | None:
+    """What is wrong with ``--variant/--at/--seed`` for the student and part stages, if anything."""
+    if args.stage not in ("student", "part"):
+        return None
+    if args.stage == "student":
+        if args.variant != baseline and args.variant not in p.study.variants:
+            return f"--variant {args.variant!r} is neither {baseline!r} nor in study.variants {p.study.variants}"
+        if args.at:
+            return "--at is for `kdlab part` (the question-2 study)"
+    elif args.at is not None:
+        if args.variant != p.parts.method:
+            return f"--variant {args.variant!r} with --at: the placed method is parts.method={p.parts.method!r}"
+        if args.at not in p.parts.stages:
+            return f"--at {args.at!r} is not in parts.stages {p.parts.stages}"
+    elif args.variant not in p.parts.init:
+        return (f"--variant {args.variant!r} is not in parts.init {p.parts.init} (or give --at STAGE for "
+                f"parts.method={p.parts.method!r})")
+    if args.seed not in p.study.seeds:
+        return f"--seed {args.seed!r} is not in study.seeds {p.study.seeds}"
+    return None
 
 
 def ui(port: int) -> int:
@@ -97,14 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     except params_mod.ParamsError as e:
         print(f"kdlab: {e}", file=sys.stderr)
         return 2
-    if args.stage == "student":
-        if args.variant != params_mod.BASELINE and args.variant not in p.study.variants:
-            print(f"kdlab: --variant {args.variant!r} is neither {params_mod.BASELINE!r} nor in study.variants "
-                  f"{p.study.variants}", file=sys.stderr)
-            return 2
-        if args.seed not in p.study.seeds:
-            print(f"kdlab: --seed {args.seed!r} is not in study.seeds {p.study.seeds}", file=sys.stderr)
-            return 2
+    problem = _check_run_args(p, args, params_mod.BASELINE)
+    if problem:
+        print(f"kdlab: {problem}", file=sys.stderr)
+        return 2
     # SIGTERM (a scheduler, `kill`) ends a stage like Ctrl-C: the last complete epoch's checkpoint stays,
     # the MLflow run is closed as KILLED, and rerunning the stage resumes
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -114,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kdlab {args.stage}: interrupted; rerun the stage to resume from its last complete epoch",
               file=sys.stderr)
         return 130
+    except params_mod.ParamsError as e:  # a method's own options, checked when the method is built
+        print(f"kdlab {args.stage}: {e}", file=sys.stderr)
+        return 2
     except (DataError, FileNotFoundError, FloatingPointError, TrackingError) as e:
         print(f"kdlab {args.stage}: {e}", file=sys.stderr)
         return 1

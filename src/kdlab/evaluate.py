@@ -224,18 +224,30 @@ def run_evaluate(p: Params) -> dict:
     return summary
 
 
-README_START, README_END = "<!-- results:start (kdlab readme) -->", "<!-- results:end -->"
+#: README blocks that `kdlab readme` fills: name -> the pipeline file copied between its markers
+README_BLOCKS = {"results": SUMMARY_MD, "parts": "metrics/parts.md"}
 
 
-def readme_with_results(readme: str, summary_md: str) -> str:
-    """README text with the block between the results markers replaced by metrics/summary.md."""
-    start, end = readme.find(README_START), readme.find(README_END)
+def markers(block: str) -> tuple[str, str]:
+    return f"<!-- {block}:start (kdlab readme) -->", f"<!-- {block}:end -->"
+
+
+README_START, README_END = markers("results")
+
+
+def readme_with_results(readme: str, summary_md: str, block: str = "results") -> str:
+    """README text with the block between ``block``'s markers replaced by ``summary_md``."""
+    start_marker, end_marker = markers(block)
+    start, end = readme.find(start_marker), readme.find(end_marker)
     if start < 0 or end < start:
-        raise ValueError(f"README has no results block ({README_START} ... {README_END})")
-    return readme[:start + len(README_START)] + "\n" + summary_md + readme[end:]
+        raise ValueError(f"README has no {block} block ({start_marker} ... {end_marker})")
+    return readme[:start + len(start_marker)] + "\n" + summary_md + readme[end:]
 
 
 def run_readme(readme_path: str = "README.md") -> None:
     text = Path(readme_path).read_text()
-    io.save_text(readme_with_results(text, Path(SUMMARY_MD).read_text()), readme_path)
-    print(f"{readme_path}: results block updated from {SUMMARY_MD}")
+    for block, source in README_BLOCKS.items():
+        if Path(source).exists():
+            text = readme_with_results(text, Path(source).read_text(), block)
+            print(f"{readme_path}: {block} block updated from {source}")
+    io.save_text(text, readme_path)

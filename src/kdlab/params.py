@@ -6,6 +6,7 @@ value comes from a fixed set, the allowed values.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +97,15 @@ class StudyParams:
 
 
 @dataclass(frozen=True)
+class PartsParams:
+    """Question 2: which parts of the network benefit from distillation."""
+    method: str = "fitnet"
+    stages: list[str] = field(default_factory=lambda: ["layer1", "layer2", "layer3"])
+    init: list[str] = field(default_factory=lambda: ["init_teacher", "init_random"])
+    cka_images: int = 512
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataParams = field(default_factory=DataParams)
     views: ViewParams = field(default_factory=ViewParams)
@@ -105,6 +115,9 @@ class Params:
     loss: LossParams = field(default_factory=LossParams)
     cache: CacheParams = field(default_factory=CacheParams)
     study: StudyParams = field(default_factory=StudyParams)
+    #: each method's own options, ``methods.<name>.<key>``, checked against the method file's ``Options``
+    methods: dict[str, dict] = field(default_factory=dict)
+    parts: PartsParams = field(default_factory=PartsParams)
 
 
 # ---------------------------------------------------------------- parsing
@@ -128,11 +141,20 @@ def _convert(key: str, tp, value):
             except ParamsError as e:
                 errors.append(str(e).split(": ", 2)[-1])
         raise ParamsError(key, " or ".join(errors))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ParamsError(key, f"expected a mapping, got {value!r}")
+        _, item_tp = typing.get_args(tp)
+        return {k: _convert(f"{key}.{k}", item_tp, v) for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
             raise ParamsError(key, f"expected a list, got {value!r}")
         (item_tp,) = typing.get_args(tp)
         return [_convert(f"{key}[{i}]", item_tp, v) for i, v in enumerate(value)]
+    if tp is dict:  # checked in full by whoever owns it (a method's Options)
+        if not isinstance(value, dict):
+            raise ParamsError(key, f"expected a mapping, got {value!r}")
+        return value
     if tp is bool:
         if not isinstance(value, bool):
             raise ParamsError(key, f"expected true or false, got {value!r}")
@@ -161,6 +183,11 @@ def _build(cls, raw: dict, prefix: str = ""):
             raise ParamsError(where, f"unknown key; allowed keys here: {', '.join(names)}")
     kwargs = {k: _convert(f"{prefix}.{k}" if prefix else k, hints[k], v) for k, v in raw.items()}
     return cls(**kwargs)
+
+
+def build_section(cls, raw: dict, prefix: str):
+    """``raw`` (a mapping from params.yaml) checked against the dataclass ``cls``; errors name ``prefix.key``."""
+    return _build(cls, raw or {}, prefix)
 
 
 def _positive(key: str, value, strict: bool = True):
@@ -248,6 +275,20 @@ def validate(p: Params) -> Params:
         raise ParamsError("study.seeds", f"has duplicates: {p.study.seeds}")
     for i, s_ in enumerate(p.study.seeds):
         _positive(f"study.seeds[{i}]", s_, strict=False)
+    for name in p.methods:
+        _choice(f"methods.{name}", name, methods)
+    pp = p.parts
+    _choice("parts.method", pp.method, distillers)
+    if not pp.stages:
+        raise ParamsError("parts.stages", "is empty; list the stages to place the feature loss at, e.g. [layer1, layer2]")
+    for i, st in enumerate(pp.stages):
+        if not re.fullmatch(r"layer\d+(\.\d+)?", st):
+            raise ParamsError(f"parts.stages[{i}]", f"{st!r} is not a stage path; use layerN or layerN.B (a block)")
+    if len(set(pp.stages)) != len(pp.stages):
+        raise ParamsError("parts.stages", f"has duplicates: {pp.stages}")
+    for i, v in enumerate(pp.init):
+        _choice(f"parts.init[{i}]", v, distillers)
+    _positive("parts.cka_images", pp.cka_images)
     return p
 
 
@@ -298,6 +339,15 @@ def flatten(obj, prefix: str = "") -> dict[str, object]:
         k = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(v):
             out.update(flatten(v, k + "."))
+        elif isinstance(v, dict):
+            out.update(_flatten_dict(v, k + "."))
         else:
             out[k] = v
+    return out
+
+
+def _flatten_dict(d: dict, prefix: str) -> dict[str, object]:
+    out = {}
+    for k, v in d.items():
+        out.update(_flatten_dict(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
     return out

@@ -13,7 +13,8 @@ from kdlab.evaluate import CURVES, LABELS, RUNS_JSON, SUMMARY_JSON, fmt_p, markd
 from kdlab.params import BASELINE, Params, flatten
 
 REPORTS = Path("reports")
-COLORS = {"teacher": "black", "raw": "tab:gray", "kd": "tab:blue", "kd_correct_only": "tab:orange"}
+COLORS = {"teacher": "black", "raw": "tab:gray", "kd": "tab:blue", "kd_correct_only": "tab:orange",
+          "init_teacher": "tab:red", "init_random": "tab:pink"}
 
 
 def _plt():
@@ -116,7 +117,7 @@ def _stat(s: dict | None, scale: float = 100, digits: int = 2) -> str:
     return f"{scale * s['mean']:.{digits}f} [{scale * s['ci_low']:.{digits}f}, {scale * s['ci_high']:.{digits}f}]"
 
 
-def render(p: Params, summary: dict, runs: dict) -> str:
+def render(p: Params, summary: dict, runs: dict, parts: dict | None = None) -> str:
     n = len(p.study.seeds)
     comps = summary["comparisons"]
     lines = [
@@ -189,7 +190,54 @@ def render(p: Params, summary: dict, runs: dict) -> str:
         f"{student['images_per_second']:.0f} |",
         "",
     ]
+    if parts is not None:
+        lines += parts_section(p, parts)
     return "\n".join(lines)
+
+
+def plot_parts(parts: dict, path: Path) -> None:
+    """Question 2: accuracy per run group (left) and CKA with the teacher per stage (right)."""
+    plt = _plt()
+    groups = parts["groups"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for i, (g, e) in enumerate(groups.items()):
+        s = e["test_acc"]
+        lo = s["ci_low"] if s["ci_low"] is not None else s["mean"]
+        hi = s["ci_high"] if s["ci_high"] is not None else s["mean"]
+        ax1.errorbar([i], [100 * s["mean"]], yerr=[[100 * (s["mean"] - lo)], [100 * (hi - s["mean"])]], fmt="o",
+                     capsize=5, color=_color(g, i))
+        stages = list(e["cka"])
+        ax2.plot(range(len(stages)), [e["cka"][st]["mean"] for st in stages], marker="o", color=_color(g, i),
+                 label=g)
+        ax2.set_xticks(range(len(stages)), stages)
+    ax1.set_xticks(range(len(groups)), [g.replace(".", "\n") for g in groups], fontsize=7)
+    ax1.set_ylabel("test accuracy (%), mean and 95% CI")
+    ax1.set_title("accuracy per placement / initialisation")
+    finish(fig, ax2, "stage", "linear CKA with the teacher", f"teacher-likeness per stage ({parts['cka_images']} val images)",
+           path)
+
+
+def parts_section(p: Params, parts: dict) -> list[str]:
+    from kdlab.parts import comparisons, markdown as parts_markdown
+
+    n = len(p.study.seeds)
+    lines = [
+        "## Question 2: which parts of the network benefit from distillation?",
+        "",
+        f"`{p.parts.method}` places a feature loss (plus KD) at one stage at a time; `init_teacher` carves the "
+        f"student out of the teacher's blocks (`methods.init_teacher.keep`) and `init_random` is the same shape "
+        f"from a random initialisation, both trained with KD. CKA near 1 means that stage of the student "
+        f"represents the validation images as the teacher's does. Regenerate with `dvc repro parts report`.",
+        "",
+        parts_markdown(p, parts),
+    ]
+    for a, b in comparisons(p):
+        if b != BASELINE or a == "kd":
+            cmp_ = parts["comparisons"].get(f"{a}_vs_{b}")
+            if cmp_:
+                lines.append("- " + verdict(a, b, cmp_, n))
+    lines += ["", "![question 2](parts.png)", ""]
+    return lines
 
 
 def load_curves(names) -> dict[str, list]:
@@ -200,16 +248,21 @@ def run_report(p: Params) -> Path:
     summary = json.loads(Path(SUMMARY_JSON).read_text())
     runs = json.loads(Path(RUNS_JSON).read_text())
     curves = load_curves(runs)
+    from kdlab.parts import PARTS_JSON
+
+    parts = json.loads(Path(PARTS_JSON).read_text()) if Path(PARTS_JSON).exists() else None
     REPORTS.mkdir(exist_ok=True)
     pictures = {"accuracy.png": lambda f: plot_accuracy(p, summary, runs, f),
                 "learning_curves.png": lambda f: plot_curves(p, curves, runs, f),
                 "agreement_vs_accuracy.png": lambda f: plot_agreement(p, runs, f)}
+    if parts is not None:
+        pictures["parts.png"] = lambda f: plot_parts(parts, f)
     for name, draw in pictures.items():
         tmp = REPORTS / f".{name}.tmp.png"
         draw(tmp)
         tmp.replace(REPORTS / name)
     report = REPORTS / "report.md"
-    io.save_text(render(p, summary, runs), report)
+    io.save_text(render(p, summary, runs, parts), report)
     with tracking.run("report", "report", flatten(p)) as run:
         for f in [report, *(REPORTS / n for n in pictures)]:
             run.log_artifact(f)

@@ -18,6 +18,8 @@ TEACHER = Path("models/teacher.pt")
 #: per-epoch training state of interrupted runs; deleted once a run's outputs are written
 CHECKPOINTS = Path("checkpoints")
 STUDENTS = Path("models/students")
+#: the question-2 study's students (feature loss at one stage, students carved from the teacher)
+PARTS = Path("models/parts")
 METRICS = Path("metrics")
 
 
@@ -35,18 +37,27 @@ def context(p: Params, seed: int) -> Context:
     return Context(dev, meta, splits, Normalize(meta["mean"], meta["std"], dev, channels_last=dev.type == "cuda"))
 
 
-def build_model(spec, ctx: Context) -> torch.nn.Module:
-    model = models.build(spec.arch, ctx.meta["channels"], ctx.meta["classes"], spec.width).to(ctx.device)
+def memory_format(model: torch.nn.Module, spec, ctx: Context) -> torch.nn.Module:
     channels_last = ctx.device.type == "cuda" if spec.channels_last == "auto" else spec.channels_last
     # convolutions follow the weights' memory format, so the inputs can stay as they are
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
+def build_model(spec, ctx: Context) -> torch.nn.Module:
+    model = models.build(spec.arch, ctx.meta["channels"], ctx.meta["classes"], spec.width).to(ctx.device)
+    return memory_format(model, spec, ctx)
+
+
 def load_model(path: Path, ctx: Context, rebuild: str) -> torch.nn.Module:
+    """A saved model; one carved from the teacher (``blocks`` in the file) is carved again, then loaded."""
     ckpt = io.load_torch(path, rebuild)
-    model = models.build(ckpt["arch"], ckpt["in_channels"], ckpt["classes"], ckpt["width"]).to(ctx.device)
+    model = models.build(ckpt["arch"], ckpt["in_channels"], ckpt["classes"], ckpt["width"])
+    if ckpt.get("blocks"):
+        from kdlab.surgery import keep_blocks
+
+        model = keep_blocks(model, ckpt["blocks"])
     model.load_state_dict(ckpt["state_dict"])
-    return model.eval()
+    return model.to(ctx.device).eval()
 
 
 def _fingerprint(p: Params, ctx: Context, run_name: str, extra: dict) -> str:
@@ -57,8 +68,12 @@ def _fingerprint(p: Params, ctx: Context, run_name: str, extra: dict) -> str:
 
 def _train_and_save(p: Params, ctx: Context, role: str, spec, seed: int, method, batches: TrainBatches,
                     model_path: Path, metrics_path: Path, run_name: str, extra: dict,
-                    resume_key: dict | None = None) -> dict:
-    model = build_model(spec, ctx)
+                    resume_key: dict | None = None, model: torch.nn.Module | None = None,
+                    arch: dict | None = None) -> dict:
+    """Train ``model`` (default: a fresh ``spec`` model) and write it with its metrics. ``arch``: how
+    :func:`load_model` rebuilds it (default: ``spec``'s arch and width)."""
+    model = build_model(spec, ctx) if model is None else model
+    arch = arch or {"arch": spec.arch, "width": spec.width}
     checkpoint = CHECKPOINTS / f"{run_name}.pt"
     val = (ctx.splits["val"]["images"], ctx.splits["val"]["labels"])
     test = (ctx.splits["test"]["images"], ctx.splits["test"]["labels"])
@@ -80,7 +95,7 @@ def _train_and_save(p: Params, ctx: Context, role: str, spec, seed: int, method,
             "wall_seconds": time.perf_counter() - start,
         }
         io.save_torch({
-            "arch": spec.arch, "width": spec.width, "in_channels": ctx.meta["channels"],
+            **arch, "in_channels": ctx.meta["channels"],
             "classes": ctx.meta["classes"], "state_dict": res.best_state, "seed": seed,
             "history": res.history, "metrics": metrics, "data_sha256": ctx.meta["sha256"], **extra,
         }, model_path)
@@ -103,25 +118,50 @@ def run_teacher(p: Params) -> dict:
                            TEACHER, METRICS / "teacher.json", "teacher", {})
 
 
-def student_paths(variant: str, seed: int) -> tuple[Path, Path]:
-    return STUDENTS / f"{variant}-{seed}.pt", METRICS / "students" / f"{variant}-{seed}.json"
+def student_paths(name: str, seed: int, parts: bool = False) -> tuple[Path, Path]:
+    """Model and metrics files of a student run; ``parts``: a run of the question-2 study."""
+    models_dir, metrics_dir = (PARTS, METRICS / "parts") if parts else (STUDENTS, METRICS / "students")
+    return models_dir / f"{name}-{seed}.pt", metrics_dir / f"{name}-{seed}.json"
 
 
-def run_student(p: Params, variant: str, seed: int) -> dict:
+def part_name(variant: str, at: str | None) -> str:
+    """``fitnet`` tapped at ``layer2`` is run ``fitnet.layer2``."""
+    return f"{variant}.{at}" if at else variant
+
+
+def run_student(p: Params, variant: str, seed: int, at: str | None = None, parts: bool = False) -> dict:
+    """Train one student with the distillation method ``variant``; ``at``: tap only this stage (for the
+    methods with ``stages``, in the question-2 study)."""
     from kdlab import cache
 
-    method = distill.build(variant, p)
+    method = distill.build(variant, p, **({"stages": [at]} if at else {}))
+    name = part_name(variant, at)
     ctx = context(p, seed)
     train = ctx.splits["train"]
     resume_key = {}
-    if method.uses_teacher_logits:
+    teacher = None
+    if method.uses_teacher_model or method.builds_from_teacher:
+        teacher = memory_format(load_model(TEACHER, ctx, "dvc repro teacher"), p.teacher, ctx)
+        resume_key["teacher_sha256"] = io.sha256(TEACHER)
+    teacher_logits = None
+    if method.views == "all":  # fresh random views: any of the V views at every epoch
+        table = views.view_table(len(train["labels"]), p.views.pad, p.views.flip, "all", 0)
+    elif method.uses_teacher_logits:
         table, teacher_logits = cache.load_train(p)
         resume_key["cache_sha256"] = io.sha256(cache.CACHE / "train.pt")
-    else:  # the same views the KD students draw from, without reading the teacher
+    else:  # the same views the cached-KD students draw from, without reading the cache
         table = views.view_table(len(train["labels"]), p.views.pad, p.views.flip, p.cache.views, p.cache.seed)
-        teacher_logits = None
     batches = TrainBatches(train["images"], train["labels"], ctx.normalize, p.train.batch_size, p.views.pad,
                            table, seed=seed, teacher_logits=teacher_logits)
-    model_path, metrics_path = student_paths(variant, seed)
+    student = build_model(p.student, ctx)
+    arch = None
+    if method.builds_from_teacher:
+        student = memory_format(method.init_student(student, teacher).to(ctx.device), p.student, ctx)
+        t = io.load_torch(TEACHER, "dvc repro teacher")
+        arch = {"arch": t["arch"], "width": t["width"], "blocks": method.blocks(teacher)}
+    example = ctx.normalize(train["images"][:32].to(ctx.device))
+    method.attach(student, teacher, example)
+    method.to(ctx.device)
+    model_path, metrics_path = student_paths(name, seed, parts)
     return _train_and_save(p, ctx, "student", p.student, seed, method, batches, model_path, metrics_path,
-                           f"{variant}-{seed}", {"variant": variant}, resume_key)
+                           f"{name}-{seed}", {"variant": name}, resume_key, model=student, arch=arch)

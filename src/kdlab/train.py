@@ -18,7 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from kdlab import io
-from kdlab.loader import Batch, Normalize, TrainBatches, eval_batches
+from kdlab.loader import Normalize, TrainBatches, eval_batches
 
 
 @dataclass
@@ -32,8 +32,8 @@ class FitResult:
     train_seconds: float = 0.0
 
 
-def make_optimizer(model: nn.Module, lr: float, tp) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=tp.momentum, nesterov=tp.nesterov and tp.momentum > 0,
+def make_optimizer(params, lr: float, tp) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=lr, momentum=tp.momentum, nesterov=tp.nesterov and tp.momentum > 0,
                            weight_decay=tp.weight_decay)
 
 
@@ -78,16 +78,18 @@ class NonFiniteLoss(FloatingPointError):
     pass
 
 
-def _save_checkpoint(path: Path, fingerprint: str, epoch: int, model, opt, sched, best, history, elapsed) -> None:
+def _save_checkpoint(path: Path, fingerprint: str, epoch: int, model, method, opt, sched, best, history,
+                     elapsed) -> None:
     io.save_torch({
-        "fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+        "fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(), "method": method.state_dict(),
+        "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(), "best": best, "history": history, "elapsed": elapsed,
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }, path)
 
 
-def _resume(path: Path | None, fingerprint: str, model, opt, sched, desc: str):
+def _resume(path: Path | None, fingerprint: str, model, method, opt, sched, desc: str):
     """(next epoch, best, history, elapsed) from a checkpoint of this very run, else a fresh start."""
     fresh = (1, (-1.0, 0, None), [], 0.0)
     if path is None or not path.exists():
@@ -97,6 +99,7 @@ def _resume(path: Path | None, fingerprint: str, model, opt, sched, desc: str):
         tqdm.write(f"{desc}: {path} belongs to other params or data; starting over")
         return fresh
     model.load_state_dict(ckpt["model"])
+    method.load_state_dict(ckpt["method"])
     opt.load_state_dict(ckpt["optimizer"])
     sched.load_state_dict(ckpt["scheduler"])
     torch.set_rng_state(ckpt["torch_rng"])
@@ -106,20 +109,21 @@ def _resume(path: Path | None, fingerprint: str, model, opt, sched, desc: str):
     return ckpt["epoch"] + 1, ckpt["best"], ckpt["history"], ckpt["elapsed"]
 
 
-def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Batch], tuple], batches: TrainBatches,
+def fit(model: nn.Module, method: nn.Module, batches: TrainBatches,
         val: tuple[torch.Tensor, torch.Tensor], epochs: int, lr: float, tp, desc: str,
         on_epoch: Optional[Callable[[dict], None]] = None, checkpoint: Path | None = None,
         fingerprint: str = "") -> FitResult:
-    """Train ``model`` with ``loss_fn`` (a distillation method) and return the best-on-val state.
+    """Train ``model`` with ``method`` (a :mod:`kdlab.distill` method: ``method(model, batch) -> (logits,
+    terms)``; its own parameters, e.g. FitNet's regressors, are trained too) and return the best-on-val state.
 
     With ``checkpoint``, the full training state is written there (atomically) after every epoch, and a
     checkpoint with the same ``fingerprint`` found at the start is resumed: an interrupted run ends with
     exactly the metrics of an uninterrupted one. ``on_epoch`` also sees the rows of resumed epochs.
     """
     device = batches.normalize.mean.device
-    opt = make_optimizer(model, lr, tp)
+    opt = make_optimizer([*model.parameters(), *method.parameters()], lr, tp)
     sched = make_schedule(opt, epochs * len(batches), tp)
-    first, best, history, elapsed = _resume(checkpoint, fingerprint, model, opt, sched, desc)
+    first, best, history, elapsed = _resume(checkpoint, fingerprint, model, method, opt, sched, desc)
     if on_epoch:
         for row in history:
             on_epoch(row)
@@ -128,6 +132,8 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Batch], tuple], batches:
     start = time.perf_counter() - elapsed
     for epoch in range(first, epochs + 1):
         model.train()
+        method.train()
+        method.begin_epoch(epoch)
         sums: dict[str, torch.Tensor] = {}
         seen = 0
         finite = torch.ones((), dtype=torch.bool, device=device)
@@ -135,7 +141,7 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Batch], tuple], batches:
                    leave=False, dynamic_ncols=True, mininterval=1.0)
         for step, batch in enumerate(bar, start=1):
             with autocast(device):
-                _, terms = loss_fn(model, batch)
+                _, terms = method(model, batch)
             loss = sum(terms.values())
             finite &= torch.isfinite(loss.detach())
             if (step % check_every == 0 or step == len(batches)) and not bool(finite):
@@ -160,7 +166,8 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Batch], tuple], batches:
         if val_acc > best[0]:
             best = (val_acc, epoch, copy.deepcopy(model.state_dict()))
         if checkpoint is not None:
-            _save_checkpoint(checkpoint, fingerprint, epoch, model, opt, sched, best, history, row["seconds"])
+            _save_checkpoint(checkpoint, fingerprint, epoch, model, method, opt, sched, best, history,
+                             row["seconds"])
         tqdm.write(f"{desc} epoch {epoch}/{epochs}: loss {row['loss']:.4f} val_acc {val_acc:.4f} "
                    f"({row['seconds']:.0f}s)")
         if on_epoch:

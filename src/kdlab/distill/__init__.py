@@ -1,9 +1,11 @@
 """Distillation methods, one file each, named like the file and found with :func:`build`.
 
-A method is called with the student and a :class:`kdlab.loader.Batch` and returns
-``(student_logits, {"ce": ..., "kd": ...})``: each term already weighted, so the training loop sums
-them and logs each one on its own. Adding a method means adding a file here and its params.
-Method files are imported on first use, so listing the names (params validation) needs no torch.
+A method (:class:`kdlab.distill._base.Method`, an ``nn.Module`` so that trainable parts such as FitNet's
+regressors are optimised and checkpointed with the student) is called with the student and a
+:class:`kdlab.loader.Batch` and returns ``(student_logits, {"ce": ..., "kd": ...})``: each term already
+weighted, so the training loop sums them and logs each one on its own. A method's own params live under
+``methods.<name>`` in params.yaml and are declared in its file (``Options``). Adding a method means adding a
+file here and its params. Method files are imported on first use, so listing the names needs no torch.
 """
 from __future__ import annotations
 
@@ -12,15 +14,14 @@ import pkgutil
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    import torch
-    from torch import nn
+    from kdlab.distill._base import Method
 
 METHODS: dict[str, type["Method"]] = {}
 
 
 def names() -> list[str]:
-    """Every method's name: the file names in this package."""
-    return sorted(m.name for m in pkgutil.iter_modules(__path__))
+    """Every method's name: the file names in this package (``_base`` is not a method)."""
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 
 
 def register(name: str):
@@ -31,28 +32,15 @@ def register(name: str):
     return deco
 
 
-class Method:
-    name = "?"
-    #: reads the cached teacher logits (so its DVC stage depends on the cache stage)
-    uses_teacher_logits = False
-
-    def __init__(self, params):
-        self.params = params
-        self.label_smoothing = params.train.label_smoothing
-
-    def ce(self, logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        from torch import nn
-
-        return nn.functional.cross_entropy(logits, labels, label_smoothing=self.label_smoothing, reduction=reduction)
-
-    def __call__(self, student: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        raise NotImplementedError
-
-
-def build(name: str, params) -> Method:
+def method_class(name: str) -> type["Method"]:
     if name not in names():
         raise KeyError(f"unknown distillation method {name!r}; allowed: {', '.join(names())}")
     importlib.import_module(f"{__name__}.{name}")
     if name not in METHODS:
         raise KeyError(f"{__name__}.{name} registers no method named {name!r} (a method is named like its file)")
-    return METHODS[name](params)
+    return METHODS[name]
+
+
+def build(name: str, params, **overrides) -> "Method":
+    """The method ``name`` with its options from ``params.methods[name]`` (``overrides`` replace some)."""
+    return method_class(name)(params, **overrides)

@@ -2,7 +2,8 @@
 import torch
 import torch.nn.functional as F
 
-from kdlab.distill import Method, register
+from kdlab.distill import register
+from kdlab.distill._base import Method
 
 
 def kl_per_sample(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -16,12 +17,15 @@ def kl_per_sample(student_logits: torch.Tensor, teacher_logits: torch.Tensor, te
 class KD(Method):
     uses_teacher_logits = True
 
-    def __init__(self, params):
-        super().__init__(params)
+    def __init__(self, params, **overrides):
+        super().__init__(params, **overrides)
         self.alpha = params.loss.alpha
         self.temperature = params.loss.temperature
 
-    def __call__(self, student, batch):
+    def kd_terms(self, logits, teacher_logits, labels) -> dict:
+        kd = kl_per_sample(logits, teacher_logits, self.temperature).mean()
+        return {"ce": (1 - self.alpha) * self.ce(logits, labels), "kd": self.alpha * kd}
+
+    def forward(self, student, batch):
         logits = student(batch.images)
-        kd = kl_per_sample(logits, batch.teacher_logits, self.temperature).mean()
-        return logits, {"ce": (1 - self.alpha) * self.ce(logits, batch.labels), "kd": self.alpha * kd}
+        return logits, self.kd_terms(logits, batch.teacher_logits, batch.labels)

@@ -10,7 +10,7 @@ from kdlab.distill.kd import KD, kl_per_sample
 
 @register("kd_correct_only")
 class KDCorrectOnly(KD):
-    def __call__(self, student, batch):
+    def forward(self, student, batch):
         logits = student(batch.images)
         correct = (batch.teacher_logits.argmax(dim=1) == batch.labels).float()
         ce = self.ce(logits, batch.labels, reduction="none")

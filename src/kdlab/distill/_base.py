@@ -1,0 +1,75 @@
+"""The base class of every distillation method (see the package docstring)."""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from kdlab.params import ParamsError, build_section
+
+
+@dataclasses.dataclass(frozen=True)
+class NoOptions:
+    pass
+
+
+class Method(nn.Module):
+    name = "?"
+    #: the dataclass of this method's ``methods.<name>`` params
+    Options = NoOptions
+    #: reads the cached teacher logits (data/teacher_logits)
+    uses_teacher_logits = False
+    #: runs the teacher (models/teacher.pt) at every step, e.g. for its features
+    uses_teacher_model = False
+    #: "cache": the views the cache covers (so every variant sees the same pixels); "all": any view
+    views = "cache"
+    #: the student is built from the teacher's weights (see :meth:`init_student`)
+    builds_from_teacher = False
+    #: read the options of another method (a control that must share them); default: our own name
+    options_from: str | None = None
+
+    def __init__(self, params, **overrides):
+        super().__init__()
+        raw = {**params.methods.get(self.options_name, {}), **overrides}
+        self.opts = build_section(self.Options, raw, f"methods.{self.options_name}")
+        self.check(self.opts)
+        self.params = params
+        self.label_smoothing = params.train.label_smoothing
+        self.epoch = 1
+        self._teacher: list[nn.Module] = []  # a list, so the teacher is neither trained nor saved with us
+
+    def check(self, opts) -> None:
+        """Range checks on the options; raise :class:`ParamsError` naming ``methods.<name>.<key>``."""
+
+    @property
+    def options_name(self) -> str:
+        return self.options_from or self.name
+
+    def fail(self, key: str, message: str) -> ParamsError:
+        return ParamsError(f"methods.{self.options_name}.{key}", message)
+
+    @property
+    def teacher(self) -> nn.Module:
+        if not self._teacher:
+            raise RuntimeError(f"method {self.name} runs the teacher but none was attached")
+        return self._teacher[0]
+
+    def attach(self, student: nn.Module, teacher: nn.Module | None, example: torch.Tensor) -> None:
+        """Called once before training, with a batch of (normalised) images, to build shape-dependent parts."""
+        if teacher is not None:
+            teacher.eval().requires_grad_(False)
+            self._teacher = [teacher]
+
+    def init_student(self, student: nn.Module, teacher: nn.Module | None) -> nn.Module:
+        """The student to train; methods that build it from the teacher override this."""
+        return student
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def ce(self, logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        return nn.functional.cross_entropy(logits, labels, label_smoothing=self.label_smoothing, reduction=reduction)
+
+    def forward(self, student: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError

@@ -1,0 +1,142 @@
+"""``kdlab parts``: question 2, which parts of the network benefit from distillation.
+
+The same student distilled with the feature loss ``parts.method`` placed at one stage at a time (runs
+``fitnet.layer1`` ..), logits-only KD and the raw baseline (from the main study), and the students carved from
+the teacher (``parts.init``: ``init_teacher`` and its random-init control) over ``study.seeds``. Per group: test
+accuracy (mean, 95% t interval), the gain over raw (Welch), and linear CKA between teacher and student
+features at every stage on a fixed batch of validation images (the first ``parts.cka_images``), mean over
+seeds. Accuracies come from the runs' metrics files (checkpoints chosen on val); CKA is measured here.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from kdlab import io, stats, tracking
+from kdlab.evaluate import fmt_p
+from kdlab.features import features, linear_cka, stages
+from kdlab.params import BASELINE, Params, flatten
+
+PARTS_JSON = "metrics/parts.json"
+PARTS_MD = "metrics/parts.md"
+CKA_PLOT = Path("plots/parts_cka.json")
+
+
+def groups(p: Params) -> list[tuple[str, bool]]:
+    """(run group, whether it is a question-2 run under models/parts): raw, kd, each placement, each init."""
+    out = [(BASELINE, False)]
+    if "kd" in p.study.variants:
+        out.append(("kd", False))
+    out += [(f"{p.parts.method}.{st}", True) for st in p.parts.stages]
+    out += [(v, True) for v in p.parts.init]
+    return out
+
+
+def comparisons(p: Params) -> list[tuple[str, str]]:
+    """(a, b) pairs tested: every group against raw; placements against kd; init_teacher against its control."""
+    names = [g for g, _ in groups(p)]
+    pairs = [(g, BASELINE) for g in names if g != BASELINE]
+    if "kd" in names:
+        pairs += [(g, "kd") for g in names if g.startswith(f"{p.parts.method}.")]
+    if "init_teacher" in names and "init_random" in names:
+        pairs.append(("init_teacher", "init_random"))
+    return pairs
+
+
+def cka_profile(teacher_feats: dict, student, images: torch.Tensor, paths: list[str]) -> dict[str, float]:
+    sf = features(student, images, paths)
+    return {pth: linear_cka(sf[pth], teacher_feats[pth]) for pth in paths}
+
+
+def summarize(p: Params, accs: dict[str, list[float]], params_count: dict[str, int],
+              cka: dict[str, list[dict]], cka_images: int) -> dict:
+    out = {"groups": {}, "comparisons": {}, "cka_images": cka_images, "seeds": p.study.seeds}
+    for g, _ in groups(p):
+        per_stage = {st: stats.t_interval([c[st] for c in cka[g]]) for st in cka[g][0]}
+        out["groups"][g] = {"test_acc": stats.t_interval(accs[g]), "params": params_count[g], "cka": per_stage}
+    for a, b in comparisons(p):
+        out["comparisons"][f"{a}_vs_{b}"] = {"test_acc": stats.welch(accs[a], accs[b])}
+    return out
+
+
+def _pct_ci(s: dict) -> str:
+    if s.get("ci_low") is None:
+        return f"{100 * s['mean']:.2f}"
+    return f"{100 * s['mean']:.2f} [{100 * s['ci_low']:.2f}, {100 * s['ci_high']:.2f}]"
+
+
+def _diff(c: dict | None) -> str:
+    if not c:
+        return "-"
+    c = c["test_acc"]
+    out = f"{100 * c['diff']:+.2f}"
+    if c.get("ci_low") is not None:
+        out += f" [{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}] (p {fmt_p(c['p'])})"
+    return out
+
+
+def markdown(p: Params, summary: dict) -> str:
+    g0 = summary["groups"]
+    paths = list(next(iter(g0.values()))["cka"])
+    n = len(p.study.seeds)
+    lines = [
+        f"Question 2 on {p.data.name}: test accuracy, mean [95% t interval] over {n} seed{'s' if n > 1 else ''}, and "
+        f"linear CKA with the teacher at each stage on {summary['cka_images']} validation images (mean over seeds). "
+        f"`{p.parts.method}.layerN`: {p.parts.method} loss at that stage only, plus KD.",
+        "",
+        "| run | params | test accuracy (%) | vs raw (points) | vs kd (points) | "
+        + " | ".join(f"CKA {st}" for st in paths) + " |",
+        "|---|---|---|---|---|" + "---|" * len(paths),
+    ]
+    cmp_ = summary["comparisons"]
+    for g, e in g0.items():
+        vs_kd = cmp_.get(f"{g}_vs_kd") or (cmp_.get(f"{g}_vs_init_random") if g == "init_teacher" else None)
+        kd_col = _diff(vs_kd) + (" vs init_random" if g == "init_teacher" and vs_kd else "")
+        lines.append(f"| {g} | {e['params']:,} | {_pct_ci(e['test_acc'])} | {_diff(cmp_.get(f'{g}_vs_{BASELINE}'))} "
+                     f"| {kd_col} | " + " | ".join(f"{e['cka'][st]['mean']:.3f}" for st in paths) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run_parts(p: Params) -> dict:
+    from kdlab.stages import TEACHER, context, load_model, student_paths
+
+    ctx = context(p, 0)
+    val = ctx.splits["val"]
+    images = ctx.normalize(val["images"][:p.parts.cka_images].to(ctx.device))
+    teacher = load_model(TEACHER, ctx, "dvc repro teacher")
+    paths = stages(teacher)
+    teacher_feats = features(teacher, images, paths)
+    accs, params_count, cka = {}, {}, {}
+    for g, in_parts in groups(p):
+        accs[g], cka[g] = [], []
+        for seed in p.study.seeds:
+            model_path, metrics_path = student_paths(g, seed, in_parts)
+            stage = (f"placement@{g.split('.', 1)[1]}-{seed}" if g.startswith(f"{p.parts.method}.")
+                     else f"carve@{g}-{seed}" if in_parts else
+                     f"baseline@{g}-{seed}" if g == BASELINE else f"student@{g}-{seed}")
+            rebuild = f"dvc repro {stage}"
+            if not metrics_path.exists():
+                raise FileNotFoundError(f"{metrics_path} is missing; run `{rebuild}`")
+            accs[g].append(json.loads(metrics_path.read_text())["test_acc"])
+            student = load_model(model_path, ctx, rebuild)
+            params_count[g] = sum(t.numel() for t in student.parameters())
+            cka[g].append(cka_profile(teacher_feats, student, images, paths))
+            print(f"{g}-{seed}: CKA " + " ".join(f"{k} {v:.3f}" for k, v in cka[g][-1].items()))
+    summary = summarize(p, accs, params_count, cka, len(images))
+    io.save_json(summary, PARTS_JSON)
+    io.save_json([{"run": g, "stage": st, "cka": e["cka"][st]["mean"]} for g, e in summary["groups"].items()
+                  for st in paths], CKA_PLOT)
+    table = markdown(p, summary)
+    io.save_text(table, PARTS_MD)
+    print(table)
+    with tracking.run("parts", "parts", flatten(p)) as run:
+        flat = {}
+        for g, e in summary["groups"].items():
+            flat[f"parts/{g}/test_acc_mean"] = e["test_acc"]["mean"]
+            flat.update({f"parts/{g}/cka_{st}": e["cka"][st]["mean"] for st in paths})
+        run.log(flat)
+        run.log_to_study(flat)
+        run.log_artifact(PARTS_MD)
+    return summary
