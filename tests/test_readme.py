@@ -1,21 +1,22 @@
 import pytest
 
 from conftest import REPO
-from kdlab import evaluate
+from kdlab import readme
 
 
-@pytest.mark.parametrize("block", evaluate.README_BLOCKS)
-def test_readme_results_are_the_pipelines_summary(block):
-    """The README's numbers are the metrics files as `make repro` wrote them (refresh: `kdlab readme`)."""
-    summary = REPO / evaluate.README_BLOCKS[block]
-    if not summary.exists():
-        pytest.skip(f"no {summary} committed yet")
-    readme = (REPO / "README.md").read_text()
-    assert evaluate.readme_with_results(readme, summary.read_text(), block) == readme
+@pytest.mark.parametrize("block", readme.README_BLOCKS)
+def test_readme_blocks_are_the_pipelines_outputs(block):
+    """The README's numbers are the metrics files as `make repro` / `make bench` wrote them (`kdlab readme`)."""
+    source = REPO / readme.README_BLOCKS[block]
+    if not source.exists():
+        pytest.skip(f"no {source} committed yet")
+    text = (REPO / "README.md").read_text()
+    assert readme.with_block(text, source.read_text(), block) == text
 
 
 def test_readme_block_replacement():
-    text = f"a\n{evaluate.README_START}\nold\n{evaluate.README_END}\nb\n"
-    assert evaluate.readme_with_results(text, "new\n") == f"a\n{evaluate.README_START}\nnew\n{evaluate.README_END}\nb\n"
-    with pytest.raises(ValueError):
-        evaluate.readme_with_results("no markers", "x")
+    start, end = readme.markers("results")
+    text = f"a\n{start}\nold\n{end}\nb\n"
+    assert readme.with_block(text, "new\n") == f"a\n{start}\nnew\n{end}\nb\n"
+    with pytest.raises(ValueError, match="no parts block"):
+        readme.with_block(text, "x", "parts")

@@ -51,3 +51,48 @@ def test_predict_and_accuracy():
     logits = predict(model, images, torch.tensor([0, 1]), Normalize([0.5], [1.0], "cpu"), 1)
     assert logits.shape == (2, 2)
     assert accuracy(logits, torch.tensor([0, 1])) == 1.0
+
+
+def _fitnet_run(tmp_path, interrupt_after: int | None):
+    """A FitNet student (its regressor trained too) for 2 epochs, optionally stopped after an epoch and resumed."""
+    p = params.from_dict({"train": {"batch_size": 32, "eval_batch_size": 64}, "methods": {"fitnet": {"stages": ["layer2"]}}})
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (96, 1, 8, 8), dtype=torch.uint8, generator=g)
+    labels = (images.float().mean(dim=(1, 2, 3)) > 127.5).long()
+    norm = Normalize([0.5], [0.3], "cpu")
+    batches = TrainBatches(images, labels, norm, 32, 1, views.view_table(96, 1, True, "all", 0), seed=0)
+
+    def build():
+        runtime.setup(p.train, 0)
+        teacher, student = models.build("resnet8", 1, 2, 0.5).eval(), models.build("resnet8", 1, 2, 0.25)
+        method = distill.build("fitnet", p)
+        method.attach(student, teacher, norm(images[:8]))
+        return student, method
+
+    ckpt = tmp_path / "fitnet.pt"
+
+    def stop(row):
+        if row["epoch"] == interrupt_after:
+            raise KeyboardInterrupt
+
+    student, method = build()
+    try:
+        fit(student, method, batches, (images[:40], labels[:40]), 2, 0.05, p.train, "t", stop, ckpt, "fp")
+    except KeyboardInterrupt:
+        student, method = build()  # a new process: fresh models, the checkpoint on disk
+        fit(student, method, batches, (images[:40], labels[:40]), 2, 0.05, p.train, "t", None, ckpt, "fp")
+    return student, method
+
+
+def test_a_resumed_fitnet_run_equals_an_uninterrupted_one(tmp_path, capsys):
+    """The method's own trainable parts (FitNet's regressor) are checkpointed and resumed with the student:
+    a fresh regressor in epoch 2 would give other weights than the uninterrupted run."""
+    a_student, a_method = _fitnet_run(tmp_path / "a", None)
+    assert "resuming" not in capsys.readouterr().out
+    b_student, b_method = _fitnet_run(tmp_path / "b", 1)
+    assert "resuming after epoch 1" in capsys.readouterr().out
+    for k, v in a_student.state_dict().items():
+        assert torch.equal(v, b_student.state_dict()[k]), k
+    for k, v in a_method.state_dict().items():
+        assert torch.equal(v, b_method.state_dict()[k]), k
+    assert any(k.startswith("regressors.") for k in a_method.state_dict())

@@ -56,13 +56,18 @@ def _sweep(p, args):
     run_sweep(args.param)
 
 
+def _bench(p, args):
+    from kdlab.bench import run_bench
+    run_bench(p, quick=args.quick, rounds=args.rounds, steps=args.steps, workers=args.workers)
+
+
 def _readme(p, args):
-    from kdlab.evaluate import run_readme
+    from kdlab.readme import run_readme
     run_readme()
 
 
 STAGES = {"prepare": _prepare, "teacher": _teacher, "cache": _cache, "student": _student, "part": _part,
-          "parts": _parts, "evaluate": _evaluate, "report": _report, "sweep": _sweep, "readme": _readme, "ui": None}
+          "parts": _parts, "evaluate": _evaluate, "report": _report, "sweep": _sweep, "readme": _readme, "bench": _bench, "ui": None}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,7 +77,8 @@ def _parser() -> argparse.ArgumentParser:
                     "student of the question-2 study (`--variant parts.method --at STAGE`, or `--variant` one of "
                     "parts.init) and `parts` measures that study. Extra commands: "
                     "`sweep --param KEY` gathers DVC experiments into a table and plot; `readme` copies "
-                    "metrics/summary.md into README.md; `ui` starts the MLflow UI on the project's store.",
+                    "metrics/summary.md into README.md; `ui` starts the MLflow UI on the project's store; `bench` times "
+                    "the same KD step several ways (kdlab raw / cached / online, DataLoader+PIL, torchdistill).",
     )
     ap.add_argument("stage", choices=STAGES, help="what to run")
     ap.add_argument("--variant", help="student: the distillation variant (raw or one of study.variants)")
@@ -83,6 +89,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a param, e.g. -S loss.alpha=0.7 (repeatable)")
     ap.add_argument("--port", type=int, default=5000, help="ui: port on 127.0.0.1 (default 5000)")
+    ap.add_argument("--quick", action="store_true", help="bench: one round of 2 steps (a smoke test)")
+    ap.add_argument("--rounds", type=int, default=3, help="bench: interleaved rounds (default 3; the median counts)")
+    ap.add_argument("--steps", type=int, help="bench: timed steps per measurement (default 40)")
+    ap.add_argument("--workers", type=int, help="bench: DataLoader workers for the PIL rows (default: up to 2)")
     return ap
 
 

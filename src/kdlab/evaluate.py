@@ -222,32 +222,3 @@ def run_evaluate(p: Params) -> dict:
         run.log_to_study(flat)
         run.log_artifact(SUMMARY_MD)
     return summary
-
-
-#: README blocks that `kdlab readme` fills: name -> the pipeline file copied between its markers
-README_BLOCKS = {"results": SUMMARY_MD, "parts": "metrics/parts.md"}
-
-
-def markers(block: str) -> tuple[str, str]:
-    return f"<!-- {block}:start (kdlab readme) -->", f"<!-- {block}:end -->"
-
-
-README_START, README_END = markers("results")
-
-
-def readme_with_results(readme: str, summary_md: str, block: str = "results") -> str:
-    """README text with the block between ``block``'s markers replaced by ``summary_md``."""
-    start_marker, end_marker = markers(block)
-    start, end = readme.find(start_marker), readme.find(end_marker)
-    if start < 0 or end < start:
-        raise ValueError(f"README has no {block} block ({start_marker} ... {end_marker})")
-    return readme[:start + len(start_marker)] + "\n" + summary_md + readme[end:]
-
-
-def run_readme(readme_path: str = "README.md") -> None:
-    text = Path(readme_path).read_text()
-    for block, source in README_BLOCKS.items():
-        if Path(source).exists():
-            text = readme_with_results(text, Path(source).read_text(), block)
-            print(f"{readme_path}: {block} block updated from {source}")
-    io.save_text(text, readme_path)

@@ -286,6 +286,8 @@ def validate(p: Params) -> Params:
             raise ParamsError(f"parts.stages[{i}]", f"{st!r} is not a stage path; use layerN or layerN.B (a block)")
     if len(set(pp.stages)) != len(pp.stages):
         raise ParamsError("parts.stages", f"has duplicates: {pp.stages}")
+    if not pp.init:
+        raise ParamsError("parts.init", "is empty; list at least one carved student, e.g. [init_teacher, init_random]")
     for i, v in enumerate(pp.init):
         _choice(f"parts.init[{i}]", v, distillers)
     _positive("parts.cka_images", pp.cka_images)

@@ -35,13 +35,13 @@ def groups(p: Params) -> list[tuple[str, bool]]:
 
 
 def comparisons(p: Params) -> list[tuple[str, str]]:
-    """(a, b) pairs tested: every group against raw; placements against kd; init_teacher against its control."""
+    """(a, b) pairs tested: every group against raw; placements against kd (logits only); the first of
+    ``parts.init`` against each of the others (its controls, e.g. init_teacher against init_random)."""
     names = [g for g, _ in groups(p)]
     pairs = [(g, BASELINE) for g in names if g != BASELINE]
     if "kd" in names:
         pairs += [(g, "kd") for g in names if g.startswith(f"{p.parts.method}.")]
-    if "init_teacher" in names and "init_random" in names:
-        pairs.append(("init_teacher", "init_random"))
+    pairs += [(p.parts.init[0], control) for control in p.parts.init[1:]] if p.parts.init else []
     return pairs
 
 
@@ -78,22 +78,26 @@ def _diff(c: dict | None) -> str:
 
 
 def markdown(p: Params, summary: dict) -> str:
-    g0 = summary["groups"]
+    # in the study's order (raw, kd, placements, carved), whatever order the JSON was written in
+    g0 = {g: summary["groups"][g] for g, _ in groups(p) if g in summary["groups"]}
     paths = list(next(iter(g0.values()))["cka"])
+    with_kd = p.methods.get(p.parts.method, {}).get("kd", True)
     n = len(p.study.seeds)
     lines = [
         f"Question 2 on {p.data.name}: test accuracy, mean [95% t interval] over {n} seed{'s' if n > 1 else ''}, and "
         f"linear CKA with the teacher at each stage on {summary['cka_images']} validation images (mean over seeds). "
-        f"`{p.parts.method}.layerN`: {p.parts.method} loss at that stage only, plus KD.",
+        f"`{p.parts.method}.layerN`: {p.parts.method} loss at that stage only{', plus KD' if with_kd else ''}.",
         "",
-        "| run | params | test accuracy (%) | vs raw (points) | vs kd (points) | "
+        "| run | params | test accuracy (%) | vs raw (points) | vs kd, or vs its control (points) | "
         + " | ".join(f"CKA {st}" for st in paths) + " |",
         "|---|---|---|---|---|" + "---|" * len(paths),
     ]
     cmp_ = summary["comparisons"]
+    controls = {p.parts.init[0]: c for c in p.parts.init[1:2]}
     for g, e in g0.items():
-        vs_kd = cmp_.get(f"{g}_vs_kd") or (cmp_.get(f"{g}_vs_init_random") if g == "init_teacher" else None)
-        kd_col = _diff(vs_kd) + (" vs init_random" if g == "init_teacher" and vs_kd else "")
+        kd_col = _diff(cmp_.get(f"{g}_vs_kd"))
+        if g in controls:
+            kd_col = f"{_diff(cmp_.get(f'{g}_vs_{controls[g]}'))} vs {controls[g]}"
         lines.append(f"| {g} | {e['params']:,} | {_pct_ci(e['test_acc'])} | {_diff(cmp_.get(f'{g}_vs_{BASELINE}'))} "
                      f"| {kd_col} | " + " | ".join(f"{e['cka'][st]['mean']:.3f}" for st in paths) + " |")
     return "\n".join(lines) + "\n"

@@ -195,11 +195,23 @@ def render(p: Params, summary: dict, runs: dict, parts: dict | None = None) -> s
     return "\n".join(lines)
 
 
-def plot_parts(parts: dict, path: Path) -> None:
+PLACEMENT_COLORS = ["tab:green", "tab:purple", "tab:brown", "tab:olive", "tab:cyan"]
+
+
+def plot_parts(p: Params, parts: dict, path: Path) -> None:
     """Question 2: accuracy per run group (left) and CKA with the teacher per stage (right)."""
+    from kdlab.parts import groups as study_groups
+
     plt = _plt()
-    groups = parts["groups"]
+    groups = {g: parts["groups"][g] for g, _ in study_groups(p) if g in parts["groups"]}
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    placements = [g for g in groups if g.startswith(f"{p.parts.method}.")]
+
+    def _color(g, i):
+        if g in placements:
+            return PLACEMENT_COLORS[placements.index(g) % len(PLACEMENT_COLORS)]
+        return COLORS.get(g, f"C{i}")
+
     for i, (g, e) in enumerate(groups.items()):
         s = e["test_acc"]
         lo = s["ci_low"] if s["ci_low"] is not None else s["mean"]
@@ -256,7 +268,7 @@ def run_report(p: Params) -> Path:
                 "learning_curves.png": lambda f: plot_curves(p, curves, runs, f),
                 "agreement_vs_accuracy.png": lambda f: plot_agreement(p, runs, f)}
     if parts is not None:
-        pictures["parts.png"] = lambda f: plot_parts(parts, f)
+        pictures["parts.png"] = lambda f: plot_parts(p, parts, f)
     for name, draw in pictures.items():
         tmp = REPORTS / f".{name}.tmp.png"
         draw(tmp)
