@@ -8,14 +8,14 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup data-package repro test ui clean-venv
+.PHONY: setup data-package repro test bench ui clean-venv
 
 setup: $(STAMP) data-package
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
 	@echo "installing kdlab and its pinned dependencies into $(VENV) (torch from local disk, about 3 minutes)"
-	$(BIN)/pip install -q -e '.[test]' 2>&1 | { grep -v '^WARNING: Location .* is ignored' || true; }
+	$(BIN)/pip install -q -e '.[test,bench]' 2>&1 | { grep -v '^WARNING: Location .* is ignored' || true; }
 	touch $(STAMP)
 
 # Fashion-MNIST, the offline default, ships as a Debian package.
@@ -33,6 +33,11 @@ repro: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# training throughput, kdlab vs DataLoader+PIL vs torchdistill (metrics/bench.json, metrics/bench.md)
+bench: setup
+	$(BIN)/kdlab bench
+	$(BIN)/kdlab readme
 
 ui: setup
 	$(BIN)/kdlab ui

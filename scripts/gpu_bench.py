@@ -1,0 +1,244 @@
+"""GPU throughput and a short real run, for a CUDA machine without network (issue: speed).
+
+    PYTHONPATH=src python3 scripts/gpu_bench.py               # on the GPU machine, under 8 minutes
+    PYTHONPATH=src python3 scripts/gpu_bench.py --smoke       # tiny sizes on the CPU: checks the script runs
+
+Imports only torch, torchvision and kdlab modules that need nothing else. Prints:
+1. CIFAR-shaped data (50,000 uint8 images generated on the device): ResNet-50 teacher forward and ResNet-18
+   student steps (raw, cached KD, online KD), eager and torch.compile'd (compile time apart), images/s,
+   seconds per 50k-image epoch and the fraction of the GPU's peak dense bf16 FLOP/s;
+2. a short real training run on the prepared Fashion-MNIST tensors (data/prepared, carried into the working
+   tree), resnet20 teacher and resnet8 student, seconds per epoch and test accuracy;
+3. the founding note's study (ResNet-50 teacher, every variant, 3 seeds) projected from the measured rates.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from kdlab import models, views
+from kdlab.loader import Normalize, TrainBatches
+
+#: peak dense bf16 tensor FLOP/s by device name fragment (vendor data sheets)
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
+
+
+def peak_flops(name: str) -> float | None:
+    return next((v for k, v in PEAK_BF16.items() if k in name), None)
+
+
+def step_flops(model: torch.nn.Module, shape, device, train: bool) -> float:
+    """FLOPs of one image through ``model`` (forward; x3 for a training step: forward + backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, *shape, device=device))
+    return counter.get_total_flops() * (3 if train else 1)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def kd_loss(s, t, y, alpha=0.5, temp=4.0):
+    log_s, log_t = F.log_softmax(s.float() / temp, 1), F.log_softmax(t.float() / temp, 1)
+    kl = (log_t.exp() * (log_t - log_s)).sum(1).mean() * temp ** 2
+    return (1 - alpha) * F.cross_entropy(s, y) + alpha * kl
+
+
+def rate(step, batches, steps: int, batch_size: int, device, warmup: int = 3) -> tuple[float, float]:
+    """(images/s over ``steps`` steps, seconds of the warm-up steps: compile time for compiled models)."""
+    it = iter(batches)
+    start = time.perf_counter()
+    for _ in range(warmup):
+        step(next(it))
+    sync(device)
+    warm = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(next(it))
+    sync(device)
+    return steps * batch_size / (time.perf_counter() - start), warm
+
+
+def cycle(batches_factory):
+    epoch = 1
+    while True:
+        yield from batches_factory(epoch)
+        epoch += 1
+
+
+def throughput(args, device) -> dict:
+    n, bs = args.images, args.batch
+    g = torch.Generator(device=device).manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, device=device, generator=g)
+    labels = torch.randint(0, 10, (n,), device=device, generator=g)
+    cl = device.type == "cuda"
+    norm = Normalize([0.49, 0.48, 0.45], [0.25, 0.24, 0.26], device, channels_last=cl)
+    table = views.view_table(n, 4, True, args.views, 0)
+    cached = torch.randn(n, table.shape[1], 10, device=device).half()  # the cache's layout; values do not matter
+    batches = TrainBatches(images, labels, norm, bs, 4, table, seed=0, teacher_logits=cached)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    mf = torch.channels_last if cl else torch.contiguous_format
+    teacher = models.build(args.teacher, 3, 10).to(device, memory_format=mf).eval().requires_grad_(False)
+    out = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "images": n, "batch": bs}
+    peak = peak_flops(out["device"]) if device.type == "cuda" else None
+
+    @torch.no_grad()
+    def teacher_step(b):
+        with amp:
+            teacher(b.images)
+
+    r, _ = rate(teacher_step, cycle(batches.epoch), args.steps, bs, device)
+    flops = step_flops(teacher, (3, 32, 32), device, train=False)
+    out["teacher_forward"] = {"images_per_s": r, "mfu": r * flops / peak if peak else None}
+    print(f"{args.teacher} forward: {r:,.0f} img/s" + (f", {100 * r * flops / peak:.1f}% of peak bf16" if peak else ""))
+    student_flops = None
+    for compiled in (False, True) if args.compile else (False,):
+        for variant in ("raw", "kd", "kd_online"):
+            torch.manual_seed(0)
+            student = models.build(args.student, 3, 10).to(device, memory_format=mf)
+            student_flops = student_flops or step_flops(student, (3, 32, 32), device, train=True)
+            student.train()
+            fwd = torch.compile(student) if compiled else student
+            opt = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+            def step(b, variant=variant, fwd=fwd, opt=opt):
+                with amp:
+                    s = fwd(b.images)
+                    if variant == "raw":
+                        loss = F.cross_entropy(s, b.labels)
+                    else:
+                        if variant == "kd":
+                            t = b.teacher_logits
+                        else:
+                            with torch.no_grad():
+                                t = teacher(b.images)
+                        loss = kd_loss(s, t, b.labels)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+            r, warm = rate(step, cycle(batches.epoch), args.steps, bs, device)
+            key = f"{variant}{'_compiled' if compiled else ''}"
+            mfu = r * student_flops / peak if peak else None
+            out[key] = {"images_per_s": r, "epoch_seconds_50k": 50_000 / r, "warmup_seconds": warm, "mfu": mfu}
+            print(f"{args.student} {key}: {r:,.0f} img/s, {50_000 / r:.2f} s per 50k epoch"
+                  + (f", compile+warm-up {warm:.1f} s" if compiled else "")
+                  + (f", {100 * mfu:.1f}% of peak bf16 (student step only)" if mfu else ""))
+    return out
+
+
+def real_run(args, device) -> dict | None:
+    """resnet20 teacher then a KD resnet8 student on the prepared Fashion-MNIST tensors."""
+    root = Path(args.prepared)
+    if not (root / "train.pt").exists():
+        print(f"no {root}/train.pt: skipping the real run (carry data/prepared into the working tree)")
+        return None
+    meta = json.loads((root / "meta.json").read_text())
+    split = {k: torch.load(root / f"{k}.pt", weights_only=True) for k in ("train", "test")}
+    norm = Normalize(meta["mean"], meta["std"], device)
+    tr = split["train"]
+    n = len(tr["labels"]) if not args.smoke else 512
+    images, labels = tr["images"][:n].to(device), tr["labels"][:n].to(device)
+    test_x, test_y = split["test"]["images"].to(device), split["test"]["labels"].to(device)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    out = {}
+
+    def train(arch, width, epochs, teacher=None):
+        torch.manual_seed(0)
+        model = models.build(arch, meta["channels"], meta["classes"], width).to(device)
+        table = views.view_table(n, 2, True, "all", 0)
+        batches = TrainBatches(images, labels, norm, args.batch, 2, table, seed=0)
+        opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        steps = epochs * len(batches)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.2, total_steps=steps, pct_start=0.2)
+        sync(device)
+        start = time.perf_counter()
+        for epoch in range(1, epochs + 1):
+            model.train()
+            for b in batches.epoch(epoch):
+                with amp:
+                    s = model(b.images)
+                    if teacher is None:
+                        loss = F.cross_entropy(s, b.labels)
+                    else:
+                        with torch.no_grad():
+                            t = teacher(b.images)
+                        loss = kd_loss(s, t, b.labels)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+        sync(device)
+        seconds = time.perf_counter() - start
+        model.eval()
+        with torch.no_grad(), amp:
+            pred = torch.cat([model(norm(test_x[i:i + 1000])).argmax(1) for i in range(0, len(test_y), 1000)])
+        acc = (pred == test_y).float().mean().item()
+        print(f"{arch} x{width} {'KD' if teacher is not None else 'labels'}: {epochs} epochs, "
+              f"{seconds / epochs:.2f} s/epoch, test {100 * acc:.2f}%")
+        return model, {"seconds_per_epoch": seconds / epochs, "test_acc": acc}
+
+    teacher, out["teacher"] = train("resnet20", 1.0, args.epochs)
+    teacher.eval().requires_grad_(False)
+    _, out["student_kd_online"] = train("resnet8", 0.5, args.epochs, teacher)
+    return out
+
+
+def project(tp: dict) -> dict:
+    """Minutes for the founding note's study on this GPU from the measured rates: teacher 30 epochs, a cache
+    of every view (50 per image), students 30 epochs x (raw, kd, kd_correct_only) x 3 seeds."""
+    teacher_train = tp["raw"]["images_per_s"] / 3  # a ResNet-50 training step is ~3x ResNet-18's in FLOPs
+    teacher_train_s = 30 * 50_000 / teacher_train
+    cache_s = 50 * 50_000 / tp["teacher_forward"]["images_per_s"]
+    best = max((k for k in tp if k.startswith("kd") and isinstance(tp[k], dict) and "epoch_seconds_50k" in tp[k]
+                and not k.startswith("kd_online")), key=lambda k: tp[k]["images_per_s"])
+    students_s = 30 * 3 * 3 * tp[best]["epoch_seconds_50k"]
+    total = (teacher_train_s + cache_s + students_s) / 60
+    print(f"founding-note study projected: teacher {teacher_train_s / 60:.1f} min (estimated at 1/3 of the "
+          f"ResNet-18 rate), cache {cache_s / 60:.1f} min, 9 students {students_s / 60:.1f} min ({best}): "
+          f"{total:.1f} min")
+    return {"teacher_min": teacher_train_s / 60, "cache_min": cache_s / 60, "students_min": students_s / 60,
+            "total_min": total, "student_rate_from": best}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes (CPU check of the script)")
+    ap.add_argument("--teacher", default="resnet50")
+    ap.add_argument("--student", default="resnet18")
+    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--views", type=int, default=8, help="cached views per image for the kd rows")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=3, help="epochs of the real run")
+    ap.add_argument("--no-compile", dest="compile", action="store_false")
+    ap.add_argument("--prepared", default="data/prepared")
+    ap.add_argument("--out", default=None, help="write the figures as JSON here")
+    args = ap.parse_args()
+    args.images = 50_000
+    if args.smoke:
+        args.images, args.batch, args.steps, args.epochs = 64, 8, 2, 1
+        args.teacher, args.student = "resnet8", "resnet8"
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cudnn.benchmark = True
+    start = time.perf_counter()
+    result = {"throughput": throughput(args, device)}
+    result["real_run"] = real_run(args, device)
+    result["projection"] = project(result["throughput"])
+    result["seconds"] = time.perf_counter() - start
+    print(f"total {result['seconds']:.0f} s")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""`kdlab bench --quick` on tiny sizes: every row of the table is measured (torchdistill included, installed by
+the `bench` extra), and the GPU script's CPU smoke run completes."""
+import json
+import subprocess
+import sys
+
+import yaml
+
+from conftest import REPO
+from kdlab import bench, cli, data, params
+
+TINY = {
+    "data": {"name": "synthetic", "val_size": 40,
+             "synthetic": {"n_train": 200, "n_test": 40, "image_size": 10, "channels": 1, "classes": 3}},
+    "views": {"pad": 1},
+    "teacher": {"arch": "resnet8", "width": 0.5},
+    "student": {"arch": "resnet8", "width": 0.25},
+    "train": {"batch_size": 16, "threads": 1},
+    "cache": {"views": 2},
+}
+
+
+def test_bench_quick_measures_every_row(in_tmp, capsys):
+    (in_tmp / "params.yaml").write_text(yaml.safe_dump(TINY))
+    assert cli.main(["bench", "--quick", "--workers", "0"]) == 0
+    result = json.loads((in_tmp / bench.BENCH_JSON).read_text())
+    assert set(result["images_per_second"]) == set(bench.ROWS), result["images_per_second"]
+    assert all(v > 0 for v in result["images_per_second"].values())
+    table = (in_tmp / bench.BENCH_MD).read_text()
+    for label in bench.ROWS.values():
+        assert f"| {label} |" in table
+    assert "not installed" not in table
+    assert result["machine"]["cores"] >= 1 and result["student"] == "resnet8 x0.25"
+
+
+def test_gpu_script_smoke_run_on_the_cpu(in_tmp):
+    data.prepare(params.from_dict(TINY).data)  # data/prepared, as the GPU machine gets it carried over
+    out = in_tmp / "gpu.json"
+    res = subprocess.run([sys.executable, str(REPO / "scripts/gpu_bench.py"), "--smoke", "--no-compile",
+                          "--prepared", str(in_tmp / "data/prepared"), "--out", str(out)],
+                         capture_output=True, text=True, env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"},
+                         timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    figures = json.loads(out.read_text())
+    assert {"raw", "kd", "kd_online", "teacher_forward"} <= set(figures["throughput"])
+    assert figures["projection"]["total_min"] > 0
+    run = figures["real_run"]
+    assert 0 <= run["teacher"]["test_acc"] <= 1 and run["student_kd_online"]["seconds_per_epoch"] > 0
