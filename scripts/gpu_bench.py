@@ -146,7 +146,7 @@ def real_run(args, device) -> dict | None:
     split = {k: torch.load(root / f"{k}.pt", weights_only=True) for k in ("train", "test")}
     norm = Normalize(meta["mean"], meta["std"], device)
     tr = split["train"]
-    n = len(tr["labels"]) if not args.smoke else 512
+    n = len(tr["labels"]) if not args.smoke else min(512, len(tr["labels"]))
     images, labels = tr["images"][:n].to(device), tr["labels"][:n].to(device)
     test_x, test_y = split["test"]["images"].to(device), split["test"]["labels"].to(device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")

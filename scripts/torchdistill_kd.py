@@ -36,11 +36,12 @@ def main() -> None:
           "alpha": 1 - spec["alpha"],  # torchdistill's alpha weighs CE; kdlab's weighs the KD term
           "reduction": "batchmean"}
     train_config = {
+        "num_epochs": 1,
         "train_data_loader": {"dataset_id": "train", "sampler": {"class_or_func": torch.utils.data.RandomSampler},
                               "kwargs": {"batch_size": spec["batch_size"], "num_workers": spec["workers"]},
                               "requires_supp": True},
-        "teacher": {"forward_hook": hook, "requires_grad": False},
-        "student": {"forward_hook": hook, "requires_grad": True},
+        "teacher": {"forward_hook": hook, "forward_proc": "forward_batch_only", "requires_grad": False},
+        "student": {"forward_hook": hook, "forward_proc": "forward_batch_only", "requires_grad": True},
         "optimizer": {"key": "SGD", "kwargs": {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4}},
         "criterion": {"key": "WeightedSumLoss",
                       "kwargs": {"sub_terms": {"kd": {"criterion": {"key": "KDLoss", "kwargs": kd}, "weight": 1.0}}}},
