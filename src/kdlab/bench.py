@@ -41,6 +41,9 @@ ROWS = {
     "dataloader_pil": "DataLoader + PIL transforms, teacher online (PyTorch tutorial)",
     "torchdistill": "torchdistill DistillationBox + DataLoader + PIL, teacher online",
     "torchdistill_whole_process": "the same, timed as a whole process (start-up included)",
+    "kd_bf16": "kdlab, cached logits, bf16 autocast",
+    "kd_compiled": "kdlab, cached logits, torch.compile (compilation excluded)",
+    "kd_bf16_compiled": "kdlab, cached logits, bf16 autocast and torch.compile",
 }
 
 
@@ -94,8 +97,9 @@ class Job:
         return self.model(self.p.teacher).eval().requires_grad_(False)
 
 
-def time_kdlab(job: Job, variant: str, steps: int) -> float:
-    """Images/second of kdlab's own step loop (the one :func:`kdlab.train.fit` runs) for ``variant``."""
+def time_kdlab(job: Job, variant: str, steps: int, precision: str = "fp32", compiled: bool = False) -> tuple[float, float]:
+    """(images/second, seconds of the warm-up steps) of kdlab's own step loop (the one :func:`kdlab.train.fit`
+    runs) for ``variant``; with ``compiled``, the warm-up includes torch.compile's compilation."""
     p = job.p
     method = distill.build(variant, p)
     teacher = job.teacher() if method.uses_teacher_model else None
@@ -111,20 +115,25 @@ def time_kdlab(job: Job, variant: str, steps: int) -> float:
     method.attach(student, teacher, job.normalize(job.images[:8].to(job.device)))
     method.to(job.device)
     opt = make_optimizer([*student.parameters(), *method.parameters()], 0.05, p.train)
-    return _timed_steps(batches.epoch(1), steps, lambda b: method(student, b)[1], opt, job.device,
-                        p.train.batch_size)
+    forward = torch.compile(student, dynamic=False) if compiled else student
+    return _timed_steps(batches.epoch(1), steps, lambda b: method(forward, b)[1], opt, job.device,
+                        p.train.batch_size, precision)
 
 
-def _timed_steps(batches, steps: int, terms_of, opt, device, batch_size: int, warmup: int = 3) -> float:
-    start = None
+def _timed_steps(batches, steps: int, terms_of, opt, device, batch_size: int, precision: str = "fp32",
+                 warmup: int = 3) -> tuple[float, float]:
+    """(images/second over ``steps`` steps after ``warmup`` untimed ones, seconds of the warm-up)."""
+    start = time.perf_counter()
+    warm = 0.0
     done = 0
     for i, batch in enumerate(_cycle(batches)):
         if i == warmup:
             _sync(device)
+            warm = time.perf_counter() - start
             start = time.perf_counter()
         if i == warmup + steps:
             break
-        with autocast(device):
+        with autocast(device, precision):
             loss = sum(terms_of(batch).values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -132,7 +141,7 @@ def _timed_steps(batches, steps: int, terms_of, opt, device, batch_size: int, wa
         if i >= warmup:
             done += batch_size
     _sync(device)
-    return done / (time.perf_counter() - start)
+    return done / (time.perf_counter() - start), warm
 
 
 def _cycle(iterable):
@@ -188,7 +197,7 @@ def time_dataloader_pil(job: Job, steps: int, workers: int) -> float:
         kd = F.kl_div(F.log_softmax(s / temp, 1), F.log_softmax(t / temp, 1), reduction="batchmean", log_target=True)
         return {"ce": (1 - alpha) * F.cross_entropy(s, y), "kd": alpha * temp ** 2 * kd}
 
-    return _timed_steps(iter(loader), steps, terms, opt, job.device, p.train.batch_size)
+    return _timed_steps(iter(loader), steps, terms, opt, job.device, p.train.batch_size)[0]
 
 
 def time_torchdistill(job: Job, steps: int, workers: int) -> tuple[float, float] | None:
@@ -218,17 +227,31 @@ def time_torchdistill(job: Job, steps: int, workers: int) -> tuple[float, float]
 
 
 def run_bench(p: Params, quick: bool = False, rounds: int = 3, steps: int | None = None,
-              workers: int | None = None) -> dict:
+              workers: int | None = None, with_compile: bool = True) -> dict:
     device = runtime.setup(p.train, 0)
     if quick:
         rounds, steps = 1, steps or 2
     steps = steps or 40
     workers = min(2, os.cpu_count() or 1) if workers is None else workers
     job = Job(p, (steps + 3) * p.train.batch_size, device)
-    measure = {"raw": lambda: time_kdlab(job, "raw", steps), "kd": lambda: time_kdlab(job, "kd", steps),
-               "kd_online": lambda: time_kdlab(job, "kd_online", steps),
+    compile_seconds: list[float] = []
+
+    def compiled_kd(precision: str):
+        v, warm = time_kdlab(job, "kd", steps, precision=precision, compiled=True)
+        compile_seconds.append(warm)
+        return v
+
+    # every row in fp32, eager, as the peers run: the same settings on every side; the last two rows show
+    # what bf16 autocast and torch.compile change for kdlab's cached KD on this machine
+    measure = {"raw": lambda: time_kdlab(job, "raw", steps)[0], "kd": lambda: time_kdlab(job, "kd", steps)[0],
+               "kd_online": lambda: time_kdlab(job, "kd_online", steps)[0],
                "dataloader_pil": lambda: time_dataloader_pil(job, steps, workers),
-               "torchdistill": lambda: time_torchdistill(job, steps, workers)}
+               "torchdistill": lambda: time_torchdistill(job, steps, workers),
+               "kd_bf16": lambda: time_kdlab(job, "kd", steps, precision="bf16")[0],
+               "kd_compiled": lambda: compiled_kd("fp32"), "kd_bf16_compiled": lambda: compiled_kd("bf16")}
+    if not with_compile:
+        measure.pop("kd_compiled")
+        measure.pop("kd_bf16_compiled")
     rates: dict[str, list[float]] = {k: [] for k in [*measure, "torchdistill_whole_process"]}
     for r in range(rounds):
         for name, fn in measure.items():
@@ -245,11 +268,15 @@ def run_bench(p: Params, quick: bool = False, rounds: int = 3, steps: int | None
         "machine": machine(), "device": str(device), "student": f"{p.student.arch} x{p.student.width}",
         "teacher": f"{p.teacher.arch} x{p.teacher.width}", "batch_size": p.train.batch_size, "steps": steps,
         "rounds": rounds, "dataloader_workers": workers, "images_per_second": med, "all_rounds": rates,
+        "compile_seconds": statistics.median(compile_seconds) if compile_seconds else None,
         "ratios": {
             "kd_over_raw_time": med["raw"] / med["kd"],
             "kd_online_over_kd_time": med["kd"] / med["kd_online"],
             "kd_speedup_vs_dataloader_pil": med["kd"] / med["dataloader_pil"],
             **({"kd_speedup_vs_torchdistill": med["kd"] / med["torchdistill"]} if "torchdistill" in med else {}),
+            **({"kd_bf16_speedup": med["kd_bf16"] / med["kd"]} if "kd_bf16" in med else {}),
+            **({"kd_compiled_speedup": med["kd_compiled"] / med["kd"]} if "kd_compiled" in med else {}),
+            **({"kd_bf16_compiled_speedup": med["kd_bf16_compiled"] / med["kd"]} if "kd_bf16_compiled" in med else {}),
         },
     }
     io.save_json(result, BENCH_JSON)
@@ -272,11 +299,16 @@ def markdown(r: dict) -> str:
         "|---|---|---|",
     ]
     for k, label in ROWS.items():
+        if k.endswith("_compiled") and k not in med:
+            continue
         if k in med:
             lines.append(f"| {label} | {med[k]:.0f} | {med['kd'] / med[k]:.2f}x |")
         else:
             lines.append(f"| {label} | not installed (`pip install -e '.[bench]'`) | - |")
     ra = r["ratios"]
     lines += ["", f"Cached KD costs {100 * (ra['kd_over_raw_time'] - 1):+.1f}% per step over raw; online KD takes "
-              f"{ra['kd_online_over_kd_time']:.2f}x the time of cached KD."]
+              f"{ra['kd_online_over_kd_time']:.2f}x the time of cached KD. All rows but the last ones run fp32 "
+              f"and eager, as the peers do."]
+    if r.get("compile_seconds") is not None:
+        lines[-1] += f" torch.compile's compilation (and 3 warm-up steps) took {r['compile_seconds']:.1f} s."
     return "\n".join(lines) + "\n"

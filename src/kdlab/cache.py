@@ -72,7 +72,7 @@ def run_cache(p: Params) -> dict:
              "views": p.cache.views, "seed": p.cache.seed}
     fingerprint = json.dumps({**stamp, "batch_size": p.cache.batch_size, "data": ctx.meta["sha256"]}, sort_keys=True)
     logits = teacher_logits_for(teacher, train["images"], table, ctx.normalize, p.views.pad, p.cache.batch_size,
-                                autocast(ctx.device), PARTIAL, fingerprint)
+                                autocast(ctx.device, p.train.precision), PARTIAL, fingerprint)
     io.save_torch({"view_ids": table, "logits": logits, **stamp}, CACHE / "train.pt")
     shutil.rmtree(PARTIAL, ignore_errors=True)
     correct = (logits.float().argmax(-1) == train["labels"][:, None]).float().mean().item()

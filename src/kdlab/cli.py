@@ -58,7 +58,8 @@ def _sweep(p, args):
 
 def _bench(p, args):
     from kdlab.bench import run_bench
-    run_bench(p, quick=args.quick, rounds=args.rounds, steps=args.steps, workers=args.workers)
+    run_bench(p, quick=args.quick, rounds=args.rounds, steps=args.steps, workers=args.workers,
+              with_compile=not args.no_compile)
 
 
 def _readme(p, args):
@@ -93,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--rounds", type=int, default=3, help="bench: interleaved rounds (default 3; the median counts)")
     ap.add_argument("--steps", type=int, help="bench: timed steps per measurement (default 40)")
     ap.add_argument("--workers", type=int, help="bench: DataLoader workers for the PIL rows (default: up to 2)")
+    ap.add_argument("--no-compile", action="store_true", help="bench: skip the torch.compile row")
     return ap
 
 

@@ -77,14 +77,14 @@ def flops_per_image(model: torch.nn.Module, shape: tuple[int, int, int], device)
     return int(counter.get_total_flops())
 
 
-def throughput(model, images, labels, normalize, batch_size: int, repeats: int = 2) -> float:
+def throughput(model, images, labels, normalize, batch_size: int, precision: str = "auto", repeats: int = 2) -> float:
     """Inference images/second on this machine (best of ``repeats`` passes over ``images``)."""
     from kdlab.train import predict
 
     best = 0.0
     for _ in range(repeats):
         start = time.perf_counter()
-        predict(model, images, labels, normalize, batch_size)
+        predict(model, images, labels, normalize, batch_size, precision)
         best = max(best, len(labels) / (time.perf_counter() - start))
     return best
 
@@ -182,11 +182,11 @@ def run_evaluate(p: Params) -> dict:
     def evaluate_model(path: Path, rebuild: str, teacher_logits):
         ckpt = io.load_torch(path, rebuild)
         model = load_model(path, ctx, rebuild)
-        logits = predict(model, test_x, test_y, ctx.normalize, bs)
+        logits = predict(model, test_x, test_y, ctx.normalize, bs, p.train.precision)
         m = run_metrics(logits, test_y, teacher_logits)
         m["params"] = sum(t.numel() for t in model.parameters())
         m["flops_per_image"] = flops_per_image(model, shape, ctx.device)
-        m["images_per_second"] = throughput(model, test_x[:2000], test_y[:2000], ctx.normalize, bs)
+        m["images_per_second"] = throughput(model, test_x[:2000], test_y[:2000], ctx.normalize, bs, p.train.precision)
         for k in ("val_acc", "test_acc_last", "best_epoch"):
             m[k] = ckpt["metrics"][k]
         return logits, m, ckpt["history"]

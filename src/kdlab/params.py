@@ -75,6 +75,8 @@ class TrainParams:
     label_smoothing: float = 0.0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"   # auto: bf16 autocast on CUDA, fp32 on the CPU
+    compile: Union[bool, Literal["auto"]] = "auto"        # torch.compile the training step; auto: on CUDA
 
 
 @dataclass(frozen=True)

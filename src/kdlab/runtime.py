@@ -41,6 +41,33 @@ def device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
+def bf16_cpu() -> bool:
+    """Whether this CPU has native bf16 matrix units (AMX or AVX512-BF16), where bf16 autocast is fast."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+def precision(choice: str, device: torch.device) -> str:
+    """``train.precision`` -> "bf16" or "fp32". auto: bf16 autocast on CUDA and on CPUs with bf16 matrix units
+    (training steps 1.4-2.1x faster on this project's AMX CPU; see README, Speed), else fp32."""
+    if choice == "auto":
+        return "bf16" if device.type == "cuda" or bf16_cpu() else "fp32"
+    return choice
+
+
+def compile_enabled(choice, device: torch.device) -> bool:
+    """``train.compile`` -> whether the training step runs through torch.compile. auto: on CUDA, and on the
+    CPU when a C++ compiler is there for inductor (students' steps 1.3x faster here, see README, Speed)."""
+    if choice != "auto":
+        return bool(choice)
+    import shutil
+
+    return device.type == "cuda" or shutil.which(os.environ.get("CXX", "g++")) is not None
+
+
 def setup(train_params, seed: int) -> torch.device:
     tune_allocator()
     if train_params.threads:

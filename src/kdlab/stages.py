@@ -85,15 +85,18 @@ def _train_and_save(p: Params, ctx: Context, role: str, spec, seed: int, method,
         res = fit(model, method, batches, val, spec.epochs, spec.lr, p.train, run_name, on_epoch, checkpoint,
                   _fingerprint(p, ctx, run_name, {**extra, **(resume_key or {})}))
         model.load_state_dict(res.last_state)
-        test_acc_last = accuracy(predict(model, *test, ctx.normalize, p.train.eval_batch_size), test[1])
+        bs, prec = p.train.eval_batch_size, p.train.precision
+        test_acc_last = accuracy(predict(model, *test, ctx.normalize, bs, prec), test[1])
         model.load_state_dict(res.best_state)
-        test_acc = accuracy(predict(model, *test, ctx.normalize, p.train.eval_batch_size), test[1])
+        test_acc = accuracy(predict(model, *test, ctx.normalize, bs, prec), test[1])
         metrics = {
             "val_acc": res.best_val_acc, "test_acc": test_acc, "best_epoch": res.best_epoch,
             "val_acc_last": res.last_val_acc, "test_acc_last": test_acc_last, "epochs": spec.epochs,
             "params": models.count_params(model), "train_seconds": res.train_seconds,
             "wall_seconds": time.perf_counter() - start,
         }
+        if res.compiled and res.first_step_seconds is not None:  # torch.compile's cost, apart from training
+            metrics["compile_seconds"] = res.first_step_seconds
         io.save_torch({
             **arch, "in_channels": ctx.meta["channels"],
             "classes": ctx.meta["classes"], "state_dict": res.best_state, "seed": seed,

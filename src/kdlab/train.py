@@ -18,6 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from kdlab import io
+from kdlab.runtime import compile_enabled
 from kdlab.loader import Normalize, TrainBatches, eval_batches
 
 
@@ -30,6 +31,9 @@ class FitResult:
     last_state: dict
     history: list[dict] = field(default_factory=list)
     train_seconds: float = 0.0
+    compiled: bool = False
+    #: the first step of this process (with torch.compile: mostly compilation); None when nothing ran
+    first_step_seconds: float | None = None
 
 
 def make_optimizer(params, lr: float, tp) -> torch.optim.Optimizer:
@@ -51,21 +55,22 @@ def make_schedule(opt, total_steps: int, tp) -> torch.optim.lr_scheduler.LambdaL
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
+def autocast(device: torch.device, precision: str = "auto"):
+    """bf16 autocast when ``precision`` (``train.precision``, resolved by :func:`kdlab.runtime.precision`) says so."""
+    from kdlab.runtime import precision as resolve
+
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=resolve(precision, device) == "bf16")
 
 
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize: Normalize,
-            batch_size: int) -> torch.Tensor:
+            batch_size: int, precision: str = "auto") -> torch.Tensor:
     """Logits (float32, on the CPU) for the identity view of every image."""
     model.eval()
     device = normalize.mean.device
     out = []
     for b in eval_batches(images, labels, normalize, batch_size):
-        with autocast(device):
+        with autocast(device, precision):
             out.append(model(b.images).float().cpu())
     return torch.cat(out) if out else torch.empty(0)
 
@@ -129,6 +134,11 @@ def fit(model: nn.Module, method: nn.Module, batches: TrainBatches,
             on_epoch(row)
     # a non-finite loss is caught at once on the CPU; on CUDA every 50 steps, to avoid a sync per step
     check_every = 1 if device.type == "cpu" else 50
+    # the step runs the compiled module; the original one (same parameters) is evaluated and saved
+    compiled = compile_enabled(tp.compile, device) and getattr(method, "compilable", True)
+    # static shapes: the short last batch gets its own graph instead of turning every step dynamic
+    forward_model = torch.compile(model, dynamic=False) if compiled else model
+    first_step_seconds = None
     start = time.perf_counter() - elapsed
     for epoch in range(first, epochs + 1):
         model.train()
@@ -139,9 +149,10 @@ def fit(model: nn.Module, method: nn.Module, batches: TrainBatches,
         finite = torch.ones((), dtype=torch.bool, device=device)
         bar = tqdm(batches.epoch(epoch), total=len(batches), desc=f"{desc} epoch {epoch}/{epochs}",
                    leave=False, dynamic_ncols=True, mininterval=1.0)
+        step_start = time.perf_counter()
         for step, batch in enumerate(bar, start=1):
-            with autocast(device):
-                _, terms = method(model, batch)
+            with autocast(device, tp.precision):
+                _, terms = method(forward_model, batch)
             loss = sum(terms.values())
             finite &= torch.isfinite(loss.detach())
             if (step % check_every == 0 or step == len(batches)) and not bool(finite):
@@ -152,12 +163,14 @@ def fit(model: nn.Module, method: nn.Module, batches: TrainBatches,
             loss.backward()
             opt.step()
             sched.step()
+            if first_step_seconds is None:  # with torch.compile: the compilation, measured apart
+                first_step_seconds = time.perf_counter() - step_start
             n = len(batch.labels)
             seen += n
             for k, v in terms.items():  # summed on the device: no host sync inside the step loop
                 sums[k] = sums.get(k, 0) + v.detach().float() * n
         terms_mean = {k: (v / seen).item() for k, v in sums.items()}
-        val_logits = predict(model, *val, batches.normalize, tp.eval_batch_size)
+        val_logits = predict(model, *val, batches.normalize, tp.eval_batch_size, tp.precision)
         val_acc = accuracy(val_logits, val[1])
         row = {"epoch": epoch, "val_acc": val_acc, "loss": sum(terms_mean.values()),
                "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - start,
@@ -174,4 +187,5 @@ def fit(model: nn.Module, method: nn.Module, batches: TrainBatches,
             on_epoch(row)
     return FitResult(best_state=best[2], best_epoch=best[1], best_val_acc=best[0], last_val_acc=history[-1]["val_acc"],
                      last_state=copy.deepcopy(model.state_dict()), history=history,
-                     train_seconds=time.perf_counter() - start)
+                     train_seconds=time.perf_counter() - start, compiled=compiled,
+                     first_step_seconds=first_step_seconds)

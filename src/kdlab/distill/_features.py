@@ -35,6 +35,8 @@ class FeatureMethod(KD):
     Options = FeatureOptions
     #: the name of the feature term in the returned terms (and in MLflow)
     term = "feature"
+    #: taps are hooks added and removed at every step, which torch.compile would retrace each time
+    compilable = False
 
     def check(self, opts) -> None:
         if not opts.stages:
