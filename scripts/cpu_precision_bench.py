@@ -47,14 +47,17 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--compile", action="store_true", help="also measure torch.compile'd steps (compilation excluded)")
-    ap.add_argument("--models", default="resnet20:1.0,resnet8:0.5,resnet8:1.0")
+    ap.add_argument("--models", default="resnet20:1.0,resnet8:0.5,resnet8:1.0",
+                    help="arch:width[:cl|:contiguous] list; with a format, only that memory format is measured")
     a = ap.parse_args()
     from kdlab import runtime
 
     runtime.tune_allocator()
     steps = {"resnet20": 20, "resnet8": 60}  # about the same seconds per measurement
-    archs = [(m.split(":")[0], float(m.split(":")[1])) for m in a.models.split(",")]
-    configs = [(arch, w, bf16, cl, comp) for arch, w in archs for bf16 in (False, True) for cl in (False, True)
+    specs = [m.split(":") for m in a.models.split(",")]
+    formats = {"cl": (True,), "contiguous": (False,)}
+    configs = [(sp[0], float(sp[1]), bf16, cl, comp) for sp in specs for bf16 in (False, True)
+               for cl in (formats[sp[2]] if len(sp) > 2 else (False, True))
                for comp in ((False, True) if a.compile else (False,))]
     rates: dict[tuple, list[float]] = {c: [] for c in configs}
     for _ in range(a.rounds):
