@@ -53,6 +53,23 @@ def kd_loss(s, t, y, alpha=0.5, temp=4.0):
     return (1 - alpha) * F.cross_entropy(s, y) + alpha * kl
 
 
+def train_step(forward, opt, batch, amp, teacher=None, cached: bool = False) -> None:
+    """One SGD step: CE on the labels, or KD from the cached logits (``cached``) or the online ``teacher``."""
+    with amp:
+        s = forward(batch.images)
+        if cached:
+            loss = kd_loss(s, batch.teacher_logits, batch.labels)
+        elif teacher is not None:
+            with torch.no_grad():
+                t = teacher(batch.images)
+            loss = kd_loss(s, t, batch.labels)
+        else:
+            loss = F.cross_entropy(s, batch.labels)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
 def rate(step, batches, steps: int, batch_size: int, device, warmup: int = 3) -> tuple[float, float]:
     """(images/s over ``steps`` steps, seconds of the warm-up steps: compile time for compiled models)."""
     it = iter(batches)
@@ -111,20 +128,7 @@ def throughput(args, device) -> dict:
             opt = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
 
             def step(b, variant=variant, fwd=fwd, opt=opt):
-                with amp:
-                    s = fwd(b.images)
-                    if variant == "raw":
-                        loss = F.cross_entropy(s, b.labels)
-                    else:
-                        if variant == "kd":
-                            t = b.teacher_logits
-                        else:
-                            with torch.no_grad():
-                                t = teacher(b.images)
-                        loss = kd_loss(s, t, b.labels)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                train_step(fwd, opt, b, amp, teacher if variant == "kd_online" else None, cached=variant == "kd")
 
             r, warm = rate(step, cycle(batches.epoch), args.steps, bs, device)
             key = f"{variant}{'_compiled' if compiled else ''}"
@@ -165,17 +169,7 @@ def real_run(args, device) -> dict | None:
         for epoch in range(1, epochs + 1):
             model.train()
             for b in batches.epoch(epoch):
-                with amp:
-                    s = model(b.images)
-                    if teacher is None:
-                        loss = F.cross_entropy(s, b.labels)
-                    else:
-                        with torch.no_grad():
-                            t = teacher(b.images)
-                        loss = kd_loss(s, t, b.labels)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                train_step(model, opt, b, amp, teacher)
                 sched.step()
         sync(device)
         seconds = time.perf_counter() - start
