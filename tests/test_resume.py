@@ -51,8 +51,7 @@ def _interrupt_after_first_epoch(path, env, sig) -> tuple[int, str]:
     for line in proc.stdout:  # text mode: tqdm's carriage returns end lines too
         lines.append(line)
         seen_first = seen_first or "teacher epoch 1/4: loss" in line  # printed after epoch 1's checkpoint
-        # epoch 2's progress bar: epoch 1 is checkpointed and logged, the step loop is running. (Signalling
-        # right after the epoch-1 line once landed inside MLflow's logging call and was lost in CI.)
+        # epoch 2's progress bar: epoch 1 is checkpointed and logged, the step loop is running
         if seen_first and line.startswith("teacher epoch 2/4:"):
             proc.send_signal(sig)
             break

@@ -151,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (a scheduler, `kill`) ends a stage like Ctrl-C: the last complete epoch's checkpoint stays,
     # the MLflow run is closed as KILLED, and rerunning the stage resumes
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # a shell starts background jobs with SIGINT ignored, and Python then keeps it ignored: `kill -INT` (and a
+    # test's SIGINT) would be lost on a stage run under `cmd &`, so the handler is installed explicitly
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         STAGES[args.stage](p, args)
     except KeyboardInterrupt:
