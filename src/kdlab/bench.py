@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from kdlab import distill, io, models, runtime, views
+from kdlab.distill.kd import kl_per_sample
 from kdlab.loader import Normalize, TrainBatches
 from kdlab.params import Params
 from kdlab.train import autocast, make_optimizer
@@ -84,8 +85,7 @@ class Job:
     def __init__(self, p: Params, n_images: int, device: torch.device):
         self.p, self.device = p, device
         self.images, self.labels, self.mean, self.std = bench_data(p, n_images)
-        self.classes = int(self.labels.max()) + 1 if len(self.labels) else 2
-        self.classes = max(self.classes, 2)
+        self.classes = max(int(self.labels.max()) + 1 if len(self.labels) else 2, 2)
         self.normalize = Normalize(self.mean, self.std, device)
         self.table = views.view_table(len(self.labels), p.views.pad, p.views.flip, p.cache.views, p.cache.seed)
 
@@ -194,8 +194,7 @@ def time_dataloader_pil(job: Job, steps: int, workers: int) -> float:
         with torch.no_grad():
             t = teacher(x)
         s = student(x)
-        kd = F.kl_div(F.log_softmax(s / temp, 1), F.log_softmax(t / temp, 1), reduction="batchmean", log_target=True)
-        return {"ce": (1 - alpha) * F.cross_entropy(s, y), "kd": alpha * temp ** 2 * kd}
+        return {"ce": (1 - alpha) * F.cross_entropy(s, y), "kd": alpha * kl_per_sample(s, t, temp).mean()}
 
     return _timed_steps(iter(loader), steps, terms, opt, job.device, p.train.batch_size)[0]
 
