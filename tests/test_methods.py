@@ -10,7 +10,7 @@ from torch import nn
 from kdlab import distill, models, params
 from kdlab.distill.dkd import tckd_nckd
 from kdlab.distill.kd import kl_per_sample
-from kdlab.features import Taps, linear_cka, tap_paths
+from kdlab.features import OUTPUT, Taps, extractor, linear_cka, tap_paths
 from kdlab.loader import Batch
 from kdlab.params import ParamsError
 from kdlab.surgery import keep_blocks
@@ -136,7 +136,9 @@ def test_feature_losses_vanish_when_features_are_equal(name, term):
     m.attach(student, teacher, x)
     if name == "fitnet":
         _identity_regressors(m)
-    _, terms = m(student, Batch(x, torch.tensor([0, 1, 2, 0])))
+    with torch.no_grad():
+        teacher_logits = teacher(x)  # KD reads the cached logits of the view, as in training
+    _, terms = m(student, Batch(x, torch.tensor([0, 1, 2, 0]), teacher_logits=teacher_logits))
     assert terms[term].item() == pytest.approx(0.0, abs=1e-9)
     assert terms["kd"].item() == pytest.approx(0.0, abs=1e-5)
 
@@ -185,6 +187,57 @@ def test_taps_address_blocks_by_path():
     assert tuple(taps.out["layer2.1"].shape) == (2, 16, 6, 6)
     assert tuple(taps.out["layer3"].shape) == (2, 32, 3, 3)
     assert not model.layer3._forward_hooks                               # removed on exit
+
+
+def test_extractors_tap_the_model_itself_and_stop_at_the_deepest_tap():
+    torch.manual_seed(0)
+    model = models.build("resnet20", 1, 3, 0.5)
+    x = torch.randn(4, 1, 12, 12)
+    fx = extractor(model, ["layer1", "layer2.1"])
+    with Taps(model, ["layer1", "layer2.1"]) as taps:
+        want = model(x)
+    out = fx(x)
+    torch.testing.assert_close(out[OUTPUT], want, rtol=0, atol=0)
+    for path in ("layer1", "layer2.1"):
+        torch.testing.assert_close(out[path], taps.out[path], rtol=0, atol=0)
+    # the graph holds the model's own modules: a step through it trains the model
+    before = model.layer1[0].conv1.weight.detach().clone()
+    opt = torch.optim.SGD(fx.parameters(), lr=0.1)
+    out[OUTPUT].sum().backward()
+    opt.step()
+    assert not torch.equal(model.layer1[0].conv1.weight, before)
+    # without the output, nothing past the deepest tap is run
+    cut = extractor(model.eval(), ["layer1"], output=False)
+    assert not any(n.startswith(("layer2", "layer3", "fc")) for n, _ in cut.named_modules())
+    assert set(cut(x)) == {"layer1"}
+
+
+@pytest.mark.parametrize("name", ["raw", "kd", "kd_correct_only", "kd_online", "dkd", "fitnet", "at",
+                                  "init_teacher", "init_random"])
+def test_every_method_compiles_as_one_graph_and_matches_eager(name):
+    """train.fit runs ``torch.compile(method)``: no graph break (fullgraph), the same terms as eager, and no
+    recompilation when the epoch changes (DKD's warm-up)."""
+    torch._dynamo.reset()  # compiled code is cached per code object, and methods share forward()
+    torch.manual_seed(0)
+    p = _p(dkd={"warmup": 2.0}, fitnet={"stages": ["layer1", "layer3"]}, init_teacher={"keep": [[0], [0], [0]]})
+    teacher = models.build("resnet20", 1, 3, 0.5).eval()
+    m = distill.build(name, p)
+    student = m.init_student(models.build("resnet8", 1, 3, 0.5), teacher)
+    x = torch.randn(6, 1, 12, 12)
+    m.attach(student, teacher, x)
+    with torch.no_grad():
+        batch = Batch(x, torch.tensor([0, 1, 2, 0, 1, 2]), teacher_logits=teacher(x))
+    step = torch.compile(m, backend="eager", fullgraph=True, dynamic=False)
+    student.train()
+    m.train()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for epoch in (1, 2):
+            m.begin_epoch(epoch)
+            _, want = m(student, batch)
+            _, got = step(student, batch)
+            assert set(got) == set(want)
+            for k in want:
+                torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------- students carved from the teacher

@@ -115,8 +115,8 @@ def time_kdlab(job: Job, variant: str, steps: int, precision: str = "fp32", comp
     method.attach(student, teacher, job.normalize(job.images[:8].to(job.device)))
     method.to(job.device)
     opt = make_optimizer([*student.parameters(), *method.parameters()], 0.05, p.train)
-    forward = torch.compile(student, dynamic=False) if compiled else student
-    return _timed_steps(batches.epoch(1), steps, lambda b: method(forward, b)[1], opt, job.device,
+    step_forward = torch.compile(method, dynamic=False) if compiled else method  # as train.fit does
+    return _timed_steps(batches.epoch(1), steps, lambda b: step_forward(student, b)[1], opt, job.device,
                         p.train.batch_size, precision)
 
 

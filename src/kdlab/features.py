@@ -1,5 +1,6 @@
-"""Named feature taps (forward hooks addressed by module path, e.g. ``layer2`` or ``layer3.1``) and linear
-CKA (Kornblith et al. 2019) between two models' features. No model class is copied to expose a feature."""
+"""Named features addressed by module path (``layer2``, ``layer3.1``): forward-hook taps for inspection,
+torch.fx extractors for training (traceable by torch.compile, and cut after the last feature asked for), and
+linear CKA (Kornblith et al. 2019) between two models' features. No model class is copied to expose a feature."""
 from __future__ import annotations
 
 import re
@@ -30,6 +31,27 @@ def check_paths(model: nn.Module, paths, key: str, role: str) -> None:
         if path not in allowed:
             raise ParamsError(f"{key}[{i}]", f"the {role} ({type(model).__name__}) has no stage {path!r}; "
                               f"allowed: {', '.join(allowed)}")
+
+
+#: the key of the model's own output in an :func:`extractor`'s result
+OUTPUT = "output"
+
+
+def extractor(model: nn.Module, paths, output: bool = True) -> nn.Module:
+    """``extractor(model, ["layer2"])(x) -> {"layer2": ..., "output": model(x)}``, as a torch.fx graph over the
+    very submodules of ``model`` (training it trains ``model``). Without ``output``, the graph stops after the
+    deepest path: a teacher tapped at ``layer1`` runs only its stem and ``layer1``. Its train/eval mode is
+    its own (set it with the model's)."""
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    nodes = {p: p for p in paths}
+    if output:
+        last = get_graph_node_names(model)[0][-1]
+        if last in nodes:
+            raise ValueError(f"{last!r} is the model's output node; it cannot also be a tap")
+        nodes[last] = OUTPUT
+    fx = create_feature_extractor(model, return_nodes=nodes)
+    return fx.train(model.training)
 
 
 class Taps:

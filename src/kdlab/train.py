@@ -37,8 +37,9 @@ class FitResult:
 
 
 def make_optimizer(params, lr: float, tp) -> torch.optim.Optimizer:
+    # fused: one kernel for the whole update (on the CPU too) instead of a loop over small tensors
     return torch.optim.SGD(params, lr=lr, momentum=tp.momentum, nesterov=tp.nesterov and tp.momentum > 0,
-                           weight_decay=tp.weight_decay)
+                           weight_decay=tp.weight_decay, fused=True)
 
 
 def make_schedule(opt, total_steps: int, tp) -> torch.optim.lr_scheduler.LambdaLR:
@@ -134,10 +135,11 @@ def fit(model: nn.Module, method: nn.Module, batches: TrainBatches,
             on_epoch(row)
     # a non-finite loss is caught at once on the CPU; on CUDA every 50 steps, to avoid a sync per step
     check_every = 1 if device.type == "cpu" else 50
-    # the step runs the compiled module; the original one (same parameters) is evaluated and saved
-    compiled = compile_enabled(tp.compile, device) and getattr(method, "compilable", True)
-    # static shapes: the short last batch gets its own graph instead of turning every step dynamic
-    forward_model = torch.compile(model, dynamic=False) if compiled else model
+    # the step's forward (student, teacher features, loss) runs as one compiled graph; the model itself
+    # (same parameters) is evaluated and saved. Static shapes, and the epoch's short last batch runs eagerly:
+    # a graph of its own would cost a second compilation for one step per epoch
+    compiled = compile_enabled(tp.compile, device)
+    compiled_forward = torch.compile(method, dynamic=False) if compiled else method
     first_step_seconds = None
     start = time.perf_counter() - elapsed
     for epoch in range(first, epochs + 1):
@@ -151,8 +153,9 @@ def fit(model: nn.Module, method: nn.Module, batches: TrainBatches,
                    leave=False, dynamic_ncols=True, mininterval=1.0)
         step_start = time.perf_counter()
         for step, batch in enumerate(bar, start=1):
+            step_forward = compiled_forward if len(batch.labels) == batches.batch_size else method
             with autocast(device, tp.precision):
-                _, terms = method(forward_model, batch)
+                _, terms = step_forward(model, batch)
             loss = sum(terms.values())
             finite &= torch.isfinite(loss.detach())
             if (step % check_every == 0 or step == len(batches)) and not bool(finite):

@@ -26,8 +26,6 @@ class Method(nn.Module):
     views = "cache"
     #: the student is built from the teacher's weights (see :meth:`init_student`)
     builds_from_teacher = False
-    #: the training step may run the student through torch.compile (train.compile)
-    compilable = True
     #: read the options of another method (a control that must share them); default: our own name
     options_from: str | None = None
 

@@ -1,6 +1,7 @@
-"""Shared by the feature methods (fitnet, at): the teacher runs on the student's very view at every step,
-both models are tapped at ``stages`` (module paths), and the feature term is added to CE (and KD from the
-teacher's online logits when ``kd`` is true, with loss.alpha and loss.temperature)."""
+"""Shared by the feature methods (fitnet, at): both models are tapped at ``stages`` (module paths) on the
+student's very view at every step, and the feature term is added to CE (and, when ``kd`` is true, KD from the
+cached teacher logits of that view, with loss.alpha and loss.temperature). The taps are torch.fx extractors,
+so the whole step compiles, and the teacher's runs only as deep as the deepest tapped stage."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -9,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from kdlab.distill.kd import KD
-from kdlab.features import Taps, check_paths
+from kdlab.features import OUTPUT, check_paths, extractor
 
 
 @dataclass(frozen=True)
@@ -30,13 +31,18 @@ def same_size(fs: torch.Tensor, ft: torch.Tensor) -> tuple[torch.Tensor, torch.T
 
 
 class FeatureMethod(KD):
-    uses_teacher_logits = False
     uses_teacher_model = True
     Options = FeatureOptions
     #: the name of the feature term in the returned terms (and in MLflow)
     term = "feature"
-    #: taps are hooks added and removed at every step, which torch.compile would retrace each time
-    compilable = False
+
+    def __init__(self, params, **overrides):
+        super().__init__(params, **overrides)
+        # the cache holds the teacher's logits of every view a student sees: no need to run its head here
+        self.uses_teacher_logits = self.opts.kd
+        # (student, teacher) extractors and the student they tap; lists, so they are not our parameters
+        self._taps: list[torch.nn.Module] = []
+        self._student: list[torch.nn.Module] = []
 
     def check(self, opts) -> None:
         if not opts.stages:
@@ -49,32 +55,40 @@ class FeatureMethod(KD):
         key = f"methods.{self.name}.stages"
         check_paths(student, self.opts.stages, key, "student")
         check_paths(teacher, self.opts.stages, key, "teacher")
+        self._taps = [extractor(student, self.opts.stages), extractor(teacher, self.opts.stages, output=False)]
+        self._student = [student]
         was_training = student.training
-        student.eval()
+        self._taps[0].eval()
         with torch.no_grad():
-            _, _, fs, ft = self.pair(student, example)
-        student.train(was_training)
+            _, fs, ft = self.tapped(example)
+        self._taps[0].train(was_training)
         self.build(fs, ft)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self._taps:  # the student's extractor follows the training mode (the teacher stays in eval)
+            self._taps[0].train(mode)
+        return self
 
     def build(self, fs: list[torch.Tensor], ft: list[torch.Tensor]) -> None:
         """Create trainable parts from example features (student, teacher) at each stage."""
 
-    def pair(self, student, images):
-        """(student logits, teacher logits, student features, teacher features) on ``images``."""
-        with Taps(student, self.opts.stages) as ts:
-            logits = student(images)
-        with torch.no_grad(), Taps(self.teacher, self.opts.stages) as tt:
-            teacher_logits = self.teacher(images)
-        stages = self.opts.stages
-        return logits, teacher_logits, [ts.out[s] for s in stages], [tt.out[s] for s in stages]
+    def tapped(self, images):
+        """(student logits, student features, teacher features) on ``images``."""
+        s = self._taps[0](images)
+        with torch.no_grad():
+            t = self._taps[1](images)
+        return s[OUTPUT], [s[p] for p in self.opts.stages], [t[p] for p in self.opts.stages]
 
     def feature_loss(self, fs: list[torch.Tensor], ft: list[torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
     def forward(self, student, batch):
-        logits, teacher_logits, fs, ft = self.pair(student, batch.images)
+        if not self._student or student is not self._student[0]:
+            raise RuntimeError(f"{self.name}: called with another student than the one attached")
+        logits, fs, ft = self.tapped(batch.images)
         if self.opts.kd:
-            terms = self.kd_terms(logits, teacher_logits, batch.labels)
+            terms = self.kd_terms(logits, batch.teacher_logits, batch.labels)
         else:
             terms = {"ce": self.ce(logits, batch.labels)}
         terms[self.term] = self.opts.beta * self.feature_loss(fs, ft)

@@ -50,9 +50,18 @@ class DKD(Method):
         if opts.warmup < 0:
             raise self.fail("warmup", f"must be >= 0 epochs, got {opts.warmup}")
 
+    def __init__(self, params, **overrides):
+        super().__init__(params, **overrides)
+        # a tensor, not a Python float: a compiled step would be recompiled for every new value
+        self.register_buffer("ramp", torch.ones(()), persistent=False)
+        self.begin_epoch(1)
+
+    def begin_epoch(self, epoch: int) -> None:
+        super().begin_epoch(epoch)
+        self.ramp.fill_(min(epoch / self.opts.warmup, 1.0) if self.opts.warmup > 0 else 1.0)
+
     def forward(self, student, batch):
         logits = student(batch.images)
         tckd, nckd = tckd_nckd(logits, batch.teacher_logits, batch.labels, self.params.loss.temperature)
-        ramp = min(self.epoch / self.opts.warmup, 1.0) if self.opts.warmup > 0 else 1.0
-        return logits, {"ce": self.ce(logits, batch.labels), "tckd": ramp * self.opts.alpha * tckd.mean(),
-                        "nckd": ramp * self.opts.beta * nckd.mean()}
+        return logits, {"ce": self.ce(logits, batch.labels), "tckd": self.ramp * self.opts.alpha * tckd.mean(),
+                        "nckd": self.ramp * self.opts.beta * nckd.mean()}
