@@ -23,8 +23,13 @@ TINY = {
     "cache": {"views": 3},
     "study": {"seeds": [0]},
     "parts": {"stages": ["layer2", "layer3"], "cka_images": 64},   # question 2 with two placements
+    "prune": {"sizes": [1.0], "compare": ["random"], "calibration_images": 32},   # question 3, one size
 }
 PARTS_STAGES = {"placement@layer2-0", "placement@layer3-0", "carve@init_teacher-0", "carve@init_random-0", "parts"}
+PRUNED_KD = {"pruned@1.0-prune-kd-0", "pruned@1.0-shape-kd-0", "criteria@random-0"}
+PRUNE_STAGES = {"prune", "pruning", "pruned@1.0-prune-raw-0", "pruned@1.0-shape-raw-0"} | PRUNED_KD
+Q3_RUNS = {"prune.activation.x1.0.kd-0", "prune.activation.x1.0.raw-0", "shape.activation.x1.0.kd-0",
+           "shape.activation.x1.0.raw-0", "prune.random.x1.0.kd-0"}
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -35,7 +40,7 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def _run(cmd, cwd, env):
-    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1500)
     assert res.returncode == 0, f"{cmd} failed:\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}"
     return res.stdout + res.stderr
 
@@ -69,7 +74,7 @@ def test_repro_then_alpha_experiment(repo):
     root, env = repo
     out = _run(["dvc", "repro"], root, env)
     assert _ran(out) == {"prepare", "teacher", "cache", "baseline@raw-0", "student@kd-0",
-                         "student@kd_correct_only-0", "evaluate", "report"} | PARTS_STAGES
+                         "student@kd_correct_only-0", "evaluate", "report"} | PARTS_STAGES | PRUNE_STAGES
     for name in ("raw-0", "kd-0", "kd_correct_only-0"):
         m = json.loads((root / f"metrics/students/{name}.json").read_text())
         assert 0 <= m["test_acc"] <= 1 and m["epochs"] == 1 and m["best_epoch"] == 1
@@ -99,6 +104,16 @@ def test_repro_then_alpha_experiment(repo):
     assert "## Question 2" in report and "| fitnet.layer2 |" in report and (root / "reports/parts.png").exists()
     assert json.loads((root / "metrics/parts/fitnet.layer2-0.json").read_text())["epochs"] == 1
 
+    # question 3: the pruned teachers, the four arms and the criteria, in metrics, the report and dvc plots
+    pruning = json.loads((root / "metrics/pruning.json").read_text())
+    assert set(pruning["groups"]) == {r.rsplit("-", 1)[0] for r in Q3_RUNS}
+    assert set(pruning["pruned"]) == {"activation.x1.0", "random.x1.0"}
+    for e in pruning["pruned"].values():
+        assert e["params"] <= e["target_params"] == pruning["student_params"]
+    assert "prune.activation.x1.0.kd_vs_shape.activation.x1.0.kd" in pruning["comparisons"]
+    assert "## Question 3" in report and (root / "reports/pruning.png").exists()
+    assert "plots/prune_profile.json" in plots
+
     # MLflow: one study parent with teacher, students and evaluate as children, in the repo's sqlite store
     from mlflow.tracking import MlflowClient
 
@@ -112,13 +127,15 @@ def test_repro_then_alpha_experiment(repo):
     assert len(by_role["study"]) == 1
     parent = by_role["study"][0].info.run_id
     assert {r.info.run_name for r in by_role["student"]} == {"raw-0", "kd-0", "kd_correct_only-0", "fitnet.layer2-0",
-                                                             "fitnet.layer3-0", "init_teacher-0", "init_random-0"}
+                                                             "fitnet.layer3-0", "init_teacher-0", "init_random-0"} | Q3_RUNS
+    assert len(by_role["prune"]) == 1 and len(by_role["pruning"]) == 1
     for r in by_role["student"] + by_role["teacher"] + by_role["evaluate"]:
         assert r.data.tags["mlflow.parentRunId"] == parent
         assert r.info.status == "FINISHED"
     # the report and its pictures are artifacts of the study's parent run
     artifacts = {a.path for a in client.list_artifacts(parent)}
-    assert {"report.md", "accuracy.png", "learning_curves.png", "agreement_vs_accuracy.png", "parts.png"} <= artifacts
+    assert {"report.md", "accuracy.png", "learning_curves.png", "agreement_vs_accuracy.png", "parts.png",
+            "pruning.png"} <= artifacts
     hint_run = next(r for r in by_role["student"] if r.info.run_name == "fitnet.layer2-0")
     assert {"loss/ce", "loss/kd", "loss/hint"} <= set(hint_run.data.metrics)
     assert hint_run.data.tags["dvc.stage"] == "placement@layer2-0"
@@ -135,12 +152,16 @@ def test_repro_then_alpha_experiment(repo):
     _run(["git", "add", "-A"], root, env)
     _run(["git", "commit", "-qm", "baseline results"], root, env)
     out = _run(["dvc", "exp", "run", "-S", "loss.alpha=0.7"], root, env)
-    assert _ran(out) == {"student@kd-0", "student@kd_correct_only-0", "evaluate", "report"} | PARTS_STAGES
+    # (prune reads loss.* for the KD between iterative pruning steps; its output is the same, so the
+    # labels-only pruned students stay)
+    assert _ran(out) == {"student@kd-0", "student@kd_correct_only-0", "evaluate", "report", "prune",
+                         "pruning"} | PARTS_STAGES | PRUNED_KD
     assert "KD alpha 0.7," in (root / "reports/report.md").read_text()
     kd_runs = [r for r in client.search_runs([exp.experiment_id], "tags.`kdlab.role` = 'student'")
                if r.data.params.get("loss.alpha") == "0.7"]
     assert {r.info.run_name for r in kd_runs} == {"kd-0", "kd_correct_only-0", "fitnet.layer2-0", "fitnet.layer3-0",
-                                                  "init_teacher-0", "init_random-0"}
+                                                  "init_teacher-0", "init_random-0"} | {
+        r for r in Q3_RUNS if r.endswith(".kd-0")}
     # the sweep command gathers the committed baseline (alpha 0.5) and the experiment (alpha 0.7)
     out = _run([sys.executable, "-m", "kdlab", "sweep", "--param", "loss.alpha"], root, env)
     rows = [line for line in (root / "reports/sweep_loss.alpha.md").read_text().splitlines()
@@ -158,7 +179,7 @@ def test_parallel_queue_reaches_one_store_once_each(repo):
     for a in alphas:
         _run(["dvc", "exp", "run", "--queue", "-S", f"loss.alpha={a}"], root, env)
     _run(["dvc", "queue", "start", "-j", "2"], root, env)
-    deadline = time.time() + 600
+    deadline = time.time() + 1500
     while True:
         status = _run(["dvc", "queue", "status"], root, env)
         if not re.search(r"\b(Queued|Running)\b", status):
@@ -176,9 +197,9 @@ def test_parallel_queue_reaches_one_store_once_each(repo):
         study = [r for r in mine if r.data.tags["kdlab.role"] == "study"]
         children = [r for r in mine if r.data.tags["kdlab.role"] != "study"]
         assert len(study) == 1, [r.info.run_name for r in mine]
-        assert sorted(r.info.run_name for r in children) == [
+        assert sorted(r.info.run_name for r in children) == sorted([
             "evaluate", "fitnet.layer2-0", "fitnet.layer3-0", "init_random-0", "init_teacher-0", "kd-0",
-            "kd_correct_only-0", "parts", "report"]
+            "kd_correct_only-0", "parts", "report", "prune", "pruning", *(r for r in Q3_RUNS if r.endswith(".kd-0"))])
         # the parent is named after the DVC experiment its children ran in
         assert {r.data.tags["dvc.exp_name"] for r in children} == {study[0].info.run_name}
         assert all(r.data.tags["mlflow.parentRunId"] == study[0].info.run_id for r in children)

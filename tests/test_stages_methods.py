@@ -44,3 +44,39 @@ def test_every_method_trains_through_the_student_stage(study, variant):
     teacher = stages.load_model(stages.TEACHER, ctx, "rerun")
     # a carved student has the teacher's width (one block per stage of a resnet8: the teacher's shape)
     assert (sum(t.numel() for t in model.parameters()) == sum(t.numel() for t in teacher.parameters())) == carved
+
+
+def test_question_3_prunes_the_teacher_trains_every_arm_and_gathers_them(study):
+    """kdlab prune -> kdlab pruned (every arm and criterion) -> kdlab pruning, in process: the pruned teachers
+    meet their targets and reload from their history, and the study has every group and comparison."""
+    from kdlab import pruning
+
+    p = params.from_dict({**TINY, "train": {**TINY["train"], "compile": False}, "study": {"seeds": [0, 1]},
+                          "prune": {"compare": ["random"], "sizes": [1.0, 0.5], "steps": 2, "finetune_steps": 3,
+                                    "calibration_images": 32}})
+    made = pruning.run_prune(p)
+    assert set(made["models"]) == {"activation.x1.0", "activation.x0.5", "random.x1.0"}
+    ctx = stages.context(p, 0)
+    for name, e in made["models"].items():
+        assert e["params"] <= e["target_params"] == round(e["size"] * made["student_params"])
+        model = stages.load_model(pruning.PRUNE_DIR / f"{name}.pt", ctx, "rerun")
+        assert sum(t.numel() for t in model.parameters()) == e["params"]
+        assert set(e["stages"]) == {"stem", "layer1", "layer2", "layer3"}
+    for criterion, size, init, variant in pruning.groups(p):
+        for seed in p.study.seeds:
+            pruning.run_pruned(p, size, criterion, init, variant, seed)
+    summary = pruning.run_pruning(p)
+    assert len(summary["groups"]) == 2 * 4 + 1
+    pruned_kd, fresh_kd = "prune.activation.x1.0.kd", "shape.activation.x1.0.kd"
+    assert summary["groups"][pruned_kd]["params"] == summary["groups"][fresh_kd]["params"] == \
+        made["models"]["activation.x1.0"]["params"]
+    assert f"{pruned_kd}_vs_{fresh_kd}" in summary["comparisons"]
+    assert f"{pruned_kd}_vs_prune.random.x1.0.kd" in summary["comparisons"]
+    assert summary["groups"][pruned_kd]["test_acc"]["n"] == 2
+    from pathlib import Path
+
+    assert "| x0.5 | shape | raw | activation |" in Path(pruning.PRUNING_MD).read_text()
+    # the fresh-weights control has exactly the pruned shape
+    pruned_first = stages.load_model(pruning.PRUNE_DIR / "activation.x1.0.pt", ctx, "rerun")
+    shape = stages.load_model(pruning.student_paths(fresh_kd, 0)[0], ctx, "rerun")
+    assert [t.shape for t in shape.parameters()] == [t.shape for t in pruned_first.parameters()]

@@ -41,6 +41,21 @@ def _parts(p, args):
     run_parts(p)
 
 
+def _prune(p, args):
+    from kdlab.pruning import run_prune
+    run_prune(p)
+
+
+def _pruned(p, args):
+    from kdlab.pruning import run_pruned
+    run_pruned(p, args.size, args.criterion, args.init, args.variant, args.seed)
+
+
+def _pruning(p, args):
+    from kdlab.pruning import run_pruning
+    run_pruning(p)
+
+
 def _evaluate(p, args):
     from kdlab.evaluate import run_evaluate
     run_evaluate(p)
@@ -68,7 +83,7 @@ def _readme(p, args):
 
 
 STAGES = {"prepare": _prepare, "teacher": _teacher, "cache": _cache, "student": _student, "part": _part,
-          "parts": _parts, "evaluate": _evaluate, "report": _report, "sweep": _sweep, "readme": _readme, "bench": _bench, "ui": None}
+          "parts": _parts, "prune": _prune, "pruned": _pruned, "pruning": _pruning, "evaluate": _evaluate, "report": _report, "sweep": _sweep, "readme": _readme, "bench": _bench, "ui": None}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,7 +91,10 @@ def _parser() -> argparse.ArgumentParser:
         prog="kdlab",
         description="kdlab pipeline stages (normally run by `dvc repro`; see dvc.yaml). `part` trains one "
                     "student of the question-2 study (`--variant parts.method --at STAGE`, or `--variant` one of "
-                    "parts.init) and `parts` measures that study. Extra commands: "
+                    "parts.init) and `parts` measures that study. Question 3: `prune` prunes the teacher to "
+                    "prune.sizes by each criterion, `pruned` trains one student from it (`--size --criterion --init "
+                    "prune|shape --variant kd|raw --seed`; defaults: the first size, prune.criterion, prune, kd), "
+                    "`pruning` measures that study. Extra commands: "
                     "`sweep --param KEY` gathers DVC experiments into a table and plot; `readme` copies "
                     "metrics/summary.md into README.md; `ui` starts the MLflow UI on the project's store; `bench` times "
                     "the same KD step several ways (kdlab raw / cached / online, DataLoader+PIL, torchdistill).",
@@ -85,6 +103,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--variant", help="student: the distillation variant (raw or one of study.variants)")
     ap.add_argument("--seed", type=int, help="student, part: the seed (one of study.seeds)")
     ap.add_argument("--at", help="part: the stage to place parts.method's feature loss at (one of parts.stages)")
+    ap.add_argument("--size", type=float, help="pruned: the target size (one of prune.sizes; default the first)")
+    ap.add_argument("--criterion", help="pruned: the pruning criterion (default prune.criterion)")
+    ap.add_argument("--init", default="prune", help="pruned: prune (the pruned weights) or shape (that shape, "
+                    "freshly initialised); default prune")
     ap.add_argument("--param", default="loss.alpha", help="sweep: the swept param (default loss.alpha)")
     ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     ap.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -98,8 +120,31 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _check_pruned_args(p, args) -> str | None:
+    from kdlab.pruning import INITS, VARIANTS, pruned_models
+
+    args.size = p.prune.sizes[0] if args.size is None else args.size
+    args.criterion = args.criterion or p.prune.criterion
+    args.variant = args.variant or "kd"
+    if args.size not in p.prune.sizes:
+        return f"--size {args.size} is not in prune.sizes {p.prune.sizes}"
+    if (args.criterion, args.size) not in pruned_models(p):
+        return (f"--criterion {args.criterion!r} at --size {args.size}: no such pruned teacher; the study prunes "
+                f"prune.criterion={p.prune.criterion!r} at every size and prune.compare {p.prune.compare} at the "
+                f"first size ({p.prune.sizes[0]})")
+    if args.init not in INITS:
+        return f"--init {args.init!r}: allowed: {', '.join(INITS)}"
+    if args.variant not in VARIANTS:
+        return f"--variant {args.variant!r}: a pruned student trains with one of {', '.join(VARIANTS)}"
+    if args.seed not in p.study.seeds:
+        return f"--seed {args.seed!r} is not in study.seeds {p.study.seeds}"
+    return None
+
+
 def _check_run_args(p, args, baseline: str) -> str | None:
-    """What is wrong with ``--variant/--at/--seed`` for the student and part stages, if anything."""
+    """What is wrong with ``--variant/--at/--seed`` (and the pruned stage's options), if anything."""
+    if args.stage == "pruned":
+        return _check_pruned_args(p, args)
     if args.stage not in ("student", "part"):
         return None
     if args.stage == "student":

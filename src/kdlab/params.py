@@ -17,6 +17,8 @@ import yaml
 
 #: the labels-only student every distillation variant is compared against
 BASELINE = "raw"
+#: channel-importance criteria of the question-3 pruning (kdlab.prune); here so that validation needs no torch
+PRUNE_CRITERIA = ("l1", "bn_scale", "taylor", "activation", "random")
 #: a study trains (1 + len(variants)) x len(seeds) students; more seeds than this is almost surely a typo
 MAX_SEEDS = 20
 
@@ -108,6 +110,19 @@ class PartsParams:
 
 
 @dataclass(frozen=True)
+class PruneParams:
+    """Question 3: students pruned out of the teacher by channel importance (stages prune, pruned, pruning)."""
+    criterion: str = "activation"
+    compare: list[str] = field(default_factory=lambda: ["l1", "bn_scale", "taylor", "random"])
+    sizes: list[float] = field(default_factory=lambda: [1.0, 0.5])
+    steps: int = 1
+    finetune_steps: int = 100
+    calibration_images: int = 256
+    max_ratio: float = 0.9
+    keep: list[list[int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataParams = field(default_factory=DataParams)
     views: ViewParams = field(default_factory=ViewParams)
@@ -120,6 +135,7 @@ class Params:
     #: each method's own options, ``methods.<name>.<key>``, checked against the method file's ``Options``
     methods: dict[str, dict] = field(default_factory=dict)
     parts: PartsParams = field(default_factory=PartsParams)
+    prune: PruneParams = field(default_factory=PruneParams)
 
 
 # ---------------------------------------------------------------- parsing
@@ -293,6 +309,27 @@ def validate(p: Params) -> Params:
     for i, v in enumerate(pp.init):
         _choice(f"parts.init[{i}]", v, distillers)
     _positive("parts.cka_images", pp.cka_images)
+    pr = p.prune
+    _choice("prune.criterion", pr.criterion, PRUNE_CRITERIA)
+    for i, c in enumerate(pr.compare):
+        _choice(f"prune.compare[{i}]", c, PRUNE_CRITERIA)
+        if c == pr.criterion:
+            raise ParamsError(f"prune.compare[{i}]", f"{c!r} is prune.criterion itself; list the criteria to "
+                              f"compare it with")
+    if len(set(pr.compare)) != len(pr.compare):
+        raise ParamsError("prune.compare", f"has duplicates: {pr.compare}")
+    if not pr.sizes:
+        raise ParamsError("prune.sizes", "is empty; give target sizes as multiples of the student's parameter "
+                          "count, e.g. [1.0, 0.5]")
+    for i, size in enumerate(pr.sizes):
+        _positive(f"prune.sizes[{i}]", size)
+    if len(set(pr.sizes)) != len(pr.sizes):
+        raise ParamsError("prune.sizes", f"has duplicates: {pr.sizes}")
+    _positive("prune.steps", pr.steps)
+    _positive("prune.finetune_steps", pr.finetune_steps, strict=False)
+    _positive("prune.calibration_images", pr.calibration_images)
+    if not 0 < pr.max_ratio < 1:
+        raise ParamsError("prune.max_ratio", f"must be in (0, 1), got {pr.max_ratio}")
     return p
 
 

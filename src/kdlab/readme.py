@@ -6,7 +6,8 @@ from pathlib import Path
 from kdlab import io
 
 #: README blocks that `kdlab readme` fills: name -> the pipeline file copied between its markers
-README_BLOCKS = {"results": "metrics/summary.md", "parts": "metrics/parts.md", "bench": "metrics/bench.md"}
+README_BLOCKS = {"results": "metrics/summary.md", "parts": "metrics/parts.md", "pruning": "metrics/pruning.md",
+                 "bench": "metrics/bench.md"}
 
 
 def markers(block: str) -> tuple[str, str]:

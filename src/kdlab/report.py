@@ -117,7 +117,7 @@ def _stat(s: dict | None, scale: float = 100, digits: int = 2) -> str:
     return f"{scale * s['mean']:.{digits}f} [{scale * s['ci_low']:.{digits}f}, {scale * s['ci_high']:.{digits}f}]"
 
 
-def render(p: Params, summary: dict, runs: dict, parts: dict | None = None) -> str:
+def render(p: Params, summary: dict, runs: dict, parts: dict | None = None, pruning: dict | None = None) -> str:
     n = len(p.study.seeds)
     comps = summary["comparisons"]
     lines = [
@@ -192,6 +192,8 @@ def render(p: Params, summary: dict, runs: dict, parts: dict | None = None) -> s
     ]
     if parts is not None:
         lines += parts_section(p, parts)
+    if pruning is not None:
+        lines += pruning_section(p, pruning)
     return "\n".join(lines)
 
 
@@ -252,6 +254,51 @@ def parts_section(p: Params, parts: dict) -> list[str]:
     return lines
 
 
+def plot_pruning(p: Params, pruning: dict, path: Path) -> None:
+    """Question 3: accuracy per arm and size (left), channels kept per stage by each criterion (right)."""
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    names = list(pruning["groups"])
+    for i, name in enumerate(names):
+        s = pruning["groups"][name]["test_acc"]
+        lo = s["ci_low"] if s["ci_low"] is not None else s["mean"]
+        hi = s["ci_high"] if s["ci_high"] is not None else s["mean"]
+        g = pruning["groups"][name]
+        color = {"prune": "tab:red", "shape": "tab:gray"}[g["init"]]
+        ax1.errorbar([i], [100 * s["mean"]], yerr=[[100 * (s["mean"] - lo)], [100 * (hi - s["mean"])]],
+                     fmt="o" if g["variant"] == "kd" else "s", mfc=color if g["variant"] == "kd" else "white",
+                     capsize=4, color=color)
+    ax1.set_xticks(range(len(names)), [n.replace(".", "\n", 2) for n in names], fontsize=6)
+    ax1.set_ylabel("test accuracy (%), mean and 95% CI")
+    ax1.set_title("pruned (red) vs fresh (grey); KD filled, labels open")
+    for i, (name, e) in enumerate(pruning["pruned"].items()):
+        stages_ = list(e["stages"])
+        ax2.plot(range(len(stages_)), [100 * e["stages"][st] for st in stages_], marker="o", color=f"C{i}",
+                 label=f"{name} ({e['params']:,} params)")
+        ax2.set_xticks(range(len(stages_)), stages_)
+    finish(fig, ax2, "stage", "output channels kept (%)", "where each criterion prunes", path)
+
+
+def pruning_section(p: Params, pruning: dict) -> list[str]:
+    from kdlab.pruning import markdown as pruning_markdown
+
+    n = len(p.study.seeds)
+    lines = [
+        "## Question 3: what can be pruned while distilling?",
+        "",
+        f"The trained teacher is pruned by channel importance (torch-pruning's dependency graph, channels ranked "
+        f"globally) down to multiples of the student's parameter count, then trained like the students. The "
+        f"controls are the same shape freshly initialised, and training on labels instead of KD. Regenerate "
+        f"with `dvc repro pruning report`.",
+        "",
+        pruning_markdown(p, pruning),
+    ]
+    for key, cmp_ in pruning["comparisons"].items():
+        lines.append("- " + verdict(cmp_["a"], cmp_["b"], cmp_, n))
+    lines += ["", "![question 3](pruning.png)", ""]
+    return lines
+
+
 def load_curves(names) -> dict[str, list]:
     return {n: json.loads((CURVES / f"{n}.json").read_text()) for n in names}
 
@@ -262,19 +309,24 @@ def run_report(p: Params) -> Path:
     curves = load_curves(runs)
     from kdlab.parts import PARTS_JSON
 
+    from kdlab.pruning import PRUNING_JSON
+
     parts = json.loads(Path(PARTS_JSON).read_text()) if Path(PARTS_JSON).exists() else None
+    pruning = json.loads(Path(PRUNING_JSON).read_text()) if Path(PRUNING_JSON).exists() else None
     REPORTS.mkdir(exist_ok=True)
     pictures = {"accuracy.png": lambda f: plot_accuracy(p, summary, runs, f),
                 "learning_curves.png": lambda f: plot_curves(p, curves, runs, f),
                 "agreement_vs_accuracy.png": lambda f: plot_agreement(p, runs, f)}
     if parts is not None:
         pictures["parts.png"] = lambda f: plot_parts(p, parts, f)
+    if pruning is not None:
+        pictures["pruning.png"] = lambda f: plot_pruning(p, pruning, f)
     for name, draw in pictures.items():
         tmp = REPORTS / f".{name}.tmp.png"
         draw(tmp)
         tmp.replace(REPORTS / name)
     report = REPORTS / "report.md"
-    io.save_text(render(p, summary, runs, parts), report)
+    io.save_text(render(p, summary, runs, parts, pruning), report)
     with tracking.run("report", "report", flatten(p)) as run:
         for f in [report, *(REPORTS / n for n in pictures)]:
             run.log_artifact(f)

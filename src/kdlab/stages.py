@@ -49,13 +49,22 @@ def build_model(spec, ctx: Context) -> torch.nn.Module:
 
 
 def load_model(path: Path, ctx: Context, rebuild: str) -> torch.nn.Module:
-    """A saved model; one carved from the teacher (``blocks`` in the file) is carved again, then loaded."""
-    ckpt = io.load_torch(path, rebuild)
+    """A saved model; one carved from the teacher (``blocks`` in the file) is carved again and one pruned from
+    it (``pruning``: torch-pruning's history) is pruned again to the same shape, then its weights are loaded."""
+    return model_from_checkpoint(io.load_torch(path, rebuild), ctx)
+
+
+def model_from_checkpoint(ckpt: dict, ctx: Context) -> torch.nn.Module:
     model = models.build(ckpt["arch"], ckpt["in_channels"], ckpt["classes"], ckpt["width"])
     if ckpt.get("blocks"):
         from kdlab.surgery import keep_blocks
 
         model = keep_blocks(model, ckpt["blocks"])
+    if ckpt.get("pruning"):
+        from kdlab.prune import replay
+
+        size = ctx.meta["image_size"]
+        replay(model, ckpt["pruning"], torch.zeros(2, ckpt["in_channels"], size, size))
     model.load_state_dict(ckpt["state_dict"])
     return model.to(ctx.device).eval()
 
@@ -135,17 +144,35 @@ def part_name(variant: str, at: str | None) -> str:
 def run_student(p: Params, variant: str, seed: int, at: str | None = None, parts: bool = False) -> dict:
     """Train one student with the distillation method ``variant``; ``at``: tap only this stage (for the
     methods with ``stages``, in the question-2 study)."""
-    from kdlab import cache
-
     method = distill.build(variant, p, **({"stages": [at]} if at else {}))
     name = part_name(variant, at)
     ctx = context(p, seed)
-    train = ctx.splits["train"]
     resume_key = {}
     teacher = None
     if method.uses_teacher_model or method.builds_from_teacher:
-        teacher = memory_format(load_model(TEACHER, ctx, "dvc repro teacher"), p.teacher, ctx)
+        t = io.load_torch(TEACHER, "dvc repro teacher")
+        teacher = memory_format(model_from_checkpoint(t, ctx), p.teacher, ctx)
         resume_key["teacher_sha256"] = io.sha256(TEACHER)
+    batches = student_batches(p, ctx, method, seed, resume_key)
+    student = build_model(p.student, ctx)
+    arch = None
+    if method.builds_from_teacher:
+        student = memory_format(method.init_student(student, teacher).to(ctx.device), p.student, ctx)
+        arch = {"arch": t["arch"], "width": t["width"], "blocks": method.blocks(teacher)}
+    example = ctx.normalize(ctx.splits["train"]["images"][:32].to(ctx.device))
+    method.attach(student, teacher, example)
+    method.to(ctx.device)
+    model_path, metrics_path = student_paths(name, seed, parts)
+    return _train_and_save(p, ctx, "student", p.student, seed, method, batches, model_path, metrics_path,
+                           f"{name}-{seed}", {"variant": name}, resume_key, model=student, arch=arch)
+
+
+def student_batches(p: Params, ctx: Context, method, seed: int, resume_key: dict) -> TrainBatches:
+    """The training batches ``method`` reads: any view ("all"), or the cached views with (or without) their
+    teacher logits. The cache's hash goes into ``resume_key``."""
+    from kdlab import cache
+
+    train = ctx.splits["train"]
     teacher_logits = None
     if method.views == "all":  # fresh random views: any of the V views at every epoch
         table = views.view_table(len(train["labels"]), p.views.pad, p.views.flip, "all", 0)
@@ -154,17 +181,5 @@ def run_student(p: Params, variant: str, seed: int, at: str | None = None, parts
         resume_key["cache_sha256"] = io.sha256(cache.CACHE / "train.pt")
     else:  # the same views the cached-KD students draw from, without reading the cache
         table = views.view_table(len(train["labels"]), p.views.pad, p.views.flip, p.cache.views, p.cache.seed)
-    batches = TrainBatches(train["images"], train["labels"], ctx.normalize, p.train.batch_size, p.views.pad,
-                           table, seed=seed, teacher_logits=teacher_logits)
-    student = build_model(p.student, ctx)
-    arch = None
-    if method.builds_from_teacher:
-        student = memory_format(method.init_student(student, teacher).to(ctx.device), p.student, ctx)
-        t = io.load_torch(TEACHER, "dvc repro teacher")
-        arch = {"arch": t["arch"], "width": t["width"], "blocks": method.blocks(teacher)}
-    example = ctx.normalize(train["images"][:32].to(ctx.device))
-    method.attach(student, teacher, example)
-    method.to(ctx.device)
-    model_path, metrics_path = student_paths(name, seed, parts)
-    return _train_and_save(p, ctx, "student", p.student, seed, method, batches, model_path, metrics_path,
-                           f"{name}-{seed}", {"variant": name}, resume_key, model=student, arch=arch)
+    return TrainBatches(train["images"], train["labels"], ctx.normalize, p.train.batch_size, p.views.pad,
+                        table, seed=seed, teacher_logits=teacher_logits)

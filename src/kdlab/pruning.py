@@ -1,0 +1,282 @@
+"""Question 3, what can be pruned while distilling: ``kdlab prune`` prunes the teacher to each target size by
+each criterion (:mod:`kdlab.prune`); ``kdlab pruned`` trains one student from such a model; ``kdlab pruning``
+gathers the study.
+
+Target sizes (``prune.sizes``) are multiples of the default student's parameter count (``student.arch`` x
+``student.width``). At every size, the teacher pruned by ``prune.criterion`` is trained four ways over
+``study.seeds``: its pruned weights with KD (``prune...kd``) or on labels (``prune...raw``), and the same shape
+freshly initialised with KD or on labels (``shape...``). At the first size, the teacher pruned by each criterion
+of ``prune.compare`` is trained with KD too, so every criterion can be set against the main one and against
+``random``. Students train exactly like the main study's (student.epochs, student.lr, the cached views).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from kdlab import io, stats, tracking
+from kdlab.evaluate import fmt_p
+from kdlab.params import BASELINE, Params, ParamsError, flatten
+
+#: the pruned teachers, one file per (criterion, size)
+PRUNE_DIR = Path("models/prune")
+#: the students trained from them
+PRUNED = Path("models/pruned")
+PRUNE_JSON = "metrics/prune.json"
+PRUNING_JSON = "metrics/pruning.json"
+PRUNING_MD = "metrics/pruning.md"
+PROFILE_PLOT = Path("plots/prune_profile.json")
+INITS = ("prune", "shape")
+VARIANTS = ("kd", BASELINE)
+
+
+def pruned_models(p: Params) -> list[tuple[str, float]]:
+    """(criterion, size) of every pruned teacher the study needs."""
+    first = p.prune.sizes[0]
+    return [(p.prune.criterion, s) for s in p.prune.sizes] + [(c, first) for c in p.prune.compare]
+
+
+def model_name(criterion: str, size: float) -> str:
+    return f"{criterion}.x{float(size)}"  # x1.0, x0.5: as dvc.yaml writes ${item.size}
+
+
+def run_name(init: str, criterion: str, size: float, variant: str) -> str:
+    """``prune.activation.x1.0.kd``: the pruned weights, trained with KD; ``shape...``: that shape, re-initialised."""
+    return f"{init}.{model_name(criterion, size)}.{variant}"
+
+
+def groups(p: Params) -> list[tuple[str, float, str, str]]:
+    """(criterion, size, init, variant) of every student group of the study, in the table's order."""
+    out = [(p.prune.criterion, s, init, v) for s in p.prune.sizes for init in INITS for v in VARIANTS]
+    return out + [(c, p.prune.sizes[0], "prune", "kd") for c in p.prune.compare]
+
+
+def student_paths(name: str, seed: int) -> tuple[Path, Path]:
+    return PRUNED / f"{name}-{seed}.pt", Path("metrics/pruned") / f"{name}-{seed}.json"
+
+
+def stage_of(p: Params, criterion: str, size: float, init: str, variant: str, seed: int) -> str:
+    if criterion == p.prune.criterion:
+        return f"pruned@{float(size)}-{init}-{variant}-{seed}"
+    return f"criteria@{criterion}-{seed}"
+
+
+# ---------------------------------------------------------------- kdlab prune
+
+def _finetuner(p: Params, ctx, seed: int):
+    """``between(model, step)`` for iterative pruning: ``prune.finetune_steps`` KD steps from the cached logits
+    (student.lr, warm-up and decay as in training)."""
+    from kdlab import distill
+    from kdlab.stages import student_batches
+    from kdlab.train import autocast, make_optimizer, make_schedule
+
+    kd = distill.build("kd", p)
+    batches = student_batches(p, ctx, kd, seed, {})
+
+    def between(model, step: int) -> None:
+        steps = p.prune.finetune_steps
+        opt = make_optimizer(model.parameters(), p.student.lr, p.train)
+        sched = make_schedule(opt, steps, p.train)
+        model.train()
+        done, epoch = 0, 1000 * step  # fresh permutations, apart from training's epochs
+        while done < steps:
+            for batch in batches.epoch(epoch):
+                with autocast(ctx.device, p.train.precision):
+                    _, terms = kd(model, batch)
+                opt.zero_grad(set_to_none=True)
+                sum(terms.values()).backward()
+                opt.step()
+                sched.step()
+                done += 1
+                if done == steps:
+                    break
+            epoch += 1
+        model.eval()
+    return between
+
+
+def run_prune(p: Params) -> dict:
+    from kdlab import prune
+    from kdlab.models import count_params
+    from kdlab.stages import TEACHER, build_model, context, model_from_checkpoint
+    from kdlab.surgery import keep_blocks
+    from kdlab.train import accuracy, predict
+
+    ctx = context(p, p.teacher.seed)
+    t = io.load_torch(TEACHER, "dvc repro teacher")
+    teacher = model_from_checkpoint(t, ctx)
+    base = keep_blocks(teacher, p.prune.keep, "prune.keep") if p.prune.keep else teacher
+    train, val = ctx.splits["train"], ctx.splits["val"]
+    n = p.prune.calibration_images
+    calib = (ctx.normalize(train["images"][:n].to(ctx.device)), train["labels"][:n].to(ctx.device))
+    unit = count_params(build_model(p.student, ctx))
+    summary = {"student_params": unit, "teacher_params": count_params(teacher), "models": {}}
+    between = _finetuner(p, ctx, p.teacher.seed) if p.prune.steps > 1 else None
+    rows = []
+    with tracking.run("prune", "prune", flatten(p)) as run:
+        for criterion, size in pruned_models(p):
+            name = model_name(criterion, size)
+            target = round(size * unit)
+            model, histories = prune.prune_iteratively(base, criterion, target, calib, p.prune.steps, between,
+                                                       p.prune.max_ratio, seed=p.teacher.seed)
+            val_acc = accuracy(predict(model, val["images"], val["labels"], ctx.normalize, p.train.eval_batch_size,
+                                       p.train.precision), val["labels"])
+            channels = prune.channel_profile(teacher, model)
+            entry = {"criterion": criterion, "size": size, "target_params": target, "params": count_params(model),
+                     "val_acc_pruned": val_acc, "stages": prune.stage_profile(channels, teacher), "channels": channels}
+            io.save_torch({"arch": t["arch"], "width": t["width"], "in_channels": t["in_channels"],
+                           "classes": t["classes"], "blocks": p.prune.keep or None, "pruning": histories,
+                           "state_dict": model.state_dict(), **entry}, PRUNE_DIR / f"{name}.pt")
+            summary["models"][name] = entry
+            rows += [{"model": name, "stage": st, "kept": frac} for st, frac in entry["stages"].items()]
+            run.log({f"prune/{name}/params": entry["params"], f"prune/{name}/val_acc_pruned": val_acc})
+            print(f"{name}: {entry['params']:,} parameters (target {target:,}), val accuracy before training "
+                  f"{val_acc:.4f}; channels kept: " + ", ".join(f"{k} {v:.0%}" for k, v in entry["stages"].items()))
+        io.save_json(summary, PRUNE_JSON)
+        io.save_json(rows, PROFILE_PLOT)
+        run.log_artifact(PRUNE_JSON)
+    return summary
+
+
+# ---------------------------------------------------------------- kdlab pruned
+
+def run_pruned(p: Params, size: float, criterion: str, init: str, variant: str, seed: int) -> dict:
+    """One student: the teacher pruned by ``criterion`` to ``size`` (``init=prune``) or that shape freshly
+    initialised (``init=shape``), trained with ``variant`` (kd or raw)."""
+    from kdlab import distill
+    from kdlab.stages import _train_and_save, context, memory_format, model_from_checkpoint, student_batches
+    from kdlab.surgery import reinit
+
+    if init not in INITS:
+        raise ParamsError("--init", f"unknown {init!r}; allowed: {', '.join(INITS)}")
+    method = distill.build(variant, p)
+    if method.uses_teacher_model or method.builds_from_teacher:
+        raise ParamsError("--variant", f"{variant} needs the teacher itself; a pruned student trains with a "
+                          f"logits method or on labels ({', '.join(VARIANTS)})")
+    ctx = context(p, seed)
+    src = PRUNE_DIR / f"{model_name(criterion, size)}.pt"
+    ckpt = io.load_torch(src, "dvc repro prune")
+    model = model_from_checkpoint(ckpt, ctx)
+    if init == "shape":
+        reinit(model)  # torch's generator, seeded with this run's seed by context()
+    model = memory_format(model, p.student, ctx).train()
+    resume_key = {"pruned_sha256": io.sha256(src)}
+    batches = student_batches(p, ctx, method, seed, resume_key)
+    method.attach(model, None, ctx.normalize(ctx.splits["train"]["images"][:32].to(ctx.device)))
+    method.to(ctx.device)
+    name = run_name(init, criterion, size, variant)
+    model_path, metrics_path = student_paths(name, seed)
+    arch = {k: ckpt[k] for k in ("arch", "width", "blocks", "pruning")}
+    return _train_and_save(p, ctx, "student", p.student, seed, method, batches, model_path, metrics_path,
+                           f"{name}-{seed}", {"variant": name, "init": init, "criterion": criterion, "size": size},
+                           resume_key, model=model, arch=arch)
+
+
+# ---------------------------------------------------------------- kdlab pruning
+
+def comparisons(p: Params) -> list[tuple[str, str]]:
+    """(a, b) pairs tested. At every size: pruned vs fresh weights under KD and on labels, KD vs labels from
+    pruned and from fresh weights. At the first size: every other criterion against the main one, and every
+    criterion against ``random`` when random is among them."""
+    c, first = p.prune.criterion, p.prune.sizes[0]
+    pairs = []
+    for s in p.prune.sizes:
+        r = {(i, v): run_name(i, c, s, v) for i in INITS for v in VARIANTS}
+        pairs += [(r["prune", "kd"], r["shape", "kd"]), (r["prune", BASELINE], r["shape", BASELINE]),
+                  (r["prune", "kd"], r["prune", BASELINE]), (r["shape", "kd"], r["shape", BASELINE])]
+    criteria = [c, *p.prune.compare]
+    at = {o: run_name("prune", o, first, "kd") for o in criteria}
+    pairs += [(at[o], at[c]) for o in p.prune.compare if o != "random"]
+    if "random" in criteria:
+        pairs += [(at[o], at["random"]) for o in criteria if o != "random"]
+    return list(dict.fromkeys(pairs))
+
+
+def summarize(p: Params, accs: dict[str, list[float]], params_count: dict[str, int], pruned: dict) -> dict:
+    out = {"criterion": p.prune.criterion, "sizes": p.prune.sizes, "seeds": p.study.seeds,
+           "student_params": pruned["student_params"], "teacher_params": pruned["teacher_params"],
+           "groups": {}, "comparisons": {}, "pruned": {}}
+    for criterion, size, init, variant in groups(p):
+        name = run_name(init, criterion, size, variant)
+        out["groups"][name] = {"criterion": criterion, "size": size, "init": init, "variant": variant,
+                               "params": params_count[name], "test_acc": stats.t_interval(accs[name])}
+    for a, b in comparisons(p):
+        out["comparisons"][f"{a}_vs_{b}"] = {"a": a, "b": b, "test_acc": stats.welch(accs[a], accs[b])}
+    for criterion, size in pruned_models(p):
+        e = pruned["models"][model_name(criterion, size)]
+        out["pruned"][model_name(criterion, size)] = {k: e[k] for k in ("params", "target_params", "val_acc_pruned", "stages")}
+    return out
+
+
+def _pct(s: dict) -> str:
+    if s.get("ci_low") is None:
+        return f"{100 * s['mean']:.2f}"
+    return f"{100 * s['mean']:.2f} [{100 * s['ci_low']:.2f}, {100 * s['ci_high']:.2f}]"
+
+
+def _diff(c: dict) -> str:
+    c = c["test_acc"]
+    out = f"{100 * c['diff']:+.2f}"
+    if c.get("ci_low") is not None:
+        out += f" [{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}] (p {fmt_p(c['p'])})"
+    return out
+
+
+def markdown(p: Params, summary: dict) -> str:
+    n = len(p.study.seeds)
+    c = p.prune.criterion
+    lines = [
+        f"Question 3 on {p.data.name}: the teacher ({summary['teacher_params']:,} parameters) pruned by channel "
+        f"importance to multiples of the student's size ({summary['student_params']:,} parameters), then trained "
+        f"for student.epochs={p.student.epochs}. Test accuracy, mean [95% t interval] over {n} seed"
+        f"{'s' if n > 1 else ''}. `prune`: the pruned weights; `shape`: the same shape, freshly initialised; "
+        f"`kd`: distilled; `raw`: labels only.",
+        "",
+        "| size | init | trained | criterion | params | test accuracy (%) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, g in summary["groups"].items():
+        lines.append(f"| x{g['size']} | {g['init']} | {g['variant']} | {g['criterion']} | {g['params']:,} | "
+                     f"{_pct(g['test_acc'])} |")
+    lines += ["", "| comparison | difference (points) [95% CI] (Welch p) |", "|---|---|"]
+    lines += [f"| {e['a']} vs {e['b']} | {_diff(e)} |" for e in summary["comparisons"].values()]
+    stages_ = list(next(iter(summary["pruned"].values()))["stages"])
+    lines += ["", f"Each pruned teacher before any training: parameters, validation accuracy, and the fraction of "
+              f"output channels each stage keeps (criterion {c} at every size; the others at x{p.prune.sizes[0]}).",
+              "", "| pruned model | params | val accuracy (%) | " + " | ".join(f"kept {s}" for s in stages_) + " |",
+              "|---|---|---|" + "---|" * len(stages_)]
+    for name, e in summary["pruned"].items():
+        lines.append(f"| {name} | {e['params']:,} | {100 * e['val_acc_pruned']:.2f} | "
+                     + " | ".join(f"{100 * e['stages'][s]:.0f}%" for s in stages_) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run_pruning(p: Params) -> dict:
+    from kdlab.stages import context, load_model
+
+    if not Path(PRUNE_JSON).exists():
+        raise FileNotFoundError(f"{PRUNE_JSON} is missing; run `dvc repro prune`")
+    pruned = json.loads(Path(PRUNE_JSON).read_text())
+    ctx = context(p, 0)
+    accs, params_count = {}, {}
+    for criterion, size, init, variant in groups(p):
+        name = run_name(init, criterion, size, variant)
+        accs[name] = []
+        for seed in p.study.seeds:
+            model_path, metrics_path = student_paths(name, seed)
+            rebuild = f"dvc repro {stage_of(p, criterion, size, init, variant, seed)}"
+            if not metrics_path.exists():
+                raise FileNotFoundError(f"{metrics_path} is missing; run `{rebuild}`")
+            accs[name].append(json.loads(metrics_path.read_text())["test_acc"])
+        params_count[name] = sum(t.numel() for t in load_model(model_path, ctx, rebuild).parameters())
+    summary = summarize(p, accs, params_count, pruned)
+    io.save_json(summary, PRUNING_JSON)
+    table = markdown(p, summary)
+    io.save_text(table, PRUNING_MD)
+    print(table)
+    with tracking.run("pruning", "pruning", flatten(p)) as run:
+        flat = {f"pruning/{g}/test_acc_mean": e["test_acc"]["mean"] for g, e in summary["groups"].items()}
+        run.log(flat)
+        run.log_to_study(flat)
+        run.log_artifact(PRUNING_MD)
+    return summary
