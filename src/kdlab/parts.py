@@ -61,13 +61,13 @@ def summarize(p: Params, accs: dict[str, list[float]], params_count: dict[str, i
     return out
 
 
-def _pct_ci(s: dict) -> str:
+def pct_ci(s: dict) -> str:
     if s.get("ci_low") is None:
         return f"{100 * s['mean']:.2f}"
     return f"{100 * s['mean']:.2f} [{100 * s['ci_low']:.2f}, {100 * s['ci_high']:.2f}]"
 
 
-def _diff(c: dict | None) -> str:
+def diff_cell(c: dict | None) -> str:
     if not c:
         return "-"
     c = c["test_acc"]
@@ -95,10 +95,10 @@ def markdown(p: Params, summary: dict) -> str:
     cmp_ = summary["comparisons"]
     controls = {p.parts.init[0]: c for c in p.parts.init[1:2]}
     for g, e in g0.items():
-        kd_col = _diff(cmp_.get(f"{g}_vs_kd"))
+        kd_col = diff_cell(cmp_.get(f"{g}_vs_kd"))
         if g in controls:
-            kd_col = f"{_diff(cmp_.get(f'{g}_vs_{controls[g]}'))} vs {controls[g]}"
-        lines.append(f"| {g} | {e['params']:,} | {_pct_ci(e['test_acc'])} | {_diff(cmp_.get(f'{g}_vs_{BASELINE}'))} "
+            kd_col = f"{diff_cell(cmp_.get(f'{g}_vs_{controls[g]}'))} vs {controls[g]}"
+        lines.append(f"| {g} | {e['params']:,} | {pct_ci(e['test_acc'])} | {diff_cell(cmp_.get(f'{g}_vs_{BASELINE}'))} "
                      f"| {kd_col} | " + " | ".join(f"{e['cka'][st]['mean']:.3f}" for st in paths) + " |")
     return "\n".join(lines) + "\n"
 

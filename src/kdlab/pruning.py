@@ -15,8 +15,8 @@ import json
 from pathlib import Path
 
 from kdlab import io, stats, tracking
-from kdlab.evaluate import fmt_p
 from kdlab.params import BASELINE, Params, ParamsError, flatten
+from kdlab.parts import diff_cell, pct_ci
 
 #: the pruned teachers, one file per (criterion, size)
 PRUNE_DIR = Path("models/prune")
@@ -208,20 +208,6 @@ def summarize(p: Params, accs: dict[str, list[float]], params_count: dict[str, i
     return out
 
 
-def _pct(s: dict) -> str:
-    if s.get("ci_low") is None:
-        return f"{100 * s['mean']:.2f}"
-    return f"{100 * s['mean']:.2f} [{100 * s['ci_low']:.2f}, {100 * s['ci_high']:.2f}]"
-
-
-def _diff(c: dict) -> str:
-    c = c["test_acc"]
-    out = f"{100 * c['diff']:+.2f}"
-    if c.get("ci_low") is not None:
-        out += f" [{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}] (p {fmt_p(c['p'])})"
-    return out
-
-
 def markdown(p: Params, summary: dict) -> str:
     n = len(p.study.seeds)
     c = p.prune.criterion
@@ -237,9 +223,9 @@ def markdown(p: Params, summary: dict) -> str:
     ]
     for name, g in summary["groups"].items():
         lines.append(f"| x{g['size']} | {g['init']} | {g['variant']} | {g['criterion']} | {g['params']:,} | "
-                     f"{_pct(g['test_acc'])} |")
+                     f"{pct_ci(g['test_acc'])} |")
     lines += ["", "| comparison | difference (points) [95% CI] (Welch p) |", "|---|---|"]
-    lines += [f"| {e['a']} vs {e['b']} | {_diff(e)} |" for e in summary["comparisons"].values()]
+    lines += [f"| {e['a']} vs {e['b']} | {diff_cell(e)} |" for e in summary["comparisons"].values()]
     stages_ = list(next(iter(summary["pruned"].values()))["stages"])
     lines += ["", f"Each pruned teacher before any training: parameters, validation accuracy, and the fraction of "
               f"output channels each stage keeps (criterion {c} at every size; the others at x{p.prune.sizes[0]}).",
