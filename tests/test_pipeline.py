@@ -26,8 +26,8 @@ TINY = {
     "prune": {"sizes": [1.0], "compare": ["random"], "calibration_images": 32},   # question 3, one size
 }
 PARTS_STAGES = {"placement@layer2-0", "placement@layer3-0", "carve@init_teacher-0", "carve@init_random-0", "parts"}
-PRUNED_KD = {"pruned@1.0-prune-kd-0", "pruned@1.0-shape-kd-0", "criteria@random-0"}
-PRUNE_STAGES = {"prune", "pruning", "pruned@1.0-prune-raw-0", "pruned@1.0-shape-raw-0"} | PRUNED_KD
+PRUNED_KD = {"pruned@1.0-prune-0", "pruned@1.0-shape-0", "criteria@random-0"}
+PRUNE_STAGES = {"prune", "pruning", "pruned_raw@1.0-prune-0", "pruned_raw@1.0-shape-0"} | PRUNED_KD
 Q3_RUNS = {"prune.activation.x1.0.kd-0", "prune.activation.x1.0.raw-0", "shape.activation.x1.0.kd-0",
            "shape.activation.x1.0.raw-0", "prune.random.x1.0.kd-0"}
 

@@ -56,9 +56,9 @@ def student_paths(name: str, seed: int) -> tuple[Path, Path]:
 
 
 def stage_of(p: Params, criterion: str, size: float, init: str, variant: str, seed: int) -> str:
-    if criterion == p.prune.criterion:
-        return f"pruned@{float(size)}-{init}-{variant}-{seed}"
-    return f"criteria@{criterion}-{seed}"
+    if criterion != p.prune.criterion:
+        return f"criteria@{criterion}-{seed}"
+    return f"{'pruned' if variant == 'kd' else 'pruned_raw'}@{float(size)}-{init}-{seed}"
 
 
 # ---------------------------------------------------------------- kdlab prune
