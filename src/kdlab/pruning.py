@@ -208,6 +208,11 @@ def summarize(p: Params, accs: dict[str, list[float]], params_count: dict[str, i
     return out
 
 
+def stage_order(stages: dict) -> list[str]:
+    """The stem first, then the stages in order (the JSON files keep their keys sorted)."""
+    return sorted(stages, key=lambda s: (s != "stem", s))
+
+
 def markdown(p: Params, summary: dict) -> str:
     n = len(p.study.seeds)
     c = p.prune.criterion
@@ -226,7 +231,7 @@ def markdown(p: Params, summary: dict) -> str:
                      f"{pct_ci(g['test_acc'])} |")
     lines += ["", "| comparison | difference (points) [95% CI] (Welch p) |", "|---|---|"]
     lines += [f"| {e['a']} vs {e['b']} | {diff_cell(e)} |" for e in summary["comparisons"].values()]
-    stages_ = list(next(iter(summary["pruned"].values()))["stages"])
+    stages_ = stage_order(next(iter(summary["pruned"].values()))["stages"])
     lines += ["", f"Each pruned teacher before any training: parameters, validation accuracy, and the fraction of "
               f"output channels each stage keeps (criterion {c} at every size; the others at x{p.prune.sizes[0]}).",
               "", "| pruned model | params | val accuracy (%) | " + " | ".join(f"kept {s}" for s in stages_) + " |",

@@ -256,6 +256,8 @@ def parts_section(p: Params, parts: dict) -> list[str]:
 
 def plot_pruning(p: Params, pruning: dict, path: Path) -> None:
     """Question 3: accuracy per arm and size (left), channels kept per stage by each criterion (right)."""
+    from kdlab.pruning import stage_order
+
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     names = list(pruning["groups"])
@@ -272,7 +274,7 @@ def plot_pruning(p: Params, pruning: dict, path: Path) -> None:
     ax1.set_ylabel("test accuracy (%), mean and 95% CI")
     ax1.set_title("pruned (red) vs fresh (grey); KD filled, labels open")
     for i, (name, e) in enumerate(pruning["pruned"].items()):
-        stages_ = list(e["stages"])
+        stages_ = stage_order(e["stages"])
         ax2.plot(range(len(stages_)), [100 * e["stages"][st] for st in stages_], marker="o", color=f"C{i}",
                  label=f"{name} ({e['params']:,} params)")
         ax2.set_xticks(range(len(stages_)), stages_)
