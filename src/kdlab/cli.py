@@ -82,6 +82,9 @@ def _readme(p, args):
     run_readme()
 
 
+#: the commands that train, and so run under torchrun when train.nproc > 1 (see kdlab.distributed)
+TRAINING_COMMANDS = ("teacher", "student", "part", "pruned")
+
 STAGES = {"prepare": _prepare, "teacher": _teacher, "cache": _cache, "student": _student, "part": _part,
           "parts": _parts, "prune": _prune, "pruned": _pruned, "pruning": _pruning, "evaluate": _evaluate, "report": _report, "sweep": _sweep, "readme": _readme, "bench": _bench, "ui": None}
 
@@ -193,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"kdlab: {problem}", file=sys.stderr)
         return 2
+    if args.stage in TRAINING_COMMANDS and p.train.nproc > 1:  # this process becomes torchrun
+        from kdlab.distributed import launch
+
+        launch(p.train.nproc, sys.argv[1:] if argv is None else argv)
     # SIGTERM (a scheduler, `kill`) ends a stage like Ctrl-C: the last complete epoch's checkpoint stays,
     # the MLflow run is closed as KILLED, and rerunning the stage resumes
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -211,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, FileNotFoundError, FloatingPointError, TrackingError) as e:
         print(f"kdlab {args.stage}: {e}", file=sys.stderr)
         return 1
+    finally:
+        if "kdlab.distributed" in sys.modules:  # leave torchrun's process group (a no-op alone)
+            sys.modules["kdlab.distributed"].finish()
     return 0
 
 

@@ -38,10 +38,19 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 class TrainBatches:
     """Random views of the training split. ``view_table`` (N, K) lists the view ids each image may take;
-    ``teacher_logits`` (N, K, classes), when given, are the teacher's logits for those views."""
+    ``teacher_logits`` (N, K, classes), when given, are the teacher's logits for those views. With
+    ``world`` > 1 (data-parallel ranks), every rank draws the same global batches of ``batch_size`` and
+    yields its own contiguous slice of each (rank ``rank`` of ``world``)."""
 
     def __init__(self, images, labels, normalize: Normalize, batch_size: int, pad: int, view_table: torch.Tensor,
-                 seed: int, teacher_logits: Optional[torch.Tensor] = None):
+                 seed: int, teacher_logits: Optional[torch.Tensor] = None, rank: int = 0, world: int = 1):
+        if batch_size % world:
+            raise ValueError(f"train.batch_size ({batch_size}) must divide by the number of processes "
+                             f"(train.nproc: {world}): every rank takes an equal slice of each batch")
+        if 0 < len(labels) % batch_size < world:
+            raise ValueError(f"the last batch of an epoch ({len(labels)} images % train.batch_size {batch_size} = "
+                             f"{len(labels) % batch_size}) is smaller than train.nproc ({world}): a rank would get "
+                             f"no images; change train.batch_size")
         device = normalize.mean.device
         self.images, self.labels = images.to(device), labels.to(device)
         self.view_table = view_table.to(device).long()
@@ -50,9 +59,19 @@ class TrainBatches:
             raise ValueError(f"teacher logits {tuple(self.teacher_logits.shape)} do not match the view table "
                              f"{tuple(self.view_table.shape)}")
         self.normalize, self.batch_size, self.pad, self.seed = normalize, batch_size, pad, seed
+        self.rank, self.world = rank, world
 
     def __len__(self) -> int:
         return -(-len(self.labels) // self.batch_size)
+
+    @property
+    def local_batch_size(self) -> int:
+        """The images of a full batch that this rank trains on."""
+        return self.batch_size // self.world
+
+    def global_batch(self, step: int) -> int:
+        """How many images the ``step``-th (1-based) batch of an epoch has over all ranks."""
+        return min(self.batch_size, len(self.labels) - (step - 1) * self.batch_size)
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         n, k = self.view_table.shape
@@ -61,6 +80,8 @@ class TrainBatches:
         slot = torch.randint(0, k, (n,), generator=g).to(self.labels.device)
         for start in range(0, n, self.batch_size):
             idx = order[start:start + self.batch_size]
+            if self.world > 1:
+                idx = idx.tensor_split(self.world)[self.rank]
             s = slot[idx]
             view_ids = self.view_table[idx, s]
             tl = None if self.teacher_logits is None else self.teacher_logits[idx, s].float()

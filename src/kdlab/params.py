@@ -77,6 +77,7 @@ class TrainParams:
     label_smoothing: float = 0.0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0
+    nproc: int = 1          # data-parallel processes (torchrun) per training stage
     precision: Literal["auto", "fp32", "bf16"] = "auto"   # auto: bf16 autocast on CUDA, fp32 on the CPU
     compile: Union[bool, Literal["auto"]] = "auto"        # torch.compile the training step; auto: on CUDA
 
@@ -262,6 +263,7 @@ def validate(p: Params) -> Params:
     if not 0 <= t.label_smoothing < 1:
         raise ParamsError("train.label_smoothing", f"must be in [0, 1), got {t.label_smoothing}")
     _positive("train.threads", t.threads, strict=False)
+    _positive("train.nproc", t.nproc)
     if not 0 <= p.loss.alpha <= 1:
         raise ParamsError("loss.alpha", f"must be in [0, 1], got {p.loss.alpha}")
     _positive("loss.temperature", p.loss.temperature)

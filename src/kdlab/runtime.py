@@ -69,11 +69,14 @@ def compile_enabled(choice, device: torch.device) -> bool:
 
 
 def setup(train_params, seed: int) -> torch.device:
+    """Allocator, threads and seed; under torchrun also joins the process group (this rank's device)."""
+    from kdlab import distributed
+
     tune_allocator()
     if train_params.threads:
         torch.set_num_threads(train_params.threads)
     torch.manual_seed(seed)
-    dev = device(train_params.device)
+    dev = distributed.init(train_params.device) or device(train_params.device)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from kdlab import data, distill, io, models, runtime, tracking, views
+from kdlab import data, distill, distributed, io, models, runtime, tracking, views
 from kdlab.loader import Normalize, TrainBatches
 from kdlab.params import Params, flatten
 from kdlab.train import accuracy, fit, predict
@@ -93,6 +93,8 @@ def _train_and_save(p: Params, ctx: Context, role: str, spec, seed: int, method,
 
         res = fit(model, method, batches, val, spec.epochs, spec.lr, p.train, run_name, on_epoch, checkpoint,
                   _fingerprint(p, ctx, run_name, {**extra, **(resume_key or {})}))
+        if not distributed.is_main():  # rank 0 alone tests, writes and logs
+            return {}
         model.load_state_dict(res.last_state)
         bs, prec = p.train.eval_batch_size, p.train.precision
         test_acc_last = accuracy(predict(model, *test, ctx.normalize, bs, prec), test[1])
@@ -125,7 +127,7 @@ def run_teacher(p: Params) -> dict:
     train = ctx.splits["train"]
     table = views.view_table(len(train["labels"]), p.views.pad, p.views.flip, "all", 0)
     batches = TrainBatches(train["images"], train["labels"], ctx.normalize, p.train.batch_size, p.views.pad,
-                           table, seed=p.teacher.seed)
+                           table, seed=p.teacher.seed, rank=distributed.rank(), world=distributed.world())
     return _train_and_save(p, ctx, "teacher", p.teacher, p.teacher.seed, distill.build("raw", p), batches,
                            TEACHER, METRICS / "teacher.json", "teacher", {})
 
@@ -182,4 +184,5 @@ def student_batches(p: Params, ctx: Context, method, seed: int, resume_key: dict
     else:  # the same views the cached-KD students draw from, without reading the cache
         table = views.view_table(len(train["labels"]), p.views.pad, p.views.flip, p.cache.views, p.cache.seed)
     return TrainBatches(train["images"], train["labels"], ctx.normalize, p.train.batch_size, p.views.pad,
-                        table, seed=seed, teacher_logits=teacher_logits)
+                        table, seed=seed, teacher_logits=teacher_logits, rank=distributed.rank(),
+                        world=distributed.world())

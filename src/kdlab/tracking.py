@@ -167,9 +167,29 @@ class Run:
             study.log_artifact(path)
 
 
+class _NoRun(Run):
+    """What ranks other than 0 of a torchrun job log to: nothing (rank 0 logs the run)."""
+
+    def __init__(self):
+        super().__init__(None, "")
+
+    def log(self, metrics: dict, step: int | None = None) -> None:
+        pass
+
+    def log_artifact(self, path) -> None:
+        pass
+
+    def _study(self) -> None:
+        return None
+
+
 @contextmanager
 def run(stage: str, run_name: str, flat_params: dict, extra_params: dict | None = None):
-    """Open a child run of this params set's study run; closed FINISHED, FAILED or KILLED."""
+    """Open a child run of this params set's study run; closed FINISHED, FAILED or KILLED. Under torchrun,
+    only rank 0 opens it."""
+    if os.environ.get("RANK", "0") != "0":
+        yield _NoRun()
+        return
     client, exp_id = _client()
     key = study_key(flat_params)
     parent = _study_run_id(client, exp_id, key, flat_params)

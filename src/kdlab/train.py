@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from kdlab import io
+from kdlab import distributed, io
 from kdlab.runtime import compile_enabled
 from kdlab.loader import Normalize, TrainBatches, eval_batches
 
@@ -80,6 +80,20 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return (logits.argmax(dim=1) == labels.cpu()).float().mean().item()
 
 
+def val_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize: Normalize,
+                 batch_size: int, precision: str = "auto") -> float:
+    """Accuracy on the identity views; under torchrun each rank predicts its shard and the counts are summed."""
+    world = distributed.world()
+    if world == 1:
+        return accuracy(predict(model, images, labels, normalize, batch_size, precision), labels)
+    r = distributed.rank()
+    images, labels = images.tensor_split(world)[r], labels.tensor_split(world)[r]
+    logits = predict(model, images, labels, normalize, batch_size, precision)
+    counts = torch.tensor([(logits.argmax(dim=1) == labels.cpu()).sum().item(), len(labels)], dtype=torch.float64)
+    correct, total = distributed.all_reduce_sum(counts.to(normalize.mean.device)).tolist()
+    return correct / total
+
+
 class NonFiniteLoss(FloatingPointError):
     pass
 
@@ -115,6 +129,23 @@ def _resume(path: Path | None, fingerprint: str, model, method, opt, sched, desc
     return ckpt["epoch"] + 1, ckpt["best"], ckpt["history"], ckpt["elapsed"]
 
 
+def _standard_strides(images: torch.Tensor) -> torch.Tensor:
+    """``images`` with row-major strides. A 1-channel batch from :func:`kdlab.views.render` has the strides
+    of channels_last too (B, 1, H, W with strides HW, 1, W, 1), and oneDNN's fp32 convolution backward in
+    torch 2.14.1 corrupts the heap on such batches of some sizes (25, 27, 29 seen: a segfault or SIGFPE).
+    bf16 is unaffected, so only fp32 steps get the copy, and bf16 results stay as they were."""
+    if images.dim() != 4 or images.stride(1) != 1 or images.shape[1] != 1:
+        return images
+    return images.clone(memory_format=torch.contiguous_format)
+
+
+def _all_finite(finite: torch.Tensor, world: int) -> bool:
+    """Whether every rank's losses were finite (so that all ranks stop together)."""
+    if world == 1:
+        return bool(finite)
+    return distributed.all_reduce_sum((~finite).float()).item() == 0
+
+
 def fit(model: nn.Module, method: nn.Module, batches: TrainBatches,
         val: tuple[torch.Tensor, torch.Tensor], epochs: int, lr: float, tp, desc: str,
         on_epoch: Optional[Callable[[dict], None]] = None, checkpoint: Path | None = None,
@@ -139,7 +170,23 @@ def fit(model: nn.Module, method: nn.Module, batches: TrainBatches,
     # (same parameters) is evaluated and saved. Static shapes, and the epoch's short last batch runs eagerly:
     # a graph of its own would cost a second compilation for one step per epoch
     compiled = compile_enabled(tp.compile, device)
-    compiled_forward = torch.compile(method, dynamic=False) if compiled else method
+    from kdlab.runtime import precision as resolve_precision
+
+    fp32_cpu = device.type == "cpu" and resolve_precision(tp.precision, device) == "fp32"
+    world, main = distributed.world(), distributed.is_main()
+    if world > 1:  # DistributedDataParallel over (model, method): gradients all-reduced in backward
+        distributed.sync_batchnorm(model, method)
+        step_module = distributed.data_parallel(model, method, device)
+        compiled_step = torch.compile(step_module, dynamic=False) if compiled else step_module
+        full_step, short_step = compiled_step, step_module
+    else:
+        compiled_forward = torch.compile(method, dynamic=False) if compiled else method
+
+        def full_step(b):
+            return compiled_forward(model, b)
+
+        def short_step(b):
+            return method(model, b)
     first_step_seconds = None
     start = time.perf_counter() - elapsed
     for epoch in range(first, epochs + 1):
@@ -150,15 +197,21 @@ def fit(model: nn.Module, method: nn.Module, batches: TrainBatches,
         seen = 0
         finite = torch.ones((), dtype=torch.bool, device=device)
         bar = tqdm(batches.epoch(epoch), total=len(batches), desc=f"{desc} epoch {epoch}/{epochs}",
-                   leave=False, dynamic_ncols=True, mininterval=1.0)
+                   leave=False, dynamic_ncols=True, mininterval=1.0, disable=not main)
         step_start = time.perf_counter()
         for step, batch in enumerate(bar, start=1):
-            step_forward = compiled_forward if len(batch.labels) == batches.batch_size else method
+            n = len(batch.labels)
+            if fp32_cpu:
+                batch.images = _standard_strides(batch.images)
             with autocast(device, tp.precision):
-                _, terms = step_forward(model, batch)
+                _, terms = (full_step if n == batches.local_batch_size else short_step)(batch)
             loss = sum(terms.values())
+            if world > 1 and n * world != (global_n := batches.global_batch(step)):
+                # an uneven last batch: weigh each rank's mean by its share, so the all-reduced gradient is
+                # the global batch's mean
+                loss = loss * (n * world / global_n)
             finite &= torch.isfinite(loss.detach())
-            if (step % check_every == 0 or step == len(batches)) and not bool(finite):
+            if (step % check_every == 0 or step == len(batches)) and not _all_finite(finite, world):
                 values = {k: float(v) for k, v in terms.items()}
                 raise NonFiniteLoss(f"{desc}: non-finite loss at epoch {epoch}, step {step} (of {len(batches)}): "
                                     f"{values}; lower the learning rate ({lr}) or check the inputs")
@@ -168,24 +221,28 @@ def fit(model: nn.Module, method: nn.Module, batches: TrainBatches,
             sched.step()
             if first_step_seconds is None:  # with torch.compile: the compilation, measured apart
                 first_step_seconds = time.perf_counter() - step_start
-            n = len(batch.labels)
             seen += n
             for k, v in terms.items():  # summed on the device: no host sync inside the step loop
                 sums[k] = sums.get(k, 0) + v.detach().float() * n
+        if world > 1:  # the epoch's mean terms over every rank's samples
+            keys = sorted(sums)
+            total = distributed.all_reduce_sum(torch.stack([*(sums[k] for k in keys),
+                                                            torch.tensor(float(seen), device=device)]))
+            sums, seen = dict(zip(keys, total[:-1])), total[-1].item()
         terms_mean = {k: (v / seen).item() for k, v in sums.items()}
-        val_logits = predict(model, *val, batches.normalize, tp.eval_batch_size, tp.precision)
-        val_acc = accuracy(val_logits, val[1])
+        val_acc = val_accuracy(model, *val, batches.normalize, tp.eval_batch_size, tp.precision)
         row = {"epoch": epoch, "val_acc": val_acc, "loss": sum(terms_mean.values()),
                "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - start,
                **{f"loss/{k}": v for k, v in terms_mean.items()}}
         history.append(row)
         if val_acc > best[0]:
             best = (val_acc, epoch, copy.deepcopy(model.state_dict()))
-        if checkpoint is not None:
+        if checkpoint is not None and main:
             _save_checkpoint(checkpoint, fingerprint, epoch, model, method, opt, sched, best, history,
                              row["seconds"])
-        tqdm.write(f"{desc} epoch {epoch}/{epochs}: loss {row['loss']:.4f} val_acc {val_acc:.4f} "
-                   f"({row['seconds']:.0f}s)")
+        if main:
+            tqdm.write(f"{desc} epoch {epoch}/{epochs}: loss {row['loss']:.4f} val_acc {val_acc:.4f} "
+                       f"({row['seconds']:.0f}s)")
         if on_epoch:
             on_epoch(row)
     return FitResult(best_state=best[2], best_epoch=best[1], best_val_acc=best[0], last_val_acc=history[-1]["val_acc"],
