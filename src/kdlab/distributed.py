@@ -135,7 +135,12 @@ class Step(nn.Module):
 def data_parallel(model: nn.Module, method: nn.Module, device: torch.device) -> nn.Module:
     """DistributedDataParallel over the model and the method. BatchNorm statistics are synchronised by the
     layers themselves, so DDP need not broadcast buffers."""
+    import warnings
+
     from torch.nn.parallel import DistributedDataParallel
 
+    # a 1x1 convolution's weight gradient comes with other strides on its size-1 dimensions than the weight:
+    # DDP copies it (a few hundred numbers) and warns at every step
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     return DistributedDataParallel(Step(model, method), device_ids=[device.index] if device.type == "cuda" else None,
                                    broadcast_buffers=False, gradient_as_bucket_view=True)
