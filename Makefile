@@ -8,7 +8,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup data-package repro test bench ui clean-venv
+.PHONY: setup data-package repro test bench sweep ui clean-venv
 
 setup: $(STAMP) data-package
 
@@ -38,6 +38,11 @@ test: setup
 bench: setup
 	$(BIN)/kdlab bench
 	$(BIN)/kdlab readme
+
+# a grid over loss.alpha x loss.temperature through DVC's queue (ALPHAS, TEMPERATURES, SEEDS, JOBS or GPUS:
+# see scripts/sweep.sh), gathered into reports/sweep_loss.alpha_by_loss.temperature.md and .png
+sweep: setup
+	bash scripts/sweep.sh
 
 ui: setup
 	$(BIN)/kdlab ui

@@ -119,9 +119,33 @@ def test_sweep_gathers_experiments(in_tmp):
     exps = sweep.experiments(EXP_SHOW)
     assert [e["name"] for e in exps] == ["workspace", "exp-1"]  # main has no metrics: skipped
     names, rows = sweep.table(exps, "loss.alpha")
-    assert names == ["raw", "kd"] and [r[0] for r in rows] == [0.5, 0.9]
+    assert names == ["raw", "kd"] and [r[0] for r in rows] == [0.5, 0.9] and [r[1] for r in rows] == [None, None]
     md = sweep.run_sweep("loss.alpha", json.dumps(EXP_SHOW)).read_text()
     assert "| 0.9 | exp-1 | 80.00 | 84.00 [83.00, 85.00] |" in md
     assert (report.REPORTS / "sweep_loss.alpha.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(RuntimeError, match="no experiment with loss.temperature"):
         sweep.run_sweep("loss.temperature", json.dumps(EXP_SHOW))
+
+
+def _exp(name: str, alpha: float, temperature: float, kd: float) -> dict:
+    return {"rev": name, "name": name, "data": {
+        "rev": name, "params": {"params.yaml": {"data": {"loss": {"alpha": alpha, "temperature": temperature}}}},
+        "metrics": {"metrics/summary.json": {"data": {"variants": {
+            "raw": {"test_acc": {"mean": 0.8, "ci_low": 0.79, "ci_high": 0.81}},
+            "kd": {"test_acc": {"mean": kd, "ci_low": kd - 0.01, "ci_high": kd + 0.01}}}}}}}}
+
+
+def test_a_grid_sweep_has_one_row_per_experiment_and_one_curve_per_second_value(in_tmp):
+    grid = [_exp(f"exp-{a}-{t}", a, t, 0.8 + a / 10 + t / 100) for a in (0.3, 0.7) for t in (2.0, 4.0)]
+    show = [{"rev": "abc", "name": "main", "data": {"rev": "abc", "params": {}, "metrics": {}},
+             "experiments": [{"revs": [g]} for g in grid]}]
+    md = sweep.run_sweep("loss.alpha", json.dumps(show), by="loss.temperature").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| 0.")]
+    # sorted by temperature, then alpha; each cell is that experiment's
+    assert rows == ["| 0.3 | 2.0 | exp-0.3-2.0 | 80.00 [79.00, 81.00] | 85.00 [84.00, 86.00] |",
+                    "| 0.7 | 2.0 | exp-0.7-2.0 | 80.00 [79.00, 81.00] | 89.00 [88.00, 90.00] |",
+                    "| 0.3 | 4.0 | exp-0.3-4.0 | 80.00 [79.00, 81.00] | 87.00 [86.00, 88.00] |",
+                    "| 0.7 | 4.0 | exp-0.7-4.0 | 80.00 [79.00, 81.00] | 91.00 [90.00, 92.00] |"]
+    assert "| loss.alpha | loss.temperature | experiment |" in md
+    png = report.REPORTS / "sweep_loss.alpha_by_loss.temperature.png"
+    assert png.read_bytes()[:4] == b"\x89PNG"

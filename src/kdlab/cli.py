@@ -68,7 +68,7 @@ def _report(p, args):
 
 def _sweep(p, args):
     from kdlab.sweep import run_sweep
-    run_sweep(args.param)
+    run_sweep(args.param, by=args.by)
 
 
 def _bench(p, args):
@@ -98,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
                     "prune.sizes by each criterion, `pruned` trains one student from it (`--size --criterion --init "
                     "prune|shape --variant kd|raw --seed`; defaults: the first size, prune.criterion, prune, kd), "
                     "`pruning` measures that study. Extra commands: "
-                    "`sweep --param KEY` gathers DVC experiments into a table and plot; `readme` copies "
+                    "`sweep --param KEY [--by KEY2]` gathers DVC experiments into a table and plot; `readme` copies "
                     "metrics/summary.md into README.md; `ui` starts the MLflow UI on the project's store; `bench` times "
                     "the same KD step several ways (kdlab raw / cached / online, DataLoader+PIL, torchdistill).",
     )
@@ -111,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--init", default="prune", help="pruned: prune (the pruned weights) or shape (that shape, "
                     "freshly initialised); default prune")
     ap.add_argument("--param", default="loss.alpha", help="sweep: the swept param (default loss.alpha)")
+    ap.add_argument("--by", help="sweep: a second swept param (a grid): one curve per value, e.g. loss.temperature")
     ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     ap.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a param, e.g. -S loss.alpha=0.7 (repeatable)")

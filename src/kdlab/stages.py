@@ -117,6 +117,7 @@ def _train_and_save(p: Params, ctx: Context, role: str, spec, seed: int, method,
         checkpoint.unlink(missing_ok=True)
         # "val_acc" is the per-epoch curve in MLflow; the chosen epoch's value goes in as best_val_acc
         run.log({("best_val_acc" if k == "val_acc" else k): v for k, v in metrics.items()})
+        run.log_artifact(metrics_path)
     print(f"{run_name}: val {metrics['val_acc']:.4f} (epoch {res.best_epoch}) test {test_acc:.4f} "
           f"in {metrics['wall_seconds']:.0f}s")
     return metrics

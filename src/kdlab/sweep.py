@@ -1,9 +1,10 @@
-"""``kdlab sweep --param loss.alpha``: gather DVC experiments into one table and plot.
+"""``kdlab sweep --param loss.alpha [--by loss.temperature]``: gather DVC experiments into one table and plot.
 
-Run the sweep first, e.g. ``dvc exp run --queue -S 'loss.alpha=0.1,0.3,0.5,0.7,0.9' && dvc queue start``.
-This reads ``dvc exp show --json`` (every experiment's params.yaml and metrics/summary.json), groups the
-experiments by the swept param and writes reports/sweep_<param>.md and .png: each variant's test accuracy
-(mean and 95% interval over seeds) against the param's value.
+Run the sweep first (``make sweep``, or e.g. ``dvc exp run --queue -S 'loss.alpha=0.1,0.5,0.9' && dvc queue
+start``). This reads ``dvc exp show --json`` (every experiment's params.yaml and metrics/summary.json), groups
+the experiments by the swept param and writes reports/sweep_<param>.md and .png: each variant's test
+accuracy (mean and 95% interval over seeds) against the param's value. With ``--by`` (a grid over two params)
+there is one curve per variant and value of the second param, in reports/sweep_<param>_by_<by>.md/.png.
 """
 from __future__ import annotations
 
@@ -53,16 +54,18 @@ def experiments(exp_show: list) -> list[dict]:
     return list(found.values())
 
 
-def table(exps: list[dict], param: str) -> tuple[list[str], list[tuple]]:
-    """(variants, rows) with rows = (param value, experiment name, {variant: test_acc stats})."""
+def table(exps: list[dict], param: str, by: str | None = None) -> tuple[list[str], list[tuple]]:
+    """(variants, rows) with rows = (param value, ``by``'s value or None, experiment name, {variant: test_acc
+    stats}), sorted by ``by`` then ``param``."""
     rows = []
     for e in exps:
         value = _get(e["params"], param)
-        if value is None:
+        other = _get(e["params"], by) if by else None
+        if value is None or (by and other is None):
             continue
-        rows.append((value, e["name"], {v: s["test_acc"] for v, s in e["summary"]["variants"].items()}))
-    rows.sort(key=lambda r: (r[0], r[1]))
-    names = sorted({v for r in rows for v in r[2]}, key=lambda v: (v != "raw", v))
+        rows.append((value, other, e["name"], {v: s["test_acc"] for v, s in e["summary"]["variants"].items()}))
+    rows.sort(key=lambda r: (str(r[1]), r[0], r[2]))
+    names = sorted({v for r in rows for v in r[3]}, key=lambda v: (v != "raw", v))
     return names, rows
 
 
@@ -80,47 +83,63 @@ def _cell(s: dict | None) -> str:
     return f"{100 * s['mean']:.2f} [{100 * s['ci_low']:.2f}, {100 * s['ci_high']:.2f}]"
 
 
-def markdown(param: str, names: list[str], rows: list[tuple]) -> str:
-    head = f"| {param} | experiment | " + " | ".join(LABELS.get(v, v) for v in names) + " |"
-    lines = [f"Test accuracy (%) against `{param}`: mean [95% CI] over seeds, one row per DVC experiment "
-             f"(from `dvc exp show`; regenerate with `kdlab sweep --param {param}`).", "", head,
-             "|" + "---|" * (len(names) + 2)]
-    for value, name, accs in rows:
-        lines.append(f"| {value} | {name} | " + " | ".join(_cell(accs.get(v)) for v in names) + " |")
+def _command(param: str, by: str | None) -> str:
+    return f"kdlab sweep --param {param}" + (f" --by {by}" if by else "")
+
+
+def markdown(param: str, names: list[str], rows: list[tuple], by: str | None = None) -> str:
+    keys = [param, by] if by else [param]
+    head = "| " + " | ".join(keys) + " | experiment | " + " | ".join(LABELS.get(v, v) for v in names) + " |"
+    lines = [f"Test accuracy (%) against `{param}`" + (f" and `{by}`" if by else "") + ": mean [95% CI] over "
+             f"seeds, one row per DVC experiment (from `dvc exp show`; regenerate with `{_command(param, by)}`).",
+             "", head, "|" + "---|" * (len(names) + len(keys) + 1)]
+    for value, other, name, accs in rows:
+        cells = [value, other] if by else [value]
+        lines.append("| " + " | ".join(map(str, cells)) + f" | {name} | "
+                     + " | ".join(_cell(accs.get(v)) for v in names) + " |")
     return "\n".join(lines) + "\n"
 
 
-def plot(param: str, names: list[str], rows: list[tuple], path: Path) -> None:
+def plot(param: str, names: list[str], rows: list[tuple], path: Path, by: str | None = None) -> None:
+    """One curve per variant (and per value of ``by``: line styles), mean and 95% CI against ``param``."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    others = list(dict.fromkeys(r[1] for r in rows))
+    styles = ["-", "--", ":", "-."]
     for i, v in enumerate(names):
-        pts = [(float(val), accs[v]) for val, _, accs in rows if v in accs]
-        if not pts:
-            continue
-        xs = [x for x, _ in pts]
-        ys = [100 * s["mean"] for _, s in pts]
-        err = [[100 * (s["mean"] - _bound(s, "ci_low")) for _, s in pts],
-               [100 * (_bound(s, "ci_high") - s["mean"]) for _, s in pts]]
-        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=4, color=_color(v, i), label=LABELS.get(v, v))
-    finish(fig, ax, param, "test accuracy (%)", f"sweep over {param} (mean, 95% CI over seeds)", path)
+        for j, other in enumerate(others):
+            pts = [(float(val), accs[v]) for val, o, _, accs in rows if o == other and v in accs]
+            if not pts:
+                continue
+            xs = [x for x, _ in pts]
+            ys = [100 * s["mean"] for _, s in pts]
+            err = [[100 * (s["mean"] - _bound(s, "ci_low")) for _, s in pts],
+                   [100 * (_bound(s, "ci_high") - s["mean"]) for _, s in pts]]
+            label = LABELS.get(v, v) + (f", {by.split('.')[-1]}={other}" if by else "")
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=4, color=_color(v, i), label=label,
+                        linestyle=styles[j % len(styles)])
+    title = f"sweep over {param}" + (f" and {by}" if by else "") + " (mean, 95% CI over seeds)"
+    finish(fig, ax, param, "test accuracy (%)", title, path)
 
 
-def run_sweep(param: str, exp_show_json: str | None = None) -> Path:
+def run_sweep(param: str, exp_show_json: str | None = None, by: str | None = None) -> Path:
     if exp_show_json is None:
         res = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True)
         if res.returncode != 0:
             raise RuntimeError(f"`dvc exp show --json` failed: {res.stderr.strip()}")
         exp_show_json = res.stdout
-    names, rows = table(experiments(json.loads(exp_show_json)), param)
+    names, rows = table(experiments(json.loads(exp_show_json)), param, by)
     if not rows:
-        raise RuntimeError(f"no experiment with {param} and {SUMMARY_JSON} found in `dvc exp show`; run the sweep "
+        keys = f"{param} and {by}" if by else param
+        raise RuntimeError(f"no experiment with {keys} and {SUMMARY_JSON} found in `dvc exp show`; run the sweep "
                            f"first, e.g. dvc exp run --queue -S '{param}=0.1,0.5,0.9' && dvc queue start")
     REPORTS.mkdir(exist_ok=True)
-    md = REPORTS / f"sweep_{param}.md"
-    io.save_text(markdown(param, names, rows), md)
-    png = REPORTS / f"sweep_{param}.png"
-    tmp = REPORTS / f".sweep_{param}.tmp.png"
-    plot(param, names, rows, tmp)
+    stem = f"sweep_{param}" + (f"_by_{by}" if by else "")
+    md = REPORTS / f"{stem}.md"
+    io.save_text(markdown(param, names, rows, by), md)
+    png = REPORTS / f"{stem}.png"
+    tmp = REPORTS / f".{stem}.tmp.png"
+    plot(param, names, rows, tmp, by)
     tmp.replace(png)
     print(md.read_text())
     print(f"wrote {md} and {png}")

@@ -94,10 +94,13 @@ def _experiment_id(client) -> str:
     exp = client.get_experiment_by_name(EXPERIMENT)
     if exp is not None:
         return exp.experiment_id
+    # the repo's store keeps artifacts in <repo>/mlartifacts; a tracking server stores them where it was told
+    # (--artifacts-destination, proxied), so that every client of a shared server can read them
+    remote = tracking_uri().startswith(("http://", "https://"))
     try:
         return client.create_experiment(
             EXPERIMENT,
-            artifact_location=(root() / "mlartifacts").as_uri(),
+            artifact_location=None if remote else (root() / "mlartifacts").as_uri(),
             # MLflow 3 otherwise opens the experiment in its GenAI view instead of the training-runs table
             tags={"mlflow.experimentKind": "custom_model_development"},
         )
