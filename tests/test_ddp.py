@@ -1,6 +1,5 @@
 """Data-parallel training: ``train.nproc: 2`` runs the training stages under torchrun (2 CPU processes, gloo)
 and trains what one process trains on the same global batch, within float tolerance."""
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,8 +8,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO
-from kdlab import data, params, views
+from conftest import study_dir
+from kdlab import views
 from kdlab.loader import Normalize, TrainBatches
 
 TINY = {
@@ -30,17 +29,7 @@ TINY = {
 
 
 def _study(path: Path, nproc: int) -> dict:
-    path.mkdir(parents=True)
-    raw = {**TINY, "train": {**TINY["train"], "nproc": nproc}}
-    (path / "params.yaml").write_text(yaml.safe_dump(raw))
-    cwd = os.getcwd()
-    os.chdir(path)
-    try:
-        data.prepare(params.from_dict(raw).data)
-    finally:
-        os.chdir(cwd)
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
-    return dict(env, PYTHONPATH=str(REPO / "src"), MLFLOW_TRACKING_URI=f"sqlite:///{path / 'mlflow.db'}")
+    return study_dir(path, {**TINY, "train": {**TINY["train"], "nproc": nproc}})
 
 
 def _kdlab(path: Path, env: dict, *args: str) -> str:

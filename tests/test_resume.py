@@ -1,6 +1,5 @@
 """Nothing lost: kill and resume, SIGINT, NaN, corrupted files, a tracking server that is down."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -8,10 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from conftest import REPO
-from kdlab import cache, data, io, params, stages, tracking, views
+from conftest import study_dir
+from kdlab import cache, io, params, stages, tracking, views
 from kdlab.loader import Normalize
 from kdlab.train import autocast
 
@@ -25,18 +23,7 @@ TINY = {
 
 
 def _study_dir(path: Path, extra: dict | None = None) -> dict:
-    path.mkdir(parents=True, exist_ok=True)
-    raw = {**TINY, **(extra or {})}
-    (path / "params.yaml").write_text(yaml.safe_dump(raw))
-    cwd = os.getcwd()
-    os.chdir(path)
-    try:
-        data.prepare(params.from_dict(raw).data)
-    finally:
-        os.chdir(cwd)
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), PYTHONUNBUFFERED="1",
-               MLFLOW_TRACKING_URI=f"sqlite:///{path / 'mlflow.db'}")
-    return env
+    return study_dir(path, {**TINY, **(extra or {})})
 
 
 def _kdlab(path, env, *args, **kw):

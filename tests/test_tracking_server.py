@@ -11,10 +11,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-import yaml
-
-from conftest import REPO
-from kdlab import data, params
+from conftest import study_dir
 
 TINY = {
     "data": {"name": "synthetic", "val_size": 100,
@@ -70,15 +67,7 @@ def test_a_stage_logs_to_a_shared_mlflow_server(tmp_path):
     base = f"http://127.0.0.1:{port}"
     try:
         study = tmp_path / "study"
-        study.mkdir()
-        (study / "params.yaml").write_text(yaml.safe_dump(TINY))
-        cwd = os.getcwd()
-        os.chdir(study)
-        try:
-            data.prepare(params.from_dict(TINY).data)
-        finally:
-            os.chdir(cwd)
-        env = dict(os.environ, PYTHONPATH=str(REPO / "src"), MLFLOW_TRACKING_URI=base)
+        env = study_dir(study, TINY, tracking=base)
         out = subprocess.run([sys.executable, "-m", "kdlab", "teacher"], cwd=study, env=env, capture_output=True,
                              text=True, timeout=600)
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
