@@ -14,6 +14,7 @@ from pathlib import Path
 
 from kdlab import io
 from kdlab.evaluate import LABELS, SUMMARY_JSON
+from kdlab.params import BASELINE
 from kdlab.report import REPORTS, _color, _plt, finish
 
 
@@ -107,7 +108,8 @@ def plot(param: str, names: list[str], rows: list[tuple], path: Path, by: str | 
     others = list(dict.fromkeys(r[1] for r in rows))
     styles = ["-", "--", ":", "-."]
     for i, v in enumerate(names):
-        for j, other in enumerate(others):
+        # the baseline reads no loss.* params: one curve, whatever the second param
+        for j, other in enumerate(others[:1] if v == BASELINE else others):
             pts = [(float(val), accs[v]) for val, o, _, accs in rows if o == other and v in accs]
             if not pts:
                 continue
@@ -115,7 +117,7 @@ def plot(param: str, names: list[str], rows: list[tuple], path: Path, by: str | 
             ys = [100 * s["mean"] for _, s in pts]
             err = [[100 * (s["mean"] - _bound(s, "ci_low")) for _, s in pts],
                    [100 * (_bound(s, "ci_high") - s["mean"]) for _, s in pts]]
-            label = LABELS.get(v, v) + (f", {by.split('.')[-1]}={other}" if by else "")
+            label = LABELS.get(v, v) + (f", {by.split('.')[-1]}={other}" if by and v != BASELINE else "")
             ax.errorbar(xs, ys, yerr=err, marker="o", capsize=4, color=_color(v, i), label=label,
                         linestyle=styles[j % len(styles)])
     title = f"sweep over {param}" + (f" and {by}" if by else "") + " (mean, 95% CI over seeds)"
