@@ -35,7 +35,9 @@ else
   dvc queue start -j "$JOBS"
 fi
 
-# wait for the queue to drain, then gather
-while dvc queue status | grep -Eq '\b(Queued|Running)\b'; do sleep 30; done
+# wait for the queue to drain (the status is read whole first: `grep -q` closing the pipe early would fail
+# the pipeline under pipefail and end the wait at once), then gather
+pending() { local status; status=$(dvc queue status 2>&1); grep -Eq '\b(Queued|Running)\b' <<< "$status"; }
+while pending; do sleep 30; done
 dvc queue status
 kdlab sweep --param loss.alpha --by loss.temperature
