@@ -243,23 +243,21 @@ def markdown(p: Params, summary: dict) -> str:
 
 
 def run_pruning(p: Params) -> dict:
-    from kdlab.stages import context, load_model
-
     if not Path(PRUNE_JSON).exists():
         raise FileNotFoundError(f"{PRUNE_JSON} is missing; run `dvc repro prune`")
     pruned = json.loads(Path(PRUNE_JSON).read_text())
-    ctx = context(p, 0)
     accs, params_count = {}, {}
     for criterion, size, init, variant in groups(p):
         name = run_name(init, criterion, size, variant)
         accs[name] = []
         for seed in p.study.seeds:
-            model_path, metrics_path = student_paths(name, seed)
+            _, metrics_path = student_paths(name, seed)
             rebuild = f"dvc repro {stage_of(p, criterion, size, init, variant, seed)}"
             if not metrics_path.exists():
                 raise FileNotFoundError(f"{metrics_path} is missing; run `{rebuild}`")
-            accs[name].append(json.loads(metrics_path.read_text())["test_acc"])
-        params_count[name] = sum(t.numel() for t in load_model(model_path, ctx, rebuild).parameters())
+            metrics = json.loads(metrics_path.read_text())
+            accs[name].append(metrics["test_acc"])
+            params_count[name] = metrics["params"]  # counted by the training stage on the saved model
     summary = summarize(p, accs, params_count, pruned)
     io.save_json(summary, PRUNING_JSON)
     table = markdown(p, summary)
