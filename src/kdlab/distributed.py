@@ -6,8 +6,8 @@ the CPU. Every rank holds the whole split and the cached logits and derives the 
 from the shared seed; it takes its slice of every global batch (``TrainBatches(rank=, world=)``), so
 ``train.batch_size`` stays the global batch. The model is wrapped in PyTorch's DistributedDataParallel, and
 its BatchNorm layers compute their statistics over the global batch (:class:`SyncBatchNorm`: torch's has no
-CPU kernel), so N processes train the model one process would, within float tolerance. Validation is sharded and its counts all-reduced. Rank 0 alone writes
-checkpoints, models, metrics and MLflow runs.
+CPU kernel), so N processes train the model one process would, within float tolerance. Validation is
+sharded and its counts all-reduced. Rank 0 alone writes checkpoints, models, metrics and MLflow runs.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import sys
 import torch
 import torch.distributed as dist
 from torch import nn
+
 
 def launch(nproc: int, argv: list[str]) -> None:
     """Replace this process by ``torchrun`` running ``kdlab <argv>`` in ``nproc`` processes (unless we are
@@ -34,11 +35,12 @@ def init(device_choice: str) -> torch.device | None:
     """Join torchrun's process group (when WORLD_SIZE > 1) and return this rank's device; None alone."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
-    cuda = device_choice != "cpu" and torch.cuda.is_available()
-    if device_choice == "cuda" and not cuda:
-        raise RuntimeError("train.device: cuda was asked for but torch.cuda.is_available() is False; use auto or cpu")
-    dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
-    if cuda:
+    from kdlab.runtime import device
+
+    dev = device(device_choice)
+    cuda = dev.type == "cuda"
+    if cuda:  # one GPU per process
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo", device_id=dev if cuda else None)
@@ -86,9 +88,10 @@ class SyncBatchNorm(nn.BatchNorm2d):
         dims = [0, *range(2, x.dim())]
         xf = x.float()
         c = xf.shape[1]
+        shape = (1, c) + (1,) * (x.dim() - 2)
         count = xf.new_full((1,), xf.numel() // c)
         mean_r = xf.mean(dims)
-        m2_r = ((xf - mean_r.view(1, c, *([1] * (x.dim() - 2)))) ** 2).sum(dims)
+        m2_r = ((xf - mean_r.view(shape)) ** 2).sum(dims)
         stats = fc.all_gather_single_autograd(torch.cat([count, mean_r, m2_r])[None], 0, dist.group.WORLD)
         counts, means, m2s = stats[:, :1], stats[:, 1:c + 1], stats[:, c + 1:]
         n = counts.sum()
@@ -100,24 +103,20 @@ class SyncBatchNorm(nn.BatchNorm2d):
                 m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
                 self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
                 self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1).clamp_min(1), alpha=m)
-        shape = (1, c) + (1,) * (x.dim() - 2)
         y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         return y.to(x.dtype)
 
 
-def sync_batchnorm(*modules: nn.Module) -> int:
+def sync_batchnorm(*modules: nn.Module) -> None:
     """Turn the trainable BatchNorm2d layers in ``modules`` into :class:`SyncBatchNorm` in place (the same
     objects, parameters, buffers and state_dict keys, so torch.fx extractors built on the model keep tapping
-    them); frozen ones (a teacher's) are left alone. Returns how many were turned."""
-    turned = 0
+    them); frozen ones (a teacher's) are left alone."""
     for module in modules:
         for m in module.modules():
             if type(m) is nn.BatchNorm2d and any(p.requires_grad for p in m.parameters()):
                 m.__class__ = SyncBatchNorm
-                turned += 1
-    return turned
 
 
 class Step(nn.Module):
