@@ -65,6 +65,7 @@ BAD = [
     ({"train": {"momentum": 1.0}}, "train.momentum", ["[0, 1)"]),
     ({"train": {"label_smoothing": 1.0}}, "train.label_smoothing", ["[0, 1)"]),
     ({"train": {"threads": -1}}, "train.threads", [">= 0"]),
+    ({"train": {"nproc": 0}}, "train.nproc", ["> 0"]),
     ({"data": {"synthetic": {"n_train": 0}}}, "data.synthetic.n_train", ["> 0"]),
     ({"study": "kd"}, "study", ["mapping"]),
     ({"study": {"seeds": "0,1"}}, "study.seeds", ["list"]),
