@@ -7,6 +7,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on two cores: one torch thread each, here and in every process a test
+    # starts (two 2-thread training processes on 2 cores slow each other far more than 2x)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+
 
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
@@ -16,16 +24,32 @@ def in_tmp(tmp_path, monkeypatch):
     return tmp_path
 
 
+def merge(base: dict, over: dict) -> dict:
+    """``base`` with ``over``'s keys replaced, section by section."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(base.get(k) or {}, v) if isinstance(v, dict) else v
+    return out
+
+
+def shipped_with(over: dict) -> dict:
+    """The shipped params.yaml with ``over`` merged in: a complete params file (kdlab refuses partial ones)."""
+    import yaml
+
+    return merge(yaml.safe_load((REPO / "params.yaml").read_text()), over)
+
+
 def study_dir(path: Path, raw: dict, tracking: str | None = None) -> dict:
-    """A study directory: ``raw`` as its params.yaml and its data prepared. Returns the environment to run
-    ``python -m kdlab`` in it: this checkout's sources, no torchrun variables, and MLflow at ``tracking``
-    (default: the directory's own sqlite store)."""
+    """A study directory: the shipped params with ``raw`` merged in as its params.yaml, and its data prepared.
+    Returns the environment to run ``python -m kdlab`` in it: this checkout's sources, no torchrun variables,
+    and MLflow at ``tracking`` (default: the directory's own sqlite store)."""
     import yaml
 
     from kdlab import data, params
 
+    raw = shipped_with(raw)
     path.mkdir(parents=True, exist_ok=True)
-    (path / "params.yaml").write_text(yaml.safe_dump(raw))
+    (path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     cwd = os.getcwd()
     os.chdir(path)
     try:

@@ -6,8 +6,8 @@ import sys
 
 import yaml
 
-from conftest import REPO
-from kdlab import bench, cli, data, params
+from conftest import REPO, shipped_with
+from kdlab import bench, cli, data, params, runtime
 
 TINY = {
     "data": {"name": "synthetic", "val_size": 40,
@@ -21,10 +21,13 @@ TINY = {
 
 
 def test_bench_quick_measures_every_row(in_tmp, capsys):
-    (in_tmp / "params.yaml").write_text(yaml.safe_dump(TINY))
+    (in_tmp / "params.yaml").write_text(yaml.safe_dump(shipped_with(TINY)))
     assert cli.main(["bench", "--quick", "--workers", "0"]) == 0
     result = json.loads((in_tmp / bench.BENCH_JSON).read_text())
-    assert set(result["images_per_second"]) == set(bench.ROWS), result["images_per_second"]
+    # every row measured, but for fp32 compiled steps on CPUs where they crash (said in the table)
+    assert set(result["images_per_second"]) | set(result["skipped"]) == set(bench.ROWS), result
+    assert set(result["skipped"]) <= {"kd_compiled"}
+    assert bool(result["skipped"]) == (not runtime.bf16_cpu())
     assert all(v > 0 for v in result["images_per_second"].values())
     table = (in_tmp / bench.BENCH_MD).read_text()
     for label in bench.ROWS.values():

@@ -1,5 +1,6 @@
 """Nothing lost: kill and resume, SIGINT, NaN, corrupted files, a tracking server that is down."""
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -58,6 +59,7 @@ def _run_status(path):
     return sorted(r.info.status for r in client.search_runs([exp.experiment_id], "tags.`kdlab.role` = 'teacher'"))
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_the_uninterrupted_result(tmp_path):
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     env_w, env_b = _study_dir(whole), _study_dir(broken)
@@ -85,6 +87,27 @@ def test_sigkill_then_resume_gives_the_uninterrupted_result(tmp_path):
     assert [r["val_acc"] for r in a["history"]] == [r["val_acc"] for r in b["history"]]
     # the killed run had no chance to close itself; the resumed stage marks it KILLED
     assert _run_status(broken) == ["FINISHED", "KILLED"]
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_other_code_is_not_resumed(tmp_path):
+    """Killed after epoch 1, then the training code changes: the rerun starts over instead of finishing with
+    epochs the old code trained (and dvc.lock crediting the new code)."""
+    from conftest import REPO
+
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    study = tmp_path / "study"
+    env = dict(_study_dir(study), PYTHONPATH=str(src))
+    code, out = _interrupt_after_first_epoch(study, env, signal.SIGKILL)
+    assert code == -signal.SIGKILL and (study / "checkpoints/teacher.pt").exists(), out
+    train = src / "kdlab/train.py"
+    train.write_text(train.read_text().replace("return max(0.0, 1.0 - t)", "return max(0.0, 1.0 - t) ** 2"))
+    resumed = _kdlab(study, env, "teacher")
+    out2 = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, out2
+    assert "belongs to other params, data or code; starting over" in out2 and "resuming" not in out2
+    assert "teacher epoch 1/4: loss" in out2
 
 
 def test_sigint_checkpoints_and_closes_the_run_as_killed(tmp_path):
@@ -151,7 +174,7 @@ def test_corrupted_or_foreign_files_are_refused(in_tmp):
     _write_cache(p)
     stages.TEACHER.parent.mkdir(parents=True)
     stages.TEACHER.write_bytes(b"the teacher")
-    with pytest.raises(RuntimeError, match="built by another teacher.*dvc repro cache"):
+    with pytest.raises(io.StageError, match="not built from the current models/teacher.pt.*dvc repro teacher cache"):
         cache.load_train(p)
     with pytest.raises(RuntimeError, match="built with .*views.*dvc repro cache"):
         cache.load_train(params.from_dict({"cache": {"views": 4}}))

@@ -31,7 +31,7 @@ from kdlab import distill, io, models, runtime, views
 from kdlab.distill.kd import kl_per_sample
 from kdlab.loader import Normalize, TrainBatches
 from kdlab.params import Params
-from kdlab.train import autocast, make_optimizer
+from kdlab.train import autocast, make_optimizer, safe_strides
 
 BENCH_JSON = "metrics/bench.json"
 BENCH_MD = "metrics/bench.md"
@@ -69,9 +69,9 @@ def bench_data(p: Params, n: int) -> tuple[torch.Tensor, torch.Tensor, list, lis
     from kdlab import data
 
     try:
-        meta, splits = data.load_prepared()
+        meta, splits = data.load_prepared(p.data)
         return splits["train"]["images"][:n], splits["train"]["labels"][:n], meta["mean"], meta["std"]
-    except (FileNotFoundError, data.DataError):
+    except io.StageError:  # none prepared, or not for these params
         channels, size, _ = data.SHAPES.get(p.data.name, (p.data.synthetic.channels, p.data.synthetic.image_size, n))
         g = torch.Generator().manual_seed(0)
         images = torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, generator=g)
@@ -116,7 +116,8 @@ def time_kdlab(job: Job, variant: str, steps: int, precision: str = "fp32", comp
     method.to(job.device)
     opt = make_optimizer([*student.parameters(), *method.parameters()], 0.05, p.train)
     step_forward = torch.compile(method, dynamic=False) if compiled else method  # as train.fit does
-    return _timed_steps(batches.epoch(1), steps, lambda b: step_forward(student, b)[1], opt, job.device,
+    return _timed_steps(batches.epoch(1), steps,
+                        lambda b: step_forward(student, safe_strides(b, job.device, precision))[1], opt, job.device,
                         p.train.batch_size, precision)
 
 
@@ -248,9 +249,14 @@ def run_bench(p: Params, quick: bool = False, rounds: int = 3, steps: int | None
                "torchdistill": lambda: time_torchdistill(job, steps, workers),
                "kd_bf16": lambda: time_kdlab(job, "kd", steps, precision="bf16")[0],
                "kd_compiled": lambda: compiled_kd("fp32"), "kd_bf16_compiled": lambda: compiled_kd("bf16")}
+    skipped = {}
     if not with_compile:
         measure.pop("kd_compiled")
         measure.pop("kd_bf16_compiled")
+    elif device.type == "cpu" and not runtime.bf16_cpu():
+        # inductor's fp32 convolution backward crashes the process on such CPUs (see runtime.compile_enabled)
+        measure.pop("kd_compiled")
+        skipped["kd_compiled"] = "fp32 compiled steps crash on CPUs without bf16 units (torch 2.14.1)"
     rates: dict[str, list[float]] = {k: [] for k in [*measure, "torchdistill_whole_process"]}
     for r in range(rounds):
         for name, fn in measure.items():
@@ -267,7 +273,7 @@ def run_bench(p: Params, quick: bool = False, rounds: int = 3, steps: int | None
         "machine": machine(), "device": str(device), "student": f"{p.student.arch} x{p.student.width}",
         "teacher": f"{p.teacher.arch} x{p.teacher.width}", "batch_size": p.train.batch_size, "steps": steps,
         "rounds": rounds, "dataloader_workers": workers, "images_per_second": med, "all_rounds": rates,
-        "compile_seconds": statistics.median(compile_seconds) if compile_seconds else None,
+        "compile_seconds": statistics.median(compile_seconds) if compile_seconds else None, "skipped": skipped,
         "ratios": {
             "kd_over_raw_time": med["raw"] / med["kd"],
             "kd_online_over_kd_time": med["kd"] / med["kd_online"],
@@ -298,6 +304,9 @@ def markdown(r: dict) -> str:
         "|---|---|---|",
     ]
     for k, label in ROWS.items():
+        if k in r.get("skipped", {}):
+            lines.append(f"| {label} | not measured: {r['skipped'][k]} | - |")
+            continue
         if k.endswith("_compiled") and k not in med:
             continue
         if k in med:

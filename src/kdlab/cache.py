@@ -40,7 +40,7 @@ def teacher_logits_for(teacher, images, view_table, normalize, pad: int, batch_s
     for c, start in enumerate(range(0, n * k, chunk)):
         path = None if partial is None else partial / f"chunk_{c:05d}.pt"
         if path is not None and path.exists():
-            saved = io.load_torch(path, f"rm -r {partial}  # then rerun `{REBUILD}`")
+            saved = io.load_torch(path, f"rm -r {partial} && {REBUILD}")
             if saved.get("fingerprint") == fingerprint:
                 parts.append(saved["logits"])
                 bar.update(len(saved["logits"]))
@@ -61,16 +61,17 @@ def teacher_logits_for(teacher, images, view_table, normalize, pad: int, batch_s
 
 
 def run_cache(p: Params) -> dict:
-    from kdlab.stages import TEACHER, context, load_model
+    from kdlab.stages import TEACHER, context, load_teacher
     from kdlab.train import autocast
 
     ctx = context(p, p.cache.seed)
-    teacher = load_model(TEACHER, ctx, "dvc repro teacher")
+    _, teacher = load_teacher(p, ctx)
     train = ctx.splits["train"]
     table = views.view_table(len(train["labels"]), p.views.pad, p.views.flip, p.cache.views, p.cache.seed)
     stamp = {"teacher_sha256": io.sha256(TEACHER), "pad": p.views.pad, "flip": p.views.flip,
              "views": p.cache.views, "seed": p.cache.seed}
-    fingerprint = json.dumps({**stamp, "batch_size": p.cache.batch_size, "data": ctx.meta["sha256"]}, sort_keys=True)
+    fingerprint = json.dumps({**stamp, "batch_size": p.cache.batch_size, "data": ctx.meta["sha256"],
+                              "precision": p.train.precision, "code": io.code_digest()}, sort_keys=True)
     logits = teacher_logits_for(teacher, train["images"], table, ctx.normalize, p.views.pad, p.cache.batch_size,
                                 autocast(ctx.device, p.train.precision), PARTIAL, fingerprint)
     io.save_torch({"view_ids": table, "logits": logits, **stamp}, CACHE / "train.pt")
@@ -89,10 +90,11 @@ def load_train(p: Params) -> tuple[torch.Tensor, torch.Tensor]:
     expected = {"pad": p.views.pad, "flip": p.views.flip, "views": p.cache.views, "seed": p.cache.seed}
     got = {k: c.get(k) for k in expected}
     if got != expected:
-        raise RuntimeError(f"{path} was built with {got} but params ask for {expected}; rebuild it with `{REBUILD}`")
+        raise io.StageError(f"{path} was built with {got} but params ask for {expected}; rebuild it with `{REBUILD}`")
     if TEACHER.exists() and c.get("teacher_sha256") != io.sha256(TEACHER):
-        raise RuntimeError(f"{path} was built by another teacher than {TEACHER}; rebuild it with `{REBUILD}`")
+        raise io.StageError(f"{path} was not built from the current {TEACHER} (its sha256 differs: the teacher was "
+                            f"retrained, replaced or damaged); rebuild both with `dvc repro teacher cache`")
     if c["logits"].shape[:2] != c["view_ids"].shape:
-        raise RuntimeError(f"{path} is inconsistent (logits {tuple(c['logits'].shape)}, view ids "
+        raise io.StageError(f"{path} is inconsistent (logits {tuple(c['logits'].shape)}, view ids "
                            f"{tuple(c['view_ids'].shape)}); rebuild it with `{REBUILD}`")
     return c["view_ids"], c["logits"]

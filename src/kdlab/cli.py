@@ -8,6 +8,18 @@ import subprocess
 import sys
 
 
+#: written by `kdlab check` once all of params.yaml passed; `prepare` depends on it, so `dvc repro` checks first.
+#: Its content never changes, so a re-run check (a param or a method file changed) re-runs nothing after it.
+CHECKED = "data/checked.json"
+
+
+def _check(p, args):
+    from kdlab import io
+
+    io.save_json({"params.yaml": "complete and valid (kdlab check)"}, CHECKED)
+    print(f"params checked: every key, every method's options, the architectures; wrote {CHECKED}")
+
+
 def _prepare(p, args):
     from kdlab.data import prepare
 
@@ -85,14 +97,16 @@ def _readme(p, args):
 #: the commands that train, and so run under torchrun when train.nproc > 1 (see kdlab.distributed)
 TRAINING_COMMANDS = ("teacher", "student", "part", "pruned")
 
-STAGES = {"prepare": _prepare, "teacher": _teacher, "cache": _cache, "student": _student, "part": _part,
+STAGES = {"check": _check, "prepare": _prepare, "teacher": _teacher, "cache": _cache, "student": _student, "part": _part,
           "parts": _parts, "prune": _prune, "pruned": _pruned, "pruning": _pruning, "evaluate": _evaluate, "report": _report, "sweep": _sweep, "readme": _readme, "bench": _bench, "ui": None}
 
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="kdlab",
-        description="kdlab pipeline stages (normally run by `dvc repro`; see dvc.yaml). `part` trains one "
+        description="kdlab pipeline stages (normally run by `dvc repro`; see dvc.yaml). `check` validates all of "
+                    "params.yaml (every method's options and the architectures too), the pipeline's first stage. "
+                    "`part` trains one "
                     "student of the question-2 study (`--variant parts.method --at STAGE`, or `--variant` one of "
                     "parts.init) and `parts` measures that study. Question 3: `prune` prunes the teacher to "
                     "prune.sizes by each criterion, `pruned` trains one student from it (`--size --criterion --init "
@@ -185,11 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == "ui":
         return ui(args.port)
     from kdlab import params as params_mod
-    from kdlab.data import DataError
-    from kdlab.tracking import TrackingError
+    from kdlab.io import StageError
 
     try:
-        p = params_mod.load(args.params, args.overrides)
+        p = params_mod.load(args.params, args.overrides, full=args.stage == "check")
     except params_mod.ParamsError as e:
         print(f"kdlab: {e}", file=sys.stderr)
         return 2
@@ -216,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     except params_mod.ParamsError as e:  # a method's own options, checked when the method is built
         print(f"kdlab {args.stage}: {e}", file=sys.stderr)
         return 2
-    except (DataError, FileNotFoundError, FloatingPointError, TrackingError) as e:
+    except (StageError, FloatingPointError) as e:  # expected failures: one line naming the file and the fix
         print(f"kdlab {args.stage}: {e}", file=sys.stderr)
         return 1
     finally:

@@ -7,8 +7,10 @@ Later stages load through :func:`load_prepared`, which verifies the checksums.
 from __future__ import annotations
 
 import gzip
-import json
+import os
+import socket
 import urllib.error
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -24,8 +26,8 @@ FASHION_MNIST_DEB_DIR = Path("/usr/share/datasets/fashion-mnist")
 SPLITS = ("train", "val", "test")
 
 
-class DataError(RuntimeError):
-    pass
+class DataError(io.StageError):
+    """Prepared data missing, corrupt, or not what params.data asks for; or a download that failed."""
 
 
 @dataclass
@@ -40,6 +42,7 @@ class Raw:
 DATASETS: dict[str, Callable] = {}
 #: (channels, image size, training images) of the fixed datasets, for params validation
 SHAPES = {"fashion_mnist": (1, 28, 60000), "cifar10": (3, 32, 50000), "cifar100": (3, 32, 50000)}
+CLASSES = {"fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
 
 
 def register(name: str):
@@ -61,10 +64,26 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
+#: seconds a download may wait for the network before it gives up (KDLAB_DOWNLOAD_TIMEOUT overrides)
+DOWNLOAD_TIMEOUT = 60.0
+
+
+@contextmanager
+def _download_timeout():
+    """torchvision's downloads (urllib) wait forever on a stalled connection (a proxy that accepts and never
+    answers); a socket timeout turns that into an error, reported by :func:`_network_error`."""
+    before = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(float(os.environ.get("KDLAB_DOWNLOAD_TIMEOUT", DOWNLOAD_TIMEOUT)))
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(before)
+
+
 def _network_error(name: str, root: Path, files: str, err: Exception) -> DataError:
     return DataError(
         f"could not download {name} into {root} ({type(err).__name__}: {err}). This machine seems to have no "
-        f"network. Copy {files} into {root}/ on a machine with one and rerun `kdlab prepare` (torchvision "
+        f"network, or it stalled (no answer within KDLAB_DOWNLOAD_TIMEOUT={os.environ.get('KDLAB_DOWNLOAD_TIMEOUT', DOWNLOAD_TIMEOUT)} s). Copy {files} into {root}/ on a machine with one and rerun `kdlab prepare` (torchvision "
         f"checks the files' MD5 and skips the download), or use data.name=fashion_mnist, which is read from "
         f"the Debian package dataset-fashion-mnist ({FASHION_MNIST_DEB_DIR}).")
 
@@ -83,7 +102,8 @@ def fashion_mnist(p) -> Raw:
 
     root = Path(p.root)
     try:
-        tr, te = (FashionMNIST(root, train=t, download=True) for t in (True, False))
+        with _download_timeout():
+            tr, te = [FashionMNIST(root, train=t, download=True) for t in (True, False)]
     except (urllib.error.URLError, OSError, RuntimeError) as e:
         raise _network_error("Fashion-MNIST", root, "the four *-ubyte.gz files into FashionMNIST/raw", e) from None
     return Raw(tr.data[:, None].clone(), tr.targets.long(), te.data[:, None].clone(), te.targets.long(), 10)
@@ -95,7 +115,8 @@ def _cifar(cls, name: str, archive: str, p) -> Raw:
 
     root = Path(p.root)
     try:
-        tr, te = (cls(root, train=t, download=True) for t in (True, False))
+        with _download_timeout():
+            tr, te = [cls(root, train=t, download=True) for t in (True, False)]
     except (urllib.error.URLError, OSError, RuntimeError) as e:
         raise _network_error(name, root, archive, e) from None
     to_t = lambda ds: torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
@@ -167,17 +188,37 @@ def prepare(p, out: Path = PREPARED) -> dict:
     return meta
 
 
-def load_prepared(root: Path = PREPARED, splits=SPLITS) -> tuple[dict, dict[str, dict]]:
-    """(meta, {split: {"images", "labels"}}), each file verified against meta.json's checksum."""
+def expected_meta(d) -> dict:
+    """What meta.json must say for the prepared data to be ``d``'s (the split seed is not recorded there)."""
+    if d.name == "synthetic":
+        s = d.synthetic
+        val = min(d.val_size, s.n_train // 5)
+        return {"dataset": d.name, "classes": s.classes, "channels": s.channels, "image_size": s.image_size,
+                "sizes": {"train": s.n_train - val, "val": val, "test": s.n_test}}
+    channels, size, n_train = SHAPES[d.name]
+    return {"dataset": d.name, "classes": CLASSES[d.name], "channels": channels, "image_size": size,
+            "sizes": {"train": n_train - d.val_size, "val": d.val_size}}
+
+
+def load_prepared(expected=None, root: Path = PREPARED, splits=SPLITS) -> tuple[dict, dict[str, dict]]:
+    """(meta, {split: {"images", "labels"}}), each file verified against meta.json's checksum; with
+    ``expected`` (params.data), data prepared from other data params are refused."""
     hint = "dvc repro prepare"
     meta_path = Path(root) / "meta.json"
-    if not meta_path.exists():
-        raise FileNotFoundError(f"{meta_path} is missing; build it with `{hint}`")
-    meta = json.loads(meta_path.read_text())
+    meta = io.load_json(meta_path, hint)
+    if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), dict):
+        raise DataError(f"{meta_path} is not a kdlab meta.json (no sha256 table); rebuild it with `{hint}`")
+    if expected is not None:
+        want = expected_meta(expected)
+        got = {k: meta.get(k) if k != "sizes" else {s: (meta.get(k) or {}).get(s) for s in v} for k, v in want.items()}
+        if got != want:
+            diff = ", ".join(f"{k} {got[k]} (params.data: {want[k]})" for k in want if got[k] != want[k])
+            raise DataError(f"{Path(root)} was prepared from other data params: {diff}; rebuild it with "
+                            f"`dvc repro prepare`")
     out = {}
     for s in splits:
         path = Path(root) / f"{s}.pt"
-        if path.exists() and io.sha256(path) != meta["sha256"][s]:
+        if path.exists() and io.sha256(path) != meta["sha256"].get(s):
             raise DataError(f"{path} does not match the checksum in {meta_path}: it is corrupted or was "
                             f"changed by hand; rebuild it with `dvc repro -f prepare`")
         out[s] = io.load_torch(path, hint)

@@ -171,7 +171,7 @@ def markdown(p: Params, summary: dict) -> str:
 # ---------------------------------------------------------------- the stage
 
 def run_evaluate(p: Params) -> dict:
-    from kdlab.stages import TEACHER, context, load_model, student_paths
+    from kdlab.stages import TEACHER, check_trained, context, model_from_checkpoint, student_paths
     from kdlab.train import predict
 
     ctx = context(p, 0)
@@ -179,9 +179,10 @@ def run_evaluate(p: Params) -> dict:
     shape = tuple(test_x.shape[1:])
     bs = p.train.eval_batch_size
 
-    def evaluate_model(path: Path, rebuild: str, teacher_logits):
+    def evaluate_model(path: Path, rebuild: str, spec, teacher_logits):
         ckpt = io.load_torch(path, rebuild)
-        model = load_model(path, ctx, rebuild)
+        check_trained(ckpt, path, spec, ctx, rebuild)
+        model = model_from_checkpoint(ckpt, ctx)
         logits = predict(model, test_x, test_y, ctx.normalize, bs, p.train.precision)
         m = run_metrics(logits, test_y, teacher_logits)
         m["params"] = sum(t.numel() for t in model.parameters())
@@ -192,7 +193,7 @@ def run_evaluate(p: Params) -> dict:
         return logits, m, ckpt["history"]
 
     runs, predictions, curves = {}, {}, {}
-    teacher_logits, runs["teacher"], curves["teacher"] = evaluate_model(TEACHER, "dvc repro teacher", None)
+    teacher_logits, runs["teacher"], curves["teacher"] = evaluate_model(TEACHER, "dvc repro teacher", p.teacher, None)
     predictions["teacher"] = teacher_logits
     for variant in variants(p):
         for seed in p.study.seeds:
@@ -200,7 +201,7 @@ def run_evaluate(p: Params) -> dict:
             path, _ = student_paths(variant, seed)
             stage = "baseline" if variant == BASELINE else "student"
             predictions[name], runs[name], curves[name] = evaluate_model(
-                path, f"dvc repro {stage}@{name}", teacher_logits)
+                path, f"dvc repro {stage}@{name}", p.student, teacher_logits)
             runs[name].update(variant=variant, seed=seed)
     for name, logits in predictions.items():
         io.save_torch({"logits": logits.half(), "labels": test_y}, PREDICTIONS / f"{name}.pt")

@@ -1,6 +1,8 @@
-"""Atomic writes and checksums: a killed stage never leaves a half-written output behind."""
+"""Atomic writes, checksums and safe loads: a killed stage never leaves a half-written output behind, and no
+file the project reads can run code (tensors and plain containers only, never arbitrary pickles)."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -10,6 +12,11 @@ from pathlib import Path
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+class StageError(RuntimeError):
+    """An expected failure (a missing, corrupt, foreign or stale file; a full disk; an unreachable store): the
+    CLI prints its one-line message, which names the file and the command that fixes it, and exits 1."""
 
 
 def _atomic(path: Path, write) -> None:
@@ -23,8 +30,11 @@ def _atomic(path: Path, write) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs are ordinary files
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and not isinstance(e, StageError):  # ENOSPC, EROFS, EACCES ...
+            raise StageError(f"cannot write {path} ({e.strerror or e}); free the space or fix the permissions "
+                             f"of {path.parent}, then rerun the stage") from None
         raise
 
 
@@ -51,14 +61,48 @@ def sha256(path) -> str:
     return h.hexdigest()
 
 
+@functools.lru_cache(maxsize=None)
+def code_digest() -> str:
+    """sha256 over kdlab's source files and torch's version: the code a stage runs. It goes into every resume
+    fingerprint, so a checkpoint written by other code is never resumed (epochs of the old code would be
+    credited to the new one). Every file of the package counts, not only those a stage imports: a wasted
+    resume costs one restart, a wrong one a silently wrong result."""
+    import torch
+
+    h = hashlib.sha256(f"torch {torch.__version__}\n".encode())
+    package = Path(__file__).resolve().parent
+    for path in sorted(package.rglob("*.py")):
+        h.update(f"{path.relative_to(package).as_posix()}\n".encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
 def load_torch(path, rebuild_hint: str):
-    """torch.load with an error that names the file and the command that rebuilds it."""
+    """Tensors and plain containers from ``path`` (``weights_only``: a pickle that would build any other object,
+    or call anything, is refused), with an error that names the file and the command that rebuilds it."""
+    import pickle
+
     import torch
 
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing; rebuild it with `{rebuild_hint}`")
+        raise StageError(f"{path} is missing; rebuild it with `{rebuild_hint}`")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # weights_only refused a global: not a file kdlab wrote
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StageError(f"{path} holds objects other than tensors and plain data, so it was not loaded "
+                         f"({first}); delete it and rebuild it with `{rebuild_hint}`") from None
     except Exception as e:  # truncated or corrupted file
-        raise RuntimeError(f"{path} is unreadable ({type(e).__name__}: {e}); rebuild it with `{rebuild_hint}`") from None
+        raise StageError(f"{path} is unreadable ({type(e).__name__}: {e}); rebuild it with `{rebuild_hint}`") from None
+
+
+def load_json(path, rebuild_hint: str):
+    """A JSON file, with an error that names the file and the command that rebuilds it."""
+    path = Path(path)
+    if not path.exists():
+        raise StageError(f"{path} is missing; rebuild it with `{rebuild_hint}`")
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise StageError(f"{path} is not valid JSON ({e}); rebuild it with `{rebuild_hint}`") from None

@@ -6,6 +6,7 @@ value comes from a fixed set, the allowed values.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +22,11 @@ BASELINE = "raw"
 PRUNE_CRITERIA = ("l1", "bn_scale", "taylor", "activation", "random")
 #: a study trains (1 + len(variants)) x len(seeds) students; more seeds than this is almost surely a typo
 MAX_SEEDS = 20
+#: seeds are in [0, SEED_LIMIT): torch's generators take seeds modulo 2**64 (-1 draws what 2**64 - 1 draws),
+#: and a run's epoch generator is seeded with seed * 1_000_003 + epoch, which must stay apart and below 2**64
+SEED_LIMIT = 2 ** 32
+#: epochs per run at most (epoch generators of seeds s and s + 1 meet at epoch 1_000_003)
+MAX_EPOCHS = 100_000
 
 
 class ParamsError(ValueError):
@@ -185,6 +191,8 @@ def _convert(key: str, tp, value):
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ParamsError(key, f"expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ParamsError(key, f"expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -240,6 +248,10 @@ def validate(p: Params) -> Params:
     if p.data.val_size >= n_train and p.data.name != "synthetic":
         raise ParamsError("data.val_size", f"{p.data.val_size} leaves no training images ({p.data.name} has "
                           f"{n_train}); use fewer than {n_train}")
+    if p.data.name == "synthetic" and s.n_train < 5:  # its validation split is a fifth of n_train at most
+        raise ParamsError("data.synthetic.n_train", f"{s.n_train} leaves no validation images (the synthetic "
+                          f"validation split is min(data.val_size, n_train // 5)); use at least 5")
+    _seed("data.split_seed", p.data.split_seed)
     if 2 * p.views.pad >= size:
         raise ParamsError("views.pad", f"{p.views.pad} shifts {p.data.name}'s {size}x{size} images out of the frame; "
                           f"use at most {(size - 1) // 2}")
@@ -251,7 +263,10 @@ def validate(p: Params) -> Params:
             raise ParamsError(f"{role}.width", f"{m.arch} has no width multiplier; use 1.0 or one of "
                               f"{', '.join(sorted(a for a, s in ARCHS.items() if s.has_width))}")
         _positive(f"{role}.epochs", m.epochs)
+        if m.epochs > MAX_EPOCHS:
+            raise ParamsError(f"{role}.epochs", f"{m.epochs} is more than {MAX_EPOCHS:,}")
         _positive(f"{role}.lr", m.lr)
+        _seed(f"{role}.seed", m.seed)
     t = p.train
     _positive("train.batch_size", t.batch_size)
     _positive("train.eval_batch_size", t.eval_batch_size)
@@ -264,6 +279,13 @@ def validate(p: Params) -> Params:
         raise ParamsError("train.label_smoothing", f"must be in [0, 1), got {t.label_smoothing}")
     _positive("train.threads", t.threads, strict=False)
     _positive("train.nproc", t.nproc)
+    if t.batch_size % t.nproc:
+        raise ParamsError("train.batch_size", f"{t.batch_size} does not divide by train.nproc={t.nproc} "
+                          f"(each process takes an equal slice of every batch)")
+    last = train_size(p.data) % t.batch_size
+    if 0 < last < t.nproc:
+        raise ParamsError("train.batch_size", f"{t.batch_size} leaves a last batch of {last} training images, "
+                          f"fewer than train.nproc={t.nproc}; choose another batch size or data.val_size")
     if not 0 <= p.loss.alpha <= 1:
         raise ParamsError("loss.alpha", f"must be in [0, 1], got {p.loss.alpha}")
     _positive("loss.temperature", p.loss.temperature)
@@ -276,6 +298,7 @@ def validate(p: Params) -> Params:
                               f"(views.pad={p.views.pad}, views.flip={p.views.flip} give {total} views), "
                               f"got {p.cache.views}")
     _positive("cache.batch_size", p.cache.batch_size)
+    _seed("cache.seed", p.cache.seed)
     if not p.study.variants:
         raise ParamsError("study.variants", "is empty; list at least one of "
                           + ", ".join(m for m in methods if m != BASELINE))
@@ -294,7 +317,7 @@ def validate(p: Params) -> Params:
     if len(set(p.study.seeds)) != len(p.study.seeds):
         raise ParamsError("study.seeds", f"has duplicates: {p.study.seeds}")
     for i, s_ in enumerate(p.study.seeds):
-        _positive(f"study.seeds[{i}]", s_, strict=False)
+        _seed(f"study.seeds[{i}]", s_)
     for name in p.methods:
         _choice(f"methods.{name}", name, methods)
     pp = p.parts
@@ -328,10 +351,72 @@ def validate(p: Params) -> Params:
     if len(set(pr.sizes)) != len(pr.sizes):
         raise ParamsError("prune.sizes", f"has duplicates: {pr.sizes}")
     _positive("prune.steps", pr.steps)
+    if pr.steps > 1000:  # fine-tuning draws its batches from epochs 1000 x step of the teacher's seed
+        raise ParamsError("prune.steps", f"{pr.steps} is more than 1000")
     _positive("prune.finetune_steps", pr.finetune_steps, strict=False)
     _positive("prune.calibration_images", pr.calibration_images)
     if not 0 < pr.max_ratio < 1:
         raise ParamsError("prune.max_ratio", f"must be in (0, 1), got {pr.max_ratio}")
+    return p
+
+
+def _seed(key: str, value: int) -> None:
+    if not 0 <= value < SEED_LIMIT:
+        raise ParamsError(key, f"must be in [0, 2**32), got {value}")
+
+
+def train_size(d: DataParams) -> int:
+    """Images in the training split that ``kdlab prepare`` makes from ``d``."""
+    from kdlab.data import SHAPES
+
+    if d.name == "synthetic":
+        n = d.synthetic.n_train
+        return n - min(d.val_size, n // 5)
+    return SHAPES[d.name][2] - d.val_size
+
+
+def check_with_models(p: Params, raw_methods: dict | None = None, source: str = "params.yaml") -> Params:
+    """The checks that need torch: every method's options (not only study.variants': the question-2 and -3
+    stages build others), the device, and what the teacher and student architectures must have: the stages
+    and blocks that taps and carving name, and a teacher larger than every pruning target. With
+    ``raw_methods`` (the file's ``methods`` mapping), every option of every method must be set there."""
+    import torch
+
+    from kdlab import distill
+    from kdlab.data import CLASSES, SHAPES
+    from kdlab.features import check_paths
+    from kdlab.models import build, count_params
+    from kdlab.surgery import keep_blocks
+
+    if p.train.device == "cuda" and not torch.cuda.is_available():
+        raise ParamsError("train.device", "cuda was asked for but torch.cuda.is_available() is False; use auto or cpu")
+    methods = {name: distill.build(name, p) for name in distill.names()}  # each checks its options
+    if raw_methods is not None:
+        for m in methods.values():
+            given = raw_methods.get(m.options_name) or {}
+            unset = [f"methods.{m.options_name}.{f.name}" for f in dataclasses.fields(m.Options) if f.name not in given]
+            if unset:
+                raise ParamsError(source, f"does not set {', '.join(unset)}; every key must be set: add them, or "
+                                  f"restore the shipped file with `git checkout -- {source}`")
+    s = p.data.synthetic
+    channels = SHAPES.get(p.data.name, (s.channels,))[0]
+    classes = CLASSES.get(p.data.name, s.classes)
+    with torch.device("meta"):  # shapes and parameter counts only: nothing is allocated
+        teacher = build(p.teacher.arch, channels, classes, p.teacher.width)
+        student = build(p.student.arch, channels, classes, p.student.width)
+        for name in ("fitnet", "at"):
+            for role, model in (("teacher", teacher), ("student", student)):
+                check_paths(model, methods[name].opts.stages, f"methods.{name}.stages", role)
+        for role, model in (("teacher", teacher), ("student", student)):
+            check_paths(model, p.parts.stages, "parts.stages", role)
+        keep_blocks(teacher, methods["init_teacher"].blocks(teacher), "methods.init_teacher.keep")
+        carved = keep_blocks(teacher, p.prune.keep, "prune.keep") if p.prune.keep else teacher
+        unit, largest = count_params(student), count_params(carved)
+        for i, size in enumerate(p.prune.sizes):
+            if round(size * unit) >= largest:
+                raise ParamsError(f"prune.sizes[{i}]", f"{size} x the student's {unit:,} parameters is not below "
+                                  f"the {largest:,} of the teacher{' carved by prune.keep' if p.prune.keep else ''}, "
+                                  f"so it would prune nothing; use a size below {largest / unit:.2f}")
     return p
 
 
@@ -360,10 +445,15 @@ def from_dict(raw: dict | None, overrides: list[str] = ()) -> Params:
     return validate(_build(Params, raw))
 
 
-def load(path: str | Path = "params.yaml", overrides: list[str] = ()) -> Params:
+def load(path: str | Path = "params.yaml", overrides: list[str] = (), full: bool = False) -> Params:
+    """The params file, complete (every key set: the built-in defaults are not the shipped study's) and
+    validated. ``full`` (``kdlab check``, the pipeline's first stage) adds :func:`check_with_models`: every
+    method's options and what the architectures must have. Every stage runs the rest; only the check stage
+    imports every method, so editing one method file re-runs the check (seconds), not the whole study."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found; run kdlab from the repository root (where params.yaml is)")
+        raise ParamsError(str(path), "not found; run kdlab from the repository root (where params.yaml is), or "
+                          "restore it with `git checkout -- params.yaml`")
     with open(path) as f:
         try:
             raw = yaml.safe_load(f)
@@ -371,7 +461,27 @@ def load(path: str | Path = "params.yaml", overrides: list[str] = ()) -> Params:
             raise ParamsError(str(path), f"is not valid YAML: {e}") from None
     if raw is not None and not isinstance(raw, dict):
         raise ParamsError(str(path), "must be a mapping of sections (data, teacher, student, ...)")
-    return from_dict(raw, overrides)
+    missing = missing_keys(Params, raw or {})
+    if missing:
+        shown = ", ".join(missing[:12]) + (f" and {len(missing) - 12} more" if len(missing) > 12 else "")
+        raise ParamsError(str(path), f"does not set {shown}; every key must be set (kdlab's built-in defaults "
+                          f"are not the shipped study's): add them, or restore the shipped file with "
+                          f"`git checkout -- {path}`")
+    p = from_dict(raw, overrides)
+    return check_with_models(p, (raw or {}).get("methods") or {}, str(path)) if full else p
+
+
+def missing_keys(cls, raw: dict, prefix: str = "") -> list[str]:
+    """Dotted keys of the dataclass ``cls`` that ``raw`` does not set (a missing section counts once)."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if f.name not in raw:
+            out.append(key)
+        elif dataclasses.is_dataclass(hints[f.name]) and isinstance(raw[f.name], dict):
+            out += missing_keys(hints[f.name], raw[f.name], key + ".")
+    return out
 
 
 def flatten(obj, prefix: str = "") -> dict[str, object]:

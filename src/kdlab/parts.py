@@ -9,7 +9,6 @@ seeds. Accuracies come from the runs' metrics files (checkpoints chosen on val);
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -104,12 +103,12 @@ def markdown(p: Params, summary: dict) -> str:
 
 
 def run_parts(p: Params) -> dict:
-    from kdlab.stages import TEACHER, context, load_model, student_paths
+    from kdlab.stages import context, load_model, load_teacher, student_paths
 
     ctx = context(p, 0)
     val = ctx.splits["val"]
     images = ctx.normalize(val["images"][:p.parts.cka_images].to(ctx.device))
-    teacher = load_model(TEACHER, ctx, "dvc repro teacher")
+    _, teacher = load_teacher(p, ctx)
     paths = stages(teacher)
     teacher_feats = features(teacher, images, paths)
     accs, params_count, cka = {}, {}, {}
@@ -121,9 +120,7 @@ def run_parts(p: Params) -> dict:
                      else f"carve@{g}-{seed}" if in_parts else
                      f"baseline@{g}-{seed}" if g == BASELINE else f"student@{g}-{seed}")
             rebuild = f"dvc repro {stage}"
-            if not metrics_path.exists():
-                raise FileNotFoundError(f"{metrics_path} is missing; run `{rebuild}`")
-            accs[g].append(json.loads(metrics_path.read_text())["test_acc"])
+            accs[g].append(io.load_json(metrics_path, rebuild)["test_acc"])
             student = load_model(model_path, ctx, rebuild)
             params_count[g] = sum(t.numel() for t in student.parameters())
             cka[g].append(cka_profile(teacher_feats, student, images, paths))

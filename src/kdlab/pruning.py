@@ -11,7 +11,6 @@ of ``prune.compare`` is trained with KD too, so every criterion can be set again
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from kdlab import io, stats, tracking
@@ -68,10 +67,12 @@ def _finetuner(p: Params, ctx, seed: int):
     (student.lr, warm-up and decay as in training)."""
     from kdlab import distill
     from kdlab.stages import student_batches
-    from kdlab.train import autocast, make_optimizer, make_schedule
+    from kdlab.runtime import precision
+    from kdlab.train import autocast, make_optimizer, make_schedule, safe_strides
 
     kd = distill.build("kd", p)
     batches = student_batches(p, ctx, kd, seed, {})
+    resolved = precision(p.train.precision, ctx.device)
 
     def between(model, step: int) -> None:
         steps = p.prune.finetune_steps
@@ -82,7 +83,7 @@ def _finetuner(p: Params, ctx, seed: int):
         while done < steps:
             for batch in batches.epoch(epoch):
                 with autocast(ctx.device, p.train.precision):
-                    _, terms = kd(model, batch)
+                    _, terms = kd(model, safe_strides(batch, ctx.device, resolved))
                 opt.zero_grad(set_to_none=True)
                 sum(terms.values()).backward()
                 opt.step()
@@ -98,13 +99,12 @@ def _finetuner(p: Params, ctx, seed: int):
 def run_prune(p: Params) -> dict:
     from kdlab import prune
     from kdlab.models import count_params
-    from kdlab.stages import TEACHER, build_model, context, model_from_checkpoint
+    from kdlab.stages import build_model, context, load_teacher
     from kdlab.surgery import keep_blocks
     from kdlab.train import accuracy, predict
 
     ctx = context(p, p.teacher.seed)
-    t = io.load_torch(TEACHER, "dvc repro teacher")
-    teacher = model_from_checkpoint(t, ctx)
+    t, teacher = load_teacher(p, ctx)
     base = keep_blocks(teacher, p.prune.keep, "prune.keep") if p.prune.keep else teacher
     train, val = ctx.splits["train"], ctx.splits["val"]
     n = p.prune.calibration_images
@@ -243,9 +243,7 @@ def markdown(p: Params, summary: dict) -> str:
 
 
 def run_pruning(p: Params) -> dict:
-    if not Path(PRUNE_JSON).exists():
-        raise FileNotFoundError(f"{PRUNE_JSON} is missing; run `dvc repro prune`")
-    pruned = json.loads(Path(PRUNE_JSON).read_text())
+    pruned = io.load_json(PRUNE_JSON, "dvc repro prune")
     accs, params_count = {}, {}
     for criterion, size, init, variant in groups(p):
         name = run_name(init, criterion, size, variant)
@@ -253,9 +251,7 @@ def run_pruning(p: Params) -> dict:
         for seed in p.study.seeds:
             _, metrics_path = student_paths(name, seed)
             rebuild = f"dvc repro {stage_of(p, criterion, size, init, variant, seed)}"
-            if not metrics_path.exists():
-                raise FileNotFoundError(f"{metrics_path} is missing; run `{rebuild}`")
-            metrics = json.loads(metrics_path.read_text())
+            metrics = io.load_json(metrics_path, rebuild)
             accs[name].append(metrics["test_acc"])
             params_count[name] = metrics["params"]  # counted by the training stage on the saved model
     summary = summarize(p, accs, params_count, pruned)

@@ -5,7 +5,6 @@ plots/curves/. The words that answer question 1 follow the intervals and never c
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from kdlab import io, tracking
@@ -302,19 +301,19 @@ def pruning_section(p: Params, pruning: dict) -> list[str]:
 
 
 def load_curves(names) -> dict[str, list]:
-    return {n: json.loads((CURVES / f"{n}.json").read_text()) for n in names}
+    return {n: io.load_json(CURVES / f"{n}.json", "dvc repro evaluate") for n in names}
 
 
 def run_report(p: Params) -> Path:
-    summary = json.loads(Path(SUMMARY_JSON).read_text())
-    runs = json.loads(Path(RUNS_JSON).read_text())
+    summary = io.load_json(SUMMARY_JSON, "dvc repro evaluate")
+    runs = io.load_json(RUNS_JSON, "dvc repro evaluate")
     curves = load_curves(runs)
     from kdlab.parts import PARTS_JSON
 
     from kdlab.pruning import PRUNING_JSON
 
-    parts = json.loads(Path(PARTS_JSON).read_text()) if Path(PARTS_JSON).exists() else None
-    pruning = json.loads(Path(PRUNING_JSON).read_text()) if Path(PRUNING_JSON).exists() else None
+    parts = io.load_json(PARTS_JSON, "dvc repro parts") if Path(PARTS_JSON).exists() else None
+    pruning = io.load_json(PRUNING_JSON, "dvc repro pruning") if Path(PRUNING_JSON).exists() else None
     REPORTS.mkdir(exist_ok=True)
     pictures = {"accuracy.png": lambda f: plot_accuracy(p, summary, runs, f),
                 "learning_curves.png": lambda f: plot_curves(p, curves, runs, f),

@@ -35,7 +35,9 @@ def tune_allocator() -> bool:
 
 def device(choice: str) -> torch.device:
     if choice == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device: cuda was asked for but torch.cuda.is_available() is False; use auto or cpu")
+        from kdlab.params import ParamsError
+
+        raise ParamsError("train.device", "cuda was asked for but torch.cuda.is_available() is False; use auto or cpu")
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(choice)
@@ -58,14 +60,19 @@ def precision(choice: str, device: torch.device) -> str:
     return choice
 
 
-def compile_enabled(choice, device: torch.device) -> bool:
+def compile_enabled(choice, device: torch.device, precision: str = "bf16") -> bool:
     """``train.compile`` -> whether the training step runs through torch.compile. auto: on CUDA, and on the
-    CPU when a C++ compiler is there for inductor (students' steps 1.3x faster here, see README, Speed)."""
+    CPU for bf16 steps when a C++ compiler is there for inductor (students' steps 1.3x faster on the AMX CPU,
+    see README, Speed). Not for fp32 CPU steps: in torch 2.14.1, inductor's fp32 convolution backward crashes
+    the process (SIGSEGV or abort, channels_last strides of narrow layers) on CPUs without bf16 units, the very
+    CPUs where auto precision is fp32 (seen on an AVX2 AMD EPYC)."""
     if choice != "auto":
         return bool(choice)
     import shutil
 
-    return device.type == "cuda" or shutil.which(os.environ.get("CXX", "g++")) is not None
+    if device.type == "cuda":
+        return True
+    return precision == "bf16" and shutil.which(os.environ.get("CXX", "g++")) is not None
 
 
 def setup(train_params, seed: int) -> torch.device:

@@ -29,16 +29,23 @@ class Context:
     meta: dict
     splits: dict
     normalize: Normalize
+    #: train.precision resolved for this device: "bf16" or "fp32"
+    precision: str = "fp32"
 
 
 def context(p: Params, seed: int) -> Context:
     dev = runtime.setup(p.train, seed)
-    meta, splits = data.load_prepared()
-    return Context(dev, meta, splits, Normalize(meta["mean"], meta["std"], dev, channels_last=dev.type == "cuda"))
+    meta, splits = data.load_prepared(p.data)
+    return Context(dev, meta, splits, Normalize(meta["mean"], meta["std"], dev, channels_last=dev.type == "cuda"),
+                   runtime.precision(p.train.precision, dev))
 
 
 def memory_format(model: torch.nn.Module, spec, ctx: Context) -> torch.nn.Module:
+    """``spec.channels_last`` applied; never for fp32 steps on the CPU, where oneDNN's fp32 convolution backward
+    (torch 2.14.1) corrupts the heap on channels_last tensors (an abort, "corrupted size vs. prev_size", seen on
+    an AVX2 AMD EPYC; the CPUs where precision auto is fp32). bf16 steps, as on the AMX CPU, keep it."""
     channels_last = ctx.device.type == "cuda" if spec.channels_last == "auto" else spec.channels_last
+    channels_last = channels_last and not (ctx.device.type == "cpu" and ctx.precision == "fp32")
     # convolutions follow the weights' memory format, so the inputs can stay as they are
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
@@ -52,6 +59,25 @@ def load_model(path: Path, ctx: Context, rebuild: str) -> torch.nn.Module:
     """A saved model; one carved from the teacher (``blocks`` in the file) is carved again and one pruned from
     it (``pruning``: torch-pruning's history) is pruned again to the same shape, then its weights are loaded."""
     return model_from_checkpoint(io.load_torch(path, rebuild), ctx)
+
+
+def load_teacher(p: Params, ctx: Context) -> tuple[dict, torch.nn.Module]:
+    """(checkpoint, model) of models/teacher.pt, refused unless it was trained as params.teacher asks, on the
+    prepared data in use."""
+    ckpt = io.load_torch(TEACHER, "dvc repro teacher")
+    check_trained(ckpt, TEACHER, p.teacher, ctx, "dvc repro teacher")
+    return ckpt, model_from_checkpoint(ckpt, ctx)
+
+
+def check_trained(ckpt: dict, path: Path, spec, ctx: Context, rebuild: str) -> None:
+    """A saved model must be the architecture ``spec`` names, trained on the prepared data in use."""
+    got = {"arch": ckpt.get("arch"), "width": ckpt.get("width"), "data": ckpt.get("data_sha256")}
+    want = {"arch": spec.arch, "width": spec.width, "data": ctx.meta["sha256"]}
+    if got != want:
+        diff = ", ".join(f"{k} {got[k]} (now {want[k]})" for k in want if got[k] != want[k] and k != "data")
+        if got["data"] != want["data"]:
+            diff += (", " if diff else "") + "other prepared data"
+        raise io.StageError(f"{path} was trained with {diff}; rebuild it with `{rebuild}`")
 
 
 def model_from_checkpoint(ckpt: dict, ctx: Context) -> torch.nn.Module:
@@ -70,7 +96,9 @@ def model_from_checkpoint(ckpt: dict, ctx: Context) -> torch.nn.Module:
 
 
 def _fingerprint(p: Params, ctx: Context, run_name: str, extra: dict) -> str:
-    blob = json.dumps({"params": flatten(p), "run": run_name, "data": ctx.meta["sha256"], **extra},
+    """What a checkpoint must match to be resumed: params, run, data, inputs in ``extra`` and the code."""
+    blob = json.dumps({"params": flatten(p), "run": run_name, "data": ctx.meta["sha256"], "code": io.code_digest(),
+                       **extra},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -114,10 +142,12 @@ def _train_and_save(p: Params, ctx: Context, role: str, spec, seed: int, method,
             "history": res.history, "metrics": metrics, "data_sha256": ctx.meta["sha256"], **extra,
         }, model_path)
         io.save_json(metrics, metrics_path)
-        checkpoint.unlink(missing_ok=True)
         # "val_acc" is the per-epoch curve in MLflow; the chosen epoch's value goes in as best_val_acc
         run.log({("best_val_acc" if k == "val_acc" else k): v for k, v in metrics.items()})
         run.log_artifact(metrics_path)
+    # only once the run is logged and closed: a tracking failure above leaves the checkpoint, and a rerun
+    # resumes after the last epoch instead of training again
+    checkpoint.unlink(missing_ok=True)
     print(f"{run_name}: val {metrics['val_acc']:.4f} (epoch {res.best_epoch}) test {test_acc:.4f} "
           f"in {metrics['wall_seconds']:.0f}s")
     return metrics
@@ -153,8 +183,8 @@ def run_student(p: Params, variant: str, seed: int, at: str | None = None, parts
     resume_key = {}
     teacher = None
     if method.uses_teacher_model or method.builds_from_teacher:
-        t = io.load_torch(TEACHER, "dvc repro teacher")
-        teacher = memory_format(model_from_checkpoint(t, ctx), p.teacher, ctx)
+        t, teacher = load_teacher(p, ctx)
+        teacher = memory_format(teacher, p.teacher, ctx)
         resume_key["teacher_sha256"] = io.sha256(TEACHER)
     batches = student_batches(p, ctx, method, seed, resume_key)
     student = build_model(p.student, ctx)

@@ -13,11 +13,15 @@ import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 
+from kdlab.io import StageError
+
 EXPERIMENT = os.environ.get("KDLAB_EXPERIMENT", "kdlab")
 
 
-class TrackingError(RuntimeError):
+class TrackingError(StageError):
     """The tracking store cannot be reached or used; the message names its URI."""
+
+
 ROLE, STUDY = "kdlab.role", "kdlab.study"
 
 
@@ -63,19 +67,51 @@ def _client():
     if uri.startswith(("http://", "https://")):
         for k, v in _HTTP_DEFAULTS.items():
             os.environ.setdefault(k, v)
-    client = MlflowClient(tracking_uri=uri)
     with _store_lock():
         try:
+            client = MlflowClient(tracking_uri=uri)
             exp_id = _experiment_id(client)
         except Exception as e:
-            raise TrackingError(f"cannot reach the MLflow tracking store {uri} ({type(e).__name__}: {e}); "
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            if uri.startswith("sqlite:///"):
+                db = uri[len("sqlite:///"):].split("?", 1)[0]
+                raise TrackingError(f"{db} is not a usable MLflow store ({type(e).__name__}: {first}); move it "
+                                    f"aside (mv {db} {db}.bad) and rerun to start a new one") from None
+            raise TrackingError(f"cannot reach the MLflow tracking store {uri} ({type(e).__name__}: {first}); "
                                 f"start it, or unset MLFLOW_TRACKING_URI to use the repo's sqlite store") from None
         if not os.environ.get("MLFLOW_TRACKING_URI"):
             import sqlite3
 
-            with sqlite3.connect(_db_path(), timeout=60) as db:  # readers no longer block the writer
-                db.execute("PRAGMA journal_mode=WAL")
+            try:
+                with sqlite3.connect(_db_path(), timeout=60) as db:  # readers no longer block the writer
+                    db.execute("PRAGMA journal_mode=WAL")
+                    _relocate(db)
+            except sqlite3.Error as e:
+                raise TrackingError(f"{_db_path()} is not a usable MLflow store ({e}); move it aside "
+                                    f"(mv {_db_path()} {_db_path()}.bad) and rerun to start a new one") from None
     return client, exp_id
+
+
+#: the tables and columns where MLflow's sqlite store keeps absolute artifact locations
+_LOCATIONS = (("experiments", "artifact_location"), ("runs", "artifact_uri"), ("logged_models", "artifact_location"))
+
+
+def _relocate(db) -> None:
+    """A repository copied or moved with its mlflow.db still points at the old place's mlartifacts (MLflow
+    stores absolute URIs): rewrite them to this repository's, so its runs log here and not into the original."""
+    here = (root() / "mlartifacts").as_uri()
+    row = db.execute("SELECT artifact_location FROM experiments WHERE name = ?", (EXPERIMENT,)).fetchone()
+    if row is None or row[0] is None or row[0] == here or not row[0].startswith("file://") \
+            or not row[0].endswith("/mlartifacts"):
+        return
+    old = row[0]
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    for table, column in _LOCATIONS:
+        if table in tables:
+            db.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE {column} = ? "
+                       f"OR {column} LIKE ? ESCAPE '\\'",
+                       (here, len(old) + 1, old, old.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%"))
+    print(f"kdlab: {_db_path()} came from another place ({old}); its artifact locations now point at {here}")
 
 
 def _git_commit() -> str:
@@ -118,8 +154,10 @@ def _study_run_id(client, exp_id: str, key: str, flat_params: dict) -> str:
         return found[0].info.run_id
     name = os.environ.get("DVC_EXP_NAME") or f"study-{key[:8]}"
     run = client.create_run(exp_id, run_name=name, tags={STUDY: key, ROLE: "study", "kdlab.git_commit": _git_commit()})
-    _log_params(client, run.info.run_id, flat_params)
-    client.set_terminated(run.info.run_id, "FINISHED")
+    try:
+        _log_params(client, run.info.run_id, flat_params)
+    finally:  # never left RUNNING
+        _terminate(client, run.info.run_id, "FINISHED")
     return run.info.run_id
 
 
@@ -152,10 +190,12 @@ class Run:
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
         if batch:
-            self.client.log_batch(self.run_id, metrics=batch)
+            with _logging("metrics", self.run_id):
+                self.client.log_batch(self.run_id, metrics=batch)
 
     def log_artifact(self, path) -> None:
-        self.client.log_artifact(self.run_id, str(path))
+        with _logging(str(path), self.run_id):
+            self.client.log_artifact(self.run_id, str(path))
 
     def _study(self) -> "Run | None":
         study = self.client.get_run(self.run_id).data.tags.get("mlflow.parentRunId")
@@ -187,6 +227,27 @@ class _NoRun(Run):
 
 
 @contextmanager
+def _logging(what: str, run_id: str | None = None):
+    """A failure to log becomes one line naming the store; what the stage wrote stays (see :func:`run`)."""
+    try:
+        yield
+    except TrackingError:
+        raise
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        raise TrackingError(f"MLflow could not log {what}{f' to run {run_id}' if run_id else ''} of "
+                            f"{tracking_uri()} ({type(e).__name__}: {first}); fix the store (or its artifact "
+                            f"directory) and rerun the stage: it resumes from its checkpoint") from None
+
+
+def _terminate(client, run_id: str, status: str) -> None:
+    try:
+        client.set_terminated(run_id, status)
+    except Exception:  # the store itself is failing; the next run of this name closes it (_close_abandoned)
+        pass
+
+
+@contextmanager
 def run(stage: str, run_name: str, flat_params: dict, extra_params: dict | None = None):
     """Open a child run of this params set's study run; closed FINISHED, FAILED or KILLED. Under torchrun,
     only rank 0 opens it."""
@@ -195,22 +256,25 @@ def run(stage: str, run_name: str, flat_params: dict, extra_params: dict | None 
         return
     client, exp_id = _client()
     key = study_key(flat_params)
-    parent = _study_run_id(client, exp_id, key, flat_params)
-    tags = {
-        "mlflow.parentRunId": parent, ROLE: stage, STUDY: key, "kdlab.stage": stage,
-        "kdlab.git_commit": _git_commit(), "dvc.exp_name": os.environ.get("DVC_EXP_NAME", ""),
-        "dvc.stage": os.environ.get("DVC_STAGE", ""),
-    }
-    _close_abandoned(client, exp_id, key, run_name)
-    child = client.create_run(exp_id, run_name=run_name, tags=tags)
+    with _logging(f"the study and run {run_name!r}"):
+        parent = _study_run_id(client, exp_id, key, flat_params)
+        tags = {
+            "mlflow.parentRunId": parent, ROLE: stage, STUDY: key, "kdlab.stage": stage,
+            "kdlab.git_commit": _git_commit(), "dvc.exp_name": os.environ.get("DVC_EXP_NAME", ""),
+            "dvc.stage": os.environ.get("DVC_STAGE", ""),
+        }
+        _close_abandoned(client, exp_id, key, run_name)
+        child = client.create_run(exp_id, run_name=run_name, tags=tags)
     run_id = child.info.run_id
-    _log_params(client, run_id, {**flat_params, **(extra_params or {})})
     try:
+        with _logging("params", run_id):
+            _log_params(client, run_id, {**flat_params, **(extra_params or {})})
         yield Run(client, run_id)
     except KeyboardInterrupt:
-        client.set_terminated(run_id, "KILLED")
+        _terminate(client, run_id, "KILLED")
         raise
     except BaseException:
-        client.set_terminated(run_id, "FAILED")
+        _terminate(client, run_id, "FAILED")
         raise
-    client.set_terminated(run_id, "FINISHED")
+    with _logging("the run's end", run_id):
+        client.set_terminated(run_id, "FINISHED")

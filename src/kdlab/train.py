@@ -116,7 +116,7 @@ def _resume(path: Path | None, fingerprint: str, model, method, opt, sched, desc
         return fresh
     ckpt = io.load_torch(path, f"rm {path}  # then rerun the stage to start over")
     if ckpt.get("fingerprint") != fingerprint:
-        tqdm.write(f"{desc}: {path} belongs to other params or data; starting over")
+        tqdm.write(f"{desc}: {path} belongs to other params, data or code; starting over")
         return fresh
     model.load_state_dict(ckpt["model"])
     method.load_state_dict(ckpt["method"])
@@ -129,7 +129,7 @@ def _resume(path: Path | None, fingerprint: str, model, method, opt, sched, desc
     return ckpt["epoch"] + 1, ckpt["best"], ckpt["history"], ckpt["elapsed"]
 
 
-def _standard_strides(images: torch.Tensor) -> torch.Tensor:
+def standard_strides(images: torch.Tensor) -> torch.Tensor:
     """``images`` with row-major strides. A 1-channel batch from :func:`kdlab.views.render` has the strides
     of channels_last too (B, 1, H, W with strides HW, 1, W, 1), and oneDNN's fp32 convolution backward in
     torch 2.14.1 corrupts the heap on such batches of some sizes (25, 27, 29 seen: a segfault or SIGFPE).
@@ -137,6 +137,14 @@ def _standard_strides(images: torch.Tensor) -> torch.Tensor:
     if images.dim() != 4 or images.stride(1) != 1 or images.shape[1] != 1:
         return images
     return images.clone(memory_format=torch.contiguous_format)
+
+
+def safe_strides(batch, device: torch.device, precision: str):
+    """``batch`` with :func:`standard_strides` images where the step runs fp32 on the CPU (``precision``
+    resolved); every training loop (fit, the bench, the pruning fine-tuner) passes its batches through here."""
+    if device.type == "cpu" and precision == "fp32":
+        batch.images = standard_strides(batch.images)
+    return batch
 
 
 def _all_finite(finite: torch.Tensor, world: int) -> bool:
@@ -169,10 +177,10 @@ def fit(model: nn.Module, method: nn.Module, batches: TrainBatches,
     # the step's forward (student, teacher features, loss) runs as one compiled graph; the model itself
     # (same parameters) is evaluated and saved. Static shapes, and the epoch's short last batch runs eagerly:
     # a graph of its own would cost a second compilation for one step per epoch
-    compiled = compile_enabled(tp.compile, device)
     from kdlab.runtime import precision as resolve_precision
 
-    fp32_cpu = device.type == "cpu" and resolve_precision(tp.precision, device) == "fp32"
+    precision = resolve_precision(tp.precision, device)
+    compiled = compile_enabled(tp.compile, device, precision)
     world, main = distributed.world(), distributed.is_main()
     if world > 1:  # DistributedDataParallel over (model, method): gradients all-reduced in backward
         distributed.sync_batchnorm(model, method)
@@ -201,8 +209,7 @@ def fit(model: nn.Module, method: nn.Module, batches: TrainBatches,
         step_start = time.perf_counter()
         for step, batch in enumerate(bar, start=1):
             n = len(batch.labels)
-            if fp32_cpu:
-                batch.images = _standard_strides(batch.images)
+            batch = safe_strides(batch, device, precision)
             with autocast(device, tp.precision):
                 _, terms = (full_step if n == batches.local_batch_size else short_step)(batch)
             loss = sum(terms.values())

@@ -1,0 +1,324 @@
+"""Nothing wrong goes unnoticed (issue 14): no code from data files, a stage that refuses files and params that
+do not match, tracking failures that lose nothing, a copied repository that logs into itself, downloads that
+give up, and one line, not a traceback, for every expected failure."""
+import errno
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import REPO, shipped_with, study_dir
+from kdlab import cli, io, params, tracking
+
+TINY = {
+    "data": {"name": "synthetic", "val_size": 100,
+             "synthetic": {"n_train": 500, "n_test": 100, "image_size": 10, "channels": 1, "classes": 3}},
+    "views": {"pad": 1},
+    "teacher": {"arch": "resnet8", "width": 0.5, "epochs": 2, "lr": 0.05},
+    "student": {"arch": "resnet8", "width": 0.25, "epochs": 1, "lr": 0.05},
+    "train": {"batch_size": 50, "eval_batch_size": 200, "threads": 1, "compile": False},
+    "cache": {"views": 2},
+}
+
+
+def _kdlab(path: Path, env: dict, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kdlab", *args], cwd=path, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _one_line_failure(res: subprocess.CompletedProcess, code: int, *needles: str) -> str:
+    """The stage failed with ``code`` and a message holding every needle, and printed no traceback."""
+    assert res.returncode == code, res.stdout[-2000:] + res.stderr[-3000:]
+    assert "Traceback" not in res.stderr, res.stderr[-3000:]
+    # progress bars end with a carriage return, not a newline: the message may share their line
+    found = re.search(r"kdlab( \w+)?: [^\r\n]*", res.stderr)
+    line = found.group(0) if found else ""
+    for needle in needles:
+        assert needle in line, (needle, res.stderr[-3000:])
+    return line
+
+
+class _Boom:
+    """A pickle that runs a shell command when loaded."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _hostile(path: Path, marker: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"fingerprint": "x", "epoch": 1, "model": _Boom(marker)}, path)
+
+
+# ---------------------------------------------------------------- 2: no code from data files
+
+def test_a_hostile_checkpoint_is_refused_and_never_run(tmp_path):
+    env = study_dir(tmp_path, TINY)
+    marker = tmp_path / "pwned"
+    _hostile(tmp_path / "checkpoints/teacher.pt", marker)
+    res = _kdlab(tmp_path, env, "teacher")
+    _one_line_failure(res, 1, "checkpoints/teacher.pt", "objects other than tensors")
+    assert not marker.exists(), "the checkpoint's pickle ran its command"
+    assert not (tmp_path / "models/teacher.pt").exists()
+
+
+@pytest.mark.parametrize("name", ["data/prepared/train.pt", "models/teacher.pt", "data/teacher_logits/train.pt",
+                                  "data/teacher_logits.partial/chunk_00000.pt", "models/prune/l1.x1.0.pt"])
+def test_every_loaded_file_refuses_pickled_code(tmp_path, name):
+    marker = tmp_path / "pwned"
+    _hostile(tmp_path / name, marker)
+    with pytest.raises(io.StageError, match="objects other than tensors.*rebuild it with `dvc repro"):
+        io.load_torch(tmp_path / name, "dvc repro x")
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------- 3: params and files that must agree
+
+def test_an_incomplete_params_file_is_refused_before_any_work(tmp_path):
+    env = study_dir(tmp_path, TINY)
+    (tmp_path / "params.yaml").write_text("")
+    res = _kdlab(tmp_path, env, "teacher")
+    _one_line_failure(res, 2, "params.yaml", "does not set data, views, teacher", "git checkout -- params.yaml")
+    raw = shipped_with(TINY)
+    del raw["teacher"]["epochs"], raw["methods"]["dkd"]["warmup"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    _one_line_failure(_kdlab(tmp_path, env, "teacher"), 2, "does not set teacher.epochs")
+    raw["teacher"]["epochs"] = 2
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    _one_line_failure(_kdlab(tmp_path, env, "check"), 2, "does not set methods.dkd.warmup")
+    assert not (tmp_path / "models/teacher.pt").exists() and not (tmp_path / "data/checked.json").exists()
+
+
+def test_the_check_stage_refuses_what_only_other_stages_would_build(tmp_path):
+    """`kdlab check` (dvc.yaml's first stage) checks the options of methods that study.variants does not list
+    and the architectures; it writes its stamp only when all of params.yaml passed."""
+    env = study_dir(tmp_path, {**TINY, "study": {"variants": ["kd"], "seeds": [0]},
+                               "methods": {"fitnet": {"stages": ["layer4"]}}})
+    _one_line_failure(_kdlab(tmp_path, env, "check"), 2, "methods.fitnet.stages[0]", "has no stage 'layer4'")
+    assert not (tmp_path / "data/checked.json").exists()
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(shipped_with(TINY)))
+    res = _kdlab(tmp_path, env, "check")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (tmp_path / "data/checked.json").exists()
+
+
+def test_prepared_data_of_other_params_are_refused(tmp_path):
+    env = study_dir(tmp_path, TINY)
+    other = shipped_with({**TINY, "data": {**TINY["data"], "synthetic": {**TINY["data"]["synthetic"], "classes": 4}}})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(other))
+    res = _kdlab(tmp_path, env, "teacher")
+    _one_line_failure(res, 1, "data/prepared was prepared from other data params", "classes 3 (params.data: 4)",
+                      "dvc repro prepare")
+
+
+def test_a_teacher_of_other_params_is_refused(tmp_path):
+    env = study_dir(tmp_path, TINY)
+    assert _kdlab(tmp_path, env, "teacher").returncode == 0
+    wider = shipped_with({**TINY, "teacher": {**TINY["teacher"], "width": 0.75}})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(wider))
+    res = _kdlab(tmp_path, env, "cache")
+    _one_line_failure(res, 1, "models/teacher.pt was trained with width 0.5 (now 0.75)", "dvc repro teacher")
+
+
+# ---------------------------------------------------------------- 4: every key checked before any work
+
+def _load(tmp_path, over: dict):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(shipped_with(over)))
+    return params.load(path, full=True)
+
+
+BAD = [
+    ({"loss": {"temperature": float("nan")}}, "loss.temperature", "finite"),
+    ({"train": {"warmup": float("inf")}}, "train.warmup", "finite"),
+    ({"methods": {"dkd": {"beta": float("-inf")}}}, "methods.dkd.beta", "finite"),
+    # stages the architectures lack
+    ({"parts": {"stages": ["layer4"]}}, "parts.stages[0]", "has no stage 'layer4'"),
+    ({"parts": {"stages": ["layer3.5"]}}, "parts.stages[0]", "has no stage 'layer3.5'"),
+    # options of methods other stages build, though not in study.variants
+    ({"study": {"variants": ["kd"]}, "methods": {"fitnet": {"stages": ["layer4"]}}}, "methods.fitnet.stages[0]",
+     "no stage"),
+    ({"study": {"variants": ["kd"]}, "methods": {"dkd": {"beta": -1.0}}}, "methods.dkd.beta", ">= 0"),
+    ({"study": {"variants": ["kd"]}, "methods": {"at": {"stages": []}}}, "methods.at.stages", "empty"),
+    ({"methods": {"init_teacher": {"keep": [[0, 5], [0], [0]]}}}, "methods.init_teacher.keep[0]", "blocks 0..2"),
+    ({"prune": {"keep": [[0], [0]]}}, "prune.keep", "lists 2 stages"),
+    # pruning targets that prune nothing, also where the teacher is smaller than its student
+    ({"prune": {"sizes": [5.0]}}, "prune.sizes[0]", "prune nothing"),
+    ({"teacher": {"arch": "resnet8", "width": 0.25}, "methods": {"init_teacher": {"keep": [[0], [0], [0]]}}},
+     "prune.sizes[0]", "prune nothing"),
+    # seeds the generators cannot tell apart (-1 draws what 2**64 - 1 draws)
+    ({"teacher": {"seed": -1}}, "teacher.seed", "[0, 2**32)"),
+    ({"study": {"seeds": [0, 2 ** 64]}}, "study.seeds[1]", "[0, 2**32)"),
+    ({"cache": {"seed": 2 ** 40}}, "cache.seed", "[0, 2**32)"),
+    ({"data": {"split_seed": -3}}, "data.split_seed", "[0, 2**32)"),
+    ({"student": {"epochs": 2_000_000}}, "student.epochs", "more than"),
+    # splits that leave no validation images
+    ({"data": {"name": "synthetic", "synthetic": {"n_train": 4}}}, "data.synthetic.n_train", "no validation"),
+    # data-parallel batches that cannot be split
+    ({"train": {"nproc": 2, "batch_size": 33}}, "train.batch_size", "does not divide by train.nproc=2"),
+]
+
+
+@pytest.mark.parametrize("over,key,message", BAD, ids=[b[1] + ":" + b[2] for b in BAD])
+def test_bad_values_are_refused_naming_the_key(tmp_path, over, key, message):
+    with pytest.raises(params.ParamsError) as e:
+        _load(tmp_path, over)
+    assert e.value.key == key, str(e.value)
+    assert message in str(e.value)
+
+
+def test_the_shipped_params_and_a_valid_change_pass(tmp_path):
+    assert params.load(REPO / "params.yaml", full=True).study.seeds == [0, 1, 2]
+    p = _load(tmp_path, {"teacher": {"arch": "resnet32"}, "parts": {"stages": ["layer2.0"]},
+                         "prune": {"keep": [], "sizes": [4.0]}})
+    assert p.prune.sizes == [4.0]
+
+
+# ---------------------------------------------------------------- 5: a tracking failure loses no epoch
+
+def _statuses(path: Path) -> list[str]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("kdlab")
+    return sorted(r.info.status for r in client.search_runs([exp.experiment_id], "tags.`kdlab.role` = 'teacher'"))
+
+
+def test_an_artifact_store_failure_keeps_the_checkpoint_and_closes_the_run(tmp_path):
+    env = study_dir(tmp_path, TINY)
+    (tmp_path / "mlartifacts").write_text("a file where the artifact directory should be")
+    res = _kdlab(tmp_path, env, "teacher")
+    _one_line_failure(res, 1, "MLflow could not log", "resumes from its checkpoint")
+    assert (tmp_path / "models/teacher.pt").exists() and (tmp_path / "checkpoints/teacher.pt").exists()
+    assert _statuses(tmp_path) == ["FAILED"]
+    (tmp_path / "mlartifacts").unlink()
+    res = _kdlab(tmp_path, env, "teacher")
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout + res.stderr
+    assert "resuming after epoch 2" in out and "epoch 1/2: loss" not in out  # no epoch trained again
+    assert not (tmp_path / "checkpoints/teacher.pt").exists()
+    assert _statuses(tmp_path) == ["FAILED", "FINISHED"]
+
+
+@pytest.mark.parametrize("failing_call", [1, 2], ids=["study's params", "run's params"])
+def test_a_failure_while_logging_params_leaves_no_run_running(in_tmp, monkeypatch, failing_call):
+    from mlflow.tracking import MlflowClient
+
+    log_batch, calls = MlflowClient.log_batch, []
+
+    def flaky(self, run_id, metrics=(), params=(), tags=(), **kw):
+        calls.append(run_id)
+        if params and len(calls) == failing_call:
+            raise OSError("the store went away")
+        return log_batch(self, run_id, metrics=metrics, params=params, tags=tags, **kw)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", flaky)
+    with pytest.raises(tracking.TrackingError, match="MLflow could not log .*the store went away"):
+        with tracking.run("teacher", "teacher", {"loss.alpha": 0.5}):
+            raise AssertionError("the run opened although its params could not be logged")
+    monkeypatch.setattr(MlflowClient, "log_batch", log_batch)
+
+    client = MlflowClient(tracking_uri=tracking.tracking_uri())
+    exp = client.get_experiment_by_name("kdlab")
+    assert {r.info.status for r in client.search_runs([exp.experiment_id])} <= {"FAILED", "FINISHED"}
+
+
+# ---------------------------------------------------------------- 6: a copied repository logs into itself
+
+def test_a_copied_repository_logs_its_artifacts_into_itself(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    first, copy = tmp_path / "first", tmp_path / "copy"
+    first.mkdir()
+    monkeypatch.chdir(first)
+    Path("note.txt").write_text("first")
+    with tracking.run("teacher", "teacher", {"x": 1}) as run:
+        run.log_artifact("note.txt")
+    shutil.copytree(first, copy, symlinks=True)
+    monkeypatch.chdir(copy)
+    Path("note.txt").write_text("copy")
+    with tracking.run("student", "kd-0", {"x": 1}) as run:
+        run.log_artifact("note.txt")
+    logged = lambda root: sorted(p.read_text() for p in (root / "mlartifacts").rglob("note.txt"))
+    assert logged(first) == ["first"]
+    assert logged(copy) == ["copy", "first"]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking.tracking_uri())
+    for r in client.search_runs([client.get_experiment_by_name("kdlab").experiment_id]):
+        assert r.info.artifact_uri.startswith((copy / "mlartifacts").as_uri()), r.info.artifact_uri
+
+
+# ---------------------------------------------------------------- 7: a stalled network
+
+def test_a_stalled_download_gives_up_and_says_what_to_copy_where(tmp_path):
+    env = study_dir(tmp_path, TINY)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held = []
+    threading.Thread(target=lambda: [held.append(server.accept()) for _ in range(8)], daemon=True).start()
+    proxy = f"http://127.0.0.1:{server.getsockname()[1]}"
+    env = {**env, "KDLAB_DOWNLOAD_TIMEOUT": "1", "NO_PROXY": "", "no_proxy": "",
+           **{k: proxy for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")}}
+    cifar = shipped_with({**TINY, "data": {**TINY["data"], "name": "cifar10", "root": str(tmp_path / "raw"),
+                                           "val_size": 5000}})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(cifar))
+    try:
+        res = _kdlab(tmp_path, env, "prepare", timeout=240)
+    finally:
+        server.close()
+    _one_line_failure(res, 1, "could not download CIFAR-10", "Copy cifar-10-python.tar.gz into")
+
+
+# ---------------------------------------------------------------- 8: one line for each expected failure
+
+def test_expected_failures_are_one_line_naming_the_file(tmp_path):
+    env = study_dir(tmp_path, TINY)
+    _one_line_failure(_kdlab(tmp_path, env, "teacher", "--params", "nope.yaml"), 2, "nope.yaml", "not found")
+    meta = tmp_path / "data/prepared/meta.json"
+    good = meta.read_text()
+    meta.write_text("{not json")
+    _one_line_failure(_kdlab(tmp_path, env, "teacher"), 1, "data/prepared/meta.json is not valid JSON",
+                      "dvc repro prepare")
+    meta.write_text(good)
+    assert _kdlab(tmp_path, env, "teacher").returncode == 0
+    partial = tmp_path / "data/teacher_logits.partial"
+    partial.mkdir(parents=True)
+    (partial / "chunk_00000.pt").write_bytes(b"half a chunk")
+    _one_line_failure(_kdlab(tmp_path, env, "cache"), 1, "chunk_00000.pt is unreadable", "rm -r")
+    shutil.rmtree(partial)
+    assert _kdlab(tmp_path, env, "cache").returncode == 0
+    teacher = tmp_path / "models/teacher.pt"
+    teacher.write_bytes(teacher.read_bytes()[:1000])  # damaged
+    _one_line_failure(_kdlab(tmp_path, env, "student", "--variant", "kd", "--seed", "0"), 1,
+                      "teacher_logits/train.pt was not built from the current models/teacher.pt", "damaged")
+    _one_line_failure(_kdlab(tmp_path, env, "cache"), 1, "models/teacher.pt is unreadable", "dvc repro teacher")
+    db = tmp_path / "mlflow.db"
+    db.write_bytes(b"not a database" * 100)
+    _one_line_failure(_kdlab(tmp_path, env, "student", "--variant", "raw", "--seed", "0"), 1, "mlflow.db")
+
+
+def test_a_full_disk_is_one_line_naming_the_file(in_tmp, monkeypatch, capsys):
+    raw = shipped_with(TINY)
+    (in_tmp / "params.yaml").write_text(yaml.safe_dump(raw))
+
+    def full(obj, f, *a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", full)
+    assert cli.main(["prepare"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot write data/prepared/train.pt (No space left on device)" in err, err
+    assert not list((in_tmp / "data/prepared").glob("*.tmp")) and not list((in_tmp / "data/prepared").glob(".*"))
