@@ -1,4 +1,5 @@
-"""End to end: the real dvc.yaml in a temp git repo on tiny synthetic data, with a real MLflow store."""
+"""End to end: the real dvc.yaml in a temp git repo on tiny synthetic data, with a real MLflow store. The study
+is reproduced once per session (``studied``); the experiment and queue tests work on copies of it."""
 import json
 import os
 import re
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, shipped_with
 
 TINY = {
     "data": {"name": "synthetic", "val_size": 100,
@@ -19,7 +20,8 @@ TINY = {
     "views": {"pad": 1, "flip": True},
     "teacher": {"arch": "resnet8", "width": 0.5, "epochs": 2, "lr": 0.1},
     "student": {"arch": "resnet8", "width": 0.25, "epochs": 1, "lr": 0.1},
-    "train": {"batch_size": 64, "eval_batch_size": 200, "threads": 1},
+    # compile is not the subject here (tests/test_train.py covers it): off, it saves ~20 s a stage
+    "train": {"batch_size": 64, "eval_batch_size": 200, "threads": 1, "compile": False},
     "cache": {"views": 3},
     "study": {"seeds": [0]},
     "parts": {"stages": ["layer2", "layer3"], "cka_images": 64},   # question 2 with two placements
@@ -30,13 +32,10 @@ PRUNED_KD = {"pruned@1.0-prune-0", "pruned@1.0-shape-0", "criteria@random-0"}
 PRUNE_STAGES = {"prune", "pruning", "pruned_raw@1.0-prune-0", "pruned_raw@1.0-shape-0"} | PRUNED_KD
 Q3_RUNS = {"prune.activation.x1.0.kd-0", "prune.activation.x1.0.raw-0", "shape.activation.x1.0.kd-0",
            "shape.activation.x1.0.raw-0", "prune.random.x1.0.kd-0"}
+PROBE = Path(__file__).resolve().parent / "probe"
 
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(base.get(k, {}), v) if isinstance(v, dict) else v
-    return out
+# one module fixture (the reproduced study) for all: the whole module runs in one xdist worker
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e")]
 
 
 def _run(cmd, cwd, env):
@@ -49,31 +48,47 @@ def _ran(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
-@pytest.fixture
-def repo(tmp_path):
-    root = tmp_path / "study"
-    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    for f in ("dvc.yaml", "pyproject.toml", ".gitignore"):
-        shutil.copy(REPO / f, root / f)
-    params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+def _env(root: Path) -> dict:
     env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@t", PYTHONPATH=str(root / "src"),
+               GIT_COMMITTER_EMAIL="t@t", PYTHONPATH=f"{root / 'src'}{os.pathsep}{PROBE}",
+               KDLAB_IMPORTS_LOG=str(root.parent / "imports.jsonl"),
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("DVC_ROOT", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def studied(tmp_path_factory):
+    """The tiny study in a git + DVC repo, reproduced once: (root, env, dvc repro's output)."""
+    root = tmp_path_factory.mktemp("e2e") / "study"
+    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for f in ("dvc.yaml", "pyproject.toml", ".gitignore", ".dvcignore"):
+        shutil.copy(REPO / f, root / f)
+    (root / "params.yaml").write_text(yaml.safe_dump(shipped_with(TINY), sort_keys=False))
+    env = _env(root)
     _run(["git", "init", "-q", "-b", "main"], root, env)
     _run(["dvc", "init", "-q"], root, env)
     _run(["dvc", "config", "core.autostage", "true"], root, env)
     _run(["git", "add", "-A"], root, env)
     _run(["git", "commit", "-qm", "tiny study"], root, env)
+    return root, env, _run(["dvc", "repro"], root, env)
+
+
+@pytest.fixture
+def repo(studied, tmp_path):
+    """A copy of the reproduced study (its MLflow store moves with it), results committed."""
+    root = tmp_path / "study"
+    shutil.copytree(studied[0], root, symlinks=True)
+    env = _env(root)
+    _run(["git", "add", "-A"], root, env)
+    _run(["git", "commit", "-qm", "baseline results"], root, env)
     return root, env
 
 
-def test_repro_then_alpha_experiment(repo):
-    root, env = repo
-    out = _run(["dvc", "repro"], root, env)
-    assert _ran(out) == {"prepare", "teacher", "cache", "baseline@raw-0", "student@kd-0",
+def test_repro_runs_every_stage_into_metrics_report_and_mlflow(studied):
+    root, env, out = studied
+    assert _ran(out) == {"check", "prepare", "teacher", "cache", "baseline@raw-0", "student@kd-0",
                          "student@kd_correct_only-0", "evaluate", "report"} | PARTS_STAGES | PRUNE_STAGES
     for name in ("raw-0", "kd-0", "kd_correct_only-0"):
         m = json.loads((root / f"metrics/students/{name}.json").read_text())
@@ -148,36 +163,35 @@ def test_repro_then_alpha_experiment(repo):
     assert sorted(m.step for m in curve) == [1, 2]
     assert by_role["teacher"][0].data.metrics["best_val_acc"] == max(m.value for m in curve)
 
-    # an experiment on loss.alpha re-runs only the distilled students and evaluate
-    _run(["git", "add", "-A"], root, env)
-    _run(["git", "commit", "-qm", "baseline results"], root, env)
-    out = _run(["dvc", "exp", "run", "-S", "loss.alpha=0.7"], root, env)
-    # (prune reads loss.* for the KD between iterative pruning steps; its output is the same, so the
-    # labels-only pruned students stay)
-    assert _ran(out) == {"student@kd-0", "student@kd_correct_only-0", "evaluate", "report", "prune",
-                         "pruning"} | PARTS_STAGES | PRUNED_KD
-    assert "KD alpha 0.7," in (root / "reports/report.md").read_text()
-    kd_runs = [r for r in client.search_runs([exp.experiment_id], "tags.`kdlab.role` = 'student'")
-               if r.data.params.get("loss.alpha") == "0.7"]
-    assert {r.info.run_name for r in kd_runs} == {"kd-0", "kd_correct_only-0", "fitnet.layer2-0", "fitnet.layer3-0",
-                                                  "init_teacher-0", "init_random-0"} | {
-        r for r in Q3_RUNS if r.endswith(".kd-0")}
-    # the sweep command gathers the committed baseline (alpha 0.5) and the experiment (alpha 0.7)
-    out = _run([sys.executable, "-m", "kdlab", "sweep", "--param", "loss.alpha"], root, env)
-    rows = [line for line in (root / "reports/sweep_loss.alpha.md").read_text().splitlines()
-            if line.startswith("| 0.")]
-    assert [r.split("|")[1].strip() for r in rows] == ["0.5", "0.7"], out
 
 
-def test_parallel_queue_reaches_one_store_once_each(repo):
-    """dvc exp run --queue x3, dvc queue start -j 2: every run in the repo's sqlite store, none twice."""
+def test_stages_list_every_source_file_they_run(studied):
+    """Each stage's deps in dvc.yaml cover every kdlab file its process imported (recorded by tests/probe)."""
+    root, _, _ = studied
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    seen = {}
+    for line in (root.parent / "imports.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec["stage"]:
+            seen.setdefault(rec["stage"], set()).update(
+                Path(f).resolve().relative_to(root).as_posix() for f in rec["files"])
+    assert set(seen) >= {"teacher", "cache", "baseline@raw-0", "student@kd-0", "evaluate", "report", "prune"}, seen
+    missing = {}
+    for stage, files in seen.items():
+        deps = [d for d in stages[stage.split("@")[0]].get("deps", []) if d.startswith("src/")]
+        unlisted = sorted(f for f in files if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps))
+        if unlisted:
+            missing[stage] = unlisted
+    assert not missing, f"stages run src/ files their deps do not list: {missing}"
+
+
+def test_alpha_experiments_in_a_parallel_queue(repo):
+    """dvc exp run --queue -S loss.alpha=... x2, dvc queue start -j 2: each experiment re-runs only what reads
+    loss, every run lands in the repo's sqlite store once, and the sweep gathers them with the baseline."""
     root, env = repo
-    _run(["dvc", "repro"], root, env)
-    _run(["git", "add", "-A"], root, env)
-    _run(["git", "commit", "-qm", "baseline results"], root, env)
-    alphas = ["0.3", "0.6", "0.9"]
+    alphas = ["0.3", "0.9"]
     for a in alphas:
-        _run(["dvc", "exp", "run", "--queue", "-S", f"loss.alpha={a}"], root, env)
+        _run(["dvc", "exp", "run", "--queue", "--name", f"alpha{a[-1]}", "-S", f"loss.alpha={a}"], root, env)
     _run(["dvc", "queue", "start", "-j", "2"], root, env)
     deadline = time.time() + 1500
     while True:
@@ -186,7 +200,7 @@ def test_parallel_queue_reaches_one_store_once_each(repo):
             break
         assert time.time() < deadline, status
         time.sleep(3)
-    assert status.count("Success") == 3, status
+    assert status.count("Success") == len(alphas), status
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
@@ -204,4 +218,18 @@ def test_parallel_queue_reaches_one_store_once_each(repo):
         assert {r.data.tags["dvc.exp_name"] for r in children} == {study[0].info.run_name}
         assert all(r.data.tags["mlflow.parentRunId"] == study[0].info.run_id for r in children)
         assert all(r.info.status == "FINISHED" for r in mine), [(r.info.run_name, r.info.status) for r in mine]
+        # an experiment on loss.alpha re-runs only the distilled students, what gathers them, and the check
+        # (prune reads loss.* for the KD between iterative pruning steps; its output is the same, so the
+        # labels-only pruned students stay; check re-runs on any param, and its stamp is the same)
+        log = _run(["dvc", "queue", "logs", f"alpha{a[-1]}"], root, env)
+        assert _ran(log) == {"check", "student@kd-0", "student@kd_correct_only-0", "evaluate", "report", "prune",
+                             "pruning"} | PARTS_STAGES | PRUNED_KD, log[-3000:]
     _run(["dvc", "queue", "stop"], root, env)
+    _run(["dvc", "exp", "apply", "alpha9"], root, env)
+    assert "KD alpha 0.9," in (root / "reports/report.md").read_text()
+    # the sweep command gathers the committed baseline (alpha 0.5) and the experiments
+    out = _run([sys.executable, "-m", "kdlab", "sweep", "--param", "loss.alpha"], root, env)
+    rows = [line for line in (root / "reports/sweep_loss.alpha.md").read_text().splitlines()
+            if line.startswith("| 0.")]
+    assert [r.split("|")[1].strip() for r in rows] == ["0.3", "0.5", "0.9"], out
+

@@ -1,0 +1,28 @@
+"""dvc.lock matches the committed code and params (issue 14, class 9)."""
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_a_fresh_clone_has_no_code_or_params_dependency_modified(tmp_path):
+    """dvc.lock was recorded over the committed code and params: in a clone of HEAD, `dvc status` may report
+    outputs that are not pulled, never a src/ file or a param as changed."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True, timeout=120)
+    env = dict(os.environ, DVC_NO_ANALYTICS="1")
+    res = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=clone, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    changed = {}
+    for stage, entries in json.loads(res.stdout or "{}").items():
+        for entry in entries:
+            if not isinstance(entry, dict):  # "changed command", "always changed": the stage itself
+                changed.setdefault(stage, []).append(entry)
+                continue
+            for path, what in entry.get("changed deps", {}).items():
+                if path.startswith("src/") or path.startswith("params.yaml"):
+                    changed.setdefault(stage, []).append((path, what))
+    assert not changed, changed
