@@ -8,7 +8,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup data-package repro test bench sweep ui clean-venv
+.PHONY: setup data-package repro test test-fast bench sweep ui clean-venv
 
 setup: $(STAMP) data-package
 
@@ -31,8 +31,14 @@ data-package:
 repro: setup
 	dvc repro
 
+# two workers (one per core; each test process and the stages it starts use one torch thread): the
+# end-to-end study runs in one of them while the rest of the suite runs in the other
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15
+
+# the inner loop: everything but the end-to-end and multi-process tests (marked slow)
+test-fast: setup
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not slow"
 
 # training throughput, kdlab vs DataLoader+PIL vs torchdistill (metrics/bench.json, metrics/bench.md)
 bench: setup
