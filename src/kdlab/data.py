@@ -68,12 +68,16 @@ def _read_idx(path: Path) -> np.ndarray:
 DOWNLOAD_TIMEOUT = 60.0
 
 
+def _timeout() -> float:
+    return float(os.environ.get("KDLAB_DOWNLOAD_TIMEOUT", DOWNLOAD_TIMEOUT))
+
+
 @contextmanager
 def _download_timeout():
     """torchvision's downloads (urllib) wait forever on a stalled connection (a proxy that accepts and never
     answers); a socket timeout turns that into an error, reported by :func:`_network_error`."""
     before = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(float(os.environ.get("KDLAB_DOWNLOAD_TIMEOUT", DOWNLOAD_TIMEOUT)))
+    socket.setdefaulttimeout(_timeout())
     try:
         yield
     finally:
@@ -83,7 +87,8 @@ def _download_timeout():
 def _network_error(name: str, root: Path, files: str, err: Exception) -> DataError:
     return DataError(
         f"could not download {name} into {root} ({type(err).__name__}: {err}). This machine seems to have no "
-        f"network, or it stalled (no answer within KDLAB_DOWNLOAD_TIMEOUT={os.environ.get('KDLAB_DOWNLOAD_TIMEOUT', DOWNLOAD_TIMEOUT)} s). Copy {files} into {root}/ on a machine with one and rerun `kdlab prepare` (torchvision "
+        f"network, or it stalled (no answer within KDLAB_DOWNLOAD_TIMEOUT={_timeout()} s). Copy {files} "
+        f"into {root}/ on a machine with one and rerun `kdlab prepare` (torchvision "
         f"checks the files' MD5 and skips the download), or use data.name=fashion_mnist, which is read from "
         f"the Debian package dataset-fashion-mnist ({FASHION_MNIST_DEB_DIR}).")
 
@@ -159,7 +164,7 @@ def prepare(p, out: Path = PREPARED) -> dict:
 
     raw = DATASETS[p.name](p)
     n = len(raw.train_labels)
-    val_size = p.val_size if p.name != "synthetic" else min(p.val_size, n // 5)
+    val_size = split_sizes(p)["val"]
     if val_size >= n:
         raise DataError(f"data.val_size={p.val_size} leaves no training images (the training set has {n})")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(p.split_seed))
@@ -188,16 +193,22 @@ def prepare(p, out: Path = PREPARED) -> dict:
     return meta
 
 
-def expected_meta(d) -> dict:
-    """What meta.json must say for the prepared data to be ``d``'s (the split seed is not recorded there)."""
+def split_sizes(d) -> dict[str, int]:
+    """Images in the train and val splits (and test, for synthetic data) that :func:`prepare` makes from ``d``:
+    synthetic data keep at most a fifth of their training images for validation."""
     if d.name == "synthetic":
         s = d.synthetic
         val = min(d.val_size, s.n_train // 5)
-        return {"dataset": d.name, "classes": s.classes, "channels": s.channels, "image_size": s.image_size,
-                "sizes": {"train": s.n_train - val, "val": val, "test": s.n_test}}
-    channels, size, n_train = SHAPES[d.name]
-    return {"dataset": d.name, "classes": CLASSES[d.name], "channels": channels, "image_size": size,
-            "sizes": {"train": n_train - d.val_size, "val": d.val_size}}
+        return {"train": s.n_train - val, "val": val, "test": s.n_test}
+    return {"train": SHAPES[d.name][2] - d.val_size, "val": d.val_size}
+
+
+def expected_meta(d) -> dict:
+    """What meta.json must say for the prepared data to be ``d``'s (the split seed is not recorded there)."""
+    s = d.synthetic
+    channels, size, _ = SHAPES.get(d.name, (s.channels, s.image_size, s.n_train))
+    return {"dataset": d.name, "classes": CLASSES.get(d.name, s.classes), "channels": channels, "image_size": size,
+            "sizes": split_sizes(d)}
 
 
 def load_prepared(expected=None, root: Path = PREPARED, splits=SPLITS) -> tuple[dict, dict[str, dict]]:

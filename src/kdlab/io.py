@@ -19,6 +19,12 @@ class StageError(RuntimeError):
     CLI prints its one-line message, which names the file and the command that fixes it, and exits 1."""
 
 
+def first_line(e: BaseException) -> str:
+    """An exception's first line (some libraries' messages run to pages), for a one-line error."""
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
 def _atomic(path: Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,9 +96,8 @@ def load_torch(path, rebuild_hint: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # weights_only refused a global: not a file kdlab wrote
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise StageError(f"{path} holds objects other than tensors and plain data, so it was not loaded "
-                         f"({first}); delete it and rebuild it with `{rebuild_hint}`") from None
+                         f"({first_line(e)}); delete it and rebuild it with `{rebuild_hint}`") from None
     except Exception as e:  # truncated or corrupted file
         raise StageError(f"{path} is unreadable ({type(e).__name__}: {e}); rebuild it with `{rebuild_hint}`") from None
 

@@ -282,7 +282,9 @@ def validate(p: Params) -> Params:
     if t.batch_size % t.nproc:
         raise ParamsError("train.batch_size", f"{t.batch_size} does not divide by train.nproc={t.nproc} "
                           f"(each process takes an equal slice of every batch)")
-    last = train_size(p.data) % t.batch_size
+    from kdlab.data import split_sizes
+
+    last = split_sizes(p.data)["train"] % t.batch_size
     if 0 < last < t.nproc:
         raise ParamsError("train.batch_size", f"{t.batch_size} leaves a last batch of {last} training images, "
                           f"fewer than train.nproc={t.nproc}; choose another batch size or data.val_size")
@@ -365,16 +367,6 @@ def _seed(key: str, value: int) -> None:
         raise ParamsError(key, f"must be in [0, 2**32), got {value}")
 
 
-def train_size(d: DataParams) -> int:
-    """Images in the training split that ``kdlab prepare`` makes from ``d``."""
-    from kdlab.data import SHAPES
-
-    if d.name == "synthetic":
-        n = d.synthetic.n_train
-        return n - min(d.val_size, n // 5)
-    return SHAPES[d.name][2] - d.val_size
-
-
 def check_with_models(p: Params, raw_methods: dict | None = None, source: str = "params.yaml") -> Params:
     """The checks that need torch: every method's options (not only study.variants': the question-2 and -3
     stages build others), the device, and what the teacher and student architectures must have: the stages
@@ -382,14 +374,13 @@ def check_with_models(p: Params, raw_methods: dict | None = None, source: str = 
     ``raw_methods`` (the file's ``methods`` mapping), every option of every method must be set there."""
     import torch
 
-    from kdlab import distill
+    from kdlab import distill, runtime
     from kdlab.data import CLASSES, SHAPES
     from kdlab.features import check_paths
     from kdlab.models import build, count_params
     from kdlab.surgery import keep_blocks
 
-    if p.train.device == "cuda" and not torch.cuda.is_available():
-        raise ParamsError("train.device", "cuda was asked for but torch.cuda.is_available() is False; use auto or cpu")
+    runtime.device(p.train.device)  # cuda without a GPU
     methods = {name: distill.build(name, p) for name in distill.names()}  # each checks its options
     if raw_methods is not None:
         for m in methods.values():
@@ -404,11 +395,11 @@ def check_with_models(p: Params, raw_methods: dict | None = None, source: str = 
     with torch.device("meta"):  # shapes and parameter counts only: nothing is allocated
         teacher = build(p.teacher.arch, channels, classes, p.teacher.width)
         student = build(p.student.arch, channels, classes, p.student.width)
-        for name in ("fitnet", "at"):
+        taps = {f"methods.{m.options_name}.stages": m.opts.stages
+                for m in methods.values() if hasattr(m.opts, "stages")}
+        for key, paths in {**taps, "parts.stages": p.parts.stages}.items():
             for role, model in (("teacher", teacher), ("student", student)):
-                check_paths(model, methods[name].opts.stages, f"methods.{name}.stages", role)
-        for role, model in (("teacher", teacher), ("student", student)):
-            check_paths(model, p.parts.stages, "parts.stages", role)
+                check_paths(model, paths, key, role)
         keep_blocks(teacher, methods["init_teacher"].blocks(teacher), "methods.init_teacher.keep")
         carved = keep_blocks(teacher, p.prune.keep, "prune.keep") if p.prune.keep else teacher
         unit, largest = count_params(student), count_params(carved)

@@ -13,7 +13,7 @@ import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 
-from kdlab.io import StageError
+from kdlab.io import StageError, first_line
 
 EXPERIMENT = os.environ.get("KDLAB_EXPERIMENT", "kdlab")
 
@@ -72,13 +72,11 @@ def _client():
             client = MlflowClient(tracking_uri=uri)
             exp_id = _experiment_id(client)
         except Exception as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             if uri.startswith("sqlite:///"):
-                db = uri[len("sqlite:///"):].split("?", 1)[0]
-                raise TrackingError(f"{db} is not a usable MLflow store ({type(e).__name__}: {first}); move it "
-                                    f"aside (mv {db} {db}.bad) and rerun to start a new one") from None
-            raise TrackingError(f"cannot reach the MLflow tracking store {uri} ({type(e).__name__}: {first}); "
-                                f"start it, or unset MLFLOW_TRACKING_URI to use the repo's sqlite store") from None
+                raise _unusable(uri[len("sqlite:///"):].split("?", 1)[0], e) from None
+            raise TrackingError(f"cannot reach the MLflow tracking store {uri} ({type(e).__name__}: "
+                                f"{first_line(e)}); start it, or unset MLFLOW_TRACKING_URI to use the repo's sqlite "
+                                f"store") from None
         if not os.environ.get("MLFLOW_TRACKING_URI"):
             import sqlite3
 
@@ -87,9 +85,13 @@ def _client():
                     db.execute("PRAGMA journal_mode=WAL")
                     _relocate(db)
             except sqlite3.Error as e:
-                raise TrackingError(f"{_db_path()} is not a usable MLflow store ({e}); move it aside "
-                                    f"(mv {_db_path()} {_db_path()}.bad) and rerun to start a new one") from None
+                raise _unusable(_db_path(), e) from None
     return client, exp_id
+
+
+def _unusable(db, e: Exception) -> TrackingError:
+    return TrackingError(f"{db} is not a usable MLflow store ({type(e).__name__}: {first_line(e)}); move it aside "
+                         f"(mv {db} {db}.bad) and rerun to start a new one")
 
 
 #: the tables and columns where MLflow's sqlite store keeps absolute artifact locations
@@ -108,9 +110,9 @@ def _relocate(db) -> None:
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     for table, column in _LOCATIONS:
         if table in tables:
+            pattern = old.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%"
             db.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE {column} = ? "
-                       f"OR {column} LIKE ? ESCAPE '\\'",
-                       (here, len(old) + 1, old, old.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%"))
+                       f"OR {column} LIKE ? ESCAPE '\\'", (here, len(old) + 1, old, pattern))
     print(f"kdlab: {_db_path()} came from another place ({old}); its artifact locations now point at {here}")
 
 
@@ -234,9 +236,8 @@ def _logging(what: str, run_id: str | None = None):
     except TrackingError:
         raise
     except Exception as e:
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
         raise TrackingError(f"MLflow could not log {what}{f' to run {run_id}' if run_id else ''} of "
-                            f"{tracking_uri()} ({type(e).__name__}: {first}); fix the store (or its artifact "
+                            f"{tracking_uri()} ({type(e).__name__}: {first_line(e)}); fix the store (or its artifact "
                             f"directory) and rerun the stage: it resumes from its checkpoint") from None
 
 
