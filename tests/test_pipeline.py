@@ -34,7 +34,7 @@ Q3_RUNS = {"prune.activation.x1.0.kd-0", "prune.activation.x1.0.raw-0", "shape.a
            "shape.activation.x1.0.raw-0", "prune.random.x1.0.kd-0"}
 PROBE = Path(__file__).resolve().parent / "probe"
 
-# one module fixture (the reproduced study) for all: the whole module runs in one xdist worker
+# one fixture (the reproduced study) for all: the whole module runs in one xdist worker
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e")]
 
 
@@ -58,9 +58,11 @@ def _env(root: Path) -> dict:
     return env
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def studied(tmp_path_factory):
-    """The tiny study in a git + DVC repo, reproduced once: (root, env, dvc repro's output)."""
+    """The tiny study in a git + DVC repo, reproduced once: (root, env, dvc repro's output). Session-scoped:
+    a worker that runs other modules' tests between this module's would tear a module fixture down and
+    reproduce the study again (seen: twice 300 s)."""
     root = tmp_path_factory.mktemp("e2e") / "study"
     shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     for f in ("dvc.yaml", "pyproject.toml", ".gitignore", ".dvcignore"):
