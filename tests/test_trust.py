@@ -141,7 +141,8 @@ def _load(tmp_path, over: dict):
 
 BAD = [
     ({"loss": {"temperature": float("nan")}}, "loss.temperature", "finite"),
-    ({"train": {"warmup": float("inf")}}, "train.warmup", "finite"),
+    ({"teacher": {"lr": float("inf")}}, "teacher.lr", "finite"),
+    ({"train": {"weight_decay": float("nan")}}, "train.weight_decay", "finite"),
     ({"methods": {"dkd": {"beta": float("-inf")}}}, "methods.dkd.beta", "finite"),
     # stages the architectures lack
     ({"parts": {"stages": ["layer4"]}}, "parts.stages[0]", "has no stage 'layer4'"),
