@@ -59,3 +59,14 @@ def study_dir(path: Path, raw: dict, tracking: str | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
     return dict(env, PYTHONPATH=str(REPO / "src"), PYTHONUNBUFFERED="1",
                 MLFLOW_TRACKING_URI=tracking or f"sqlite:///{path / 'mlflow.db'}")
+
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    """Under `make test` (xdist, --dist loadgroup): the end-to-end module is one group, everything else
+    another, so each worker runs one of them from start to end (the two take about as long; otherwise the
+    end-to-end worker also takes a share of the rest and finishes last). Without xdist the marks do nothing."""
+    for item in items:
+        if not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group("rest"))
