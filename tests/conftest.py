@@ -66,7 +66,10 @@ def study_dir(path: Path, raw: dict, tracking: str | None = None) -> dict:
 def pytest_collection_modifyitems(config, items):
     """Under `make test` (xdist, --dist loadgroup): the end-to-end module is one group, everything else
     another, so each worker runs one of them from start to end (the two take about as long; otherwise the
-    end-to-end worker also takes a share of the rest and finishes last). Without xdist the marks do nothing."""
+    end-to-end worker also takes a share of the rest and finishes last). Without the end-to-end tests (make
+    test-fast) the rest is shared between the workers; without xdist the marks do nothing."""
+    if not any(item.get_closest_marker("xdist_group") for item in items):
+        return
     for item in items:
         if not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group("rest"))
