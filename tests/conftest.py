@@ -68,8 +68,8 @@ def pytest_collection_modifyitems(config, items):
     another, so each worker runs one of them from start to end (the two take about as long; otherwise the
     end-to-end worker also takes a share of the rest and finishes last). Without the end-to-end tests (make
     test-fast) the rest is shared between the workers; without xdist the marks do nothing."""
-    if not any(item.get_closest_marker("xdist_group") for item in items):
-        return
+    if config.getoption("markexpr") or not any(item.get_closest_marker("xdist_group") for item in items):
+        return  # a selection by marks (-m "not slow") runs before deselection, so it cannot be told here
     for item in items:
         if not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group("rest"))
