@@ -3,7 +3,9 @@
     PYTHONPATH=src python3 scripts/gpu_bench.py               # on the GPU machine, under 8 minutes
     PYTHONPATH=src python3 scripts/gpu_bench.py --smoke       # tiny sizes on the CPU: checks the script runs
 
-Imports only torch, torchvision and kdlab modules that need nothing else. Prints:
+Imports torch, torchvision, tqdm, PyYAML and kdlab (no dvc, mlflow or network: the GPU machine has these). Every
+training step is kdlab's own :func:`kdlab.train.step` with kdlab's methods (raw, kd, kd_online), as training runs
+it. Prints:
 1. CIFAR-shaped data (50,000 uint8 images generated on the device): ResNet-50 teacher forward and ResNet-18
    student steps (raw, cached KD, online KD), eager and torch.compile'd (compile time apart), images/s,
    seconds per 50k-image epoch and the fraction of the GPU's peak dense bf16 FLOP/s;
@@ -17,12 +19,14 @@ import argparse
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
-import torch.nn.functional as F
 
-from kdlab import models, views
+from kdlab import distill, models, views
 from kdlab.loader import Normalize, TrainBatches
+from kdlab.params import LossParams, TrainParams
+from kdlab.train import make_optimizer, make_schedule, step
 
 #: peak dense bf16 tensor FLOP/s by device name fragment (vendor data sheets)
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
@@ -47,40 +51,24 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def kd_loss(s, t, y, alpha=0.5, temp=4.0):
-    log_s, log_t = F.log_softmax(s.float() / temp, 1), F.log_softmax(t.float() / temp, 1)
-    kl = (log_t.exp() * (log_t - log_s)).sum(1).mean() * temp ** 2
-    return (1 - alpha) * F.cross_entropy(s, y) + alpha * kl
+def method(variant: str, student, teacher, example):
+    """kdlab's method ``variant`` (alpha 0.5, temperature 4, as the shipped params), attached to ``student``."""
+    m = distill.build(variant, SimpleNamespace(loss=LossParams(0.5, 4.0), methods={}, train=TrainParams()))
+    m.attach(student, teacher if m.uses_teacher_model else None, example)
+    return m.to(example.device)
 
 
-def train_step(forward, opt, batch, amp, teacher=None, cached: bool = False) -> None:
-    """One SGD step: CE on the labels, or KD from the cached logits (``cached``) or the online ``teacher``."""
-    with amp:
-        s = forward(batch.images)
-        if cached:
-            loss = kd_loss(s, batch.teacher_logits, batch.labels)
-        elif teacher is not None:
-            with torch.no_grad():
-                t = teacher(batch.images)
-            loss = kd_loss(s, t, batch.labels)
-        else:
-            loss = F.cross_entropy(s, batch.labels)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-
-
-def rate(step, batches, steps: int, batch_size: int, device, warmup: int = 3) -> tuple[float, float]:
+def rate(one_step, batches, steps: int, batch_size: int, device, warmup: int = 3) -> tuple[float, float]:
     """(images/s over ``steps`` steps, seconds of the warm-up steps: compile time for compiled models)."""
     it = iter(batches)
     start = time.perf_counter()
     for _ in range(warmup):
-        step(next(it))
+        one_step(next(it))
     sync(device)
     warm = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(steps):
-        step(next(it))
+        one_step(next(it))
     sync(device)
     return steps * batch_size / (time.perf_counter() - start), warm
 
@@ -103,6 +91,7 @@ def throughput(args, device) -> dict:
     cached = torch.randn(n, table.shape[1], 10, device=device).half()  # the cache's layout; values do not matter
     batches = TrainBatches(images, labels, norm, bs, 4, table, seed=0, teacher_logits=cached)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    precision = "bf16" if device.type == "cuda" else "fp32"
     mf = torch.channels_last if cl else torch.contiguous_format
     teacher = models.build(args.teacher, 3, 10).to(device, memory_format=mf).eval().requires_grad_(False)
     out = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "images": n, "batch": bs}
@@ -124,13 +113,14 @@ def throughput(args, device) -> dict:
             student = models.build(args.student, 3, 10).to(device, memory_format=mf)
             student_flops = student_flops or step_flops(student, (3, 32, 32), device, train=True)
             student.train()
-            fwd = torch.compile(student) if compiled else student
-            opt = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+            m = method(variant, student, teacher, norm(images[:8]))
+            forward = torch.compile(m, dynamic=False) if compiled else m  # as kdlab.train.fit compiles
+            opt = make_optimizer(student.parameters(), 0.05, TrainParams())
 
-            def step(b, variant=variant, fwd=fwd, opt=opt):
-                train_step(fwd, opt, b, amp, teacher if variant == "kd_online" else None, cached=variant == "kd")
+            def one_step(b, forward=forward, student=student, opt=opt):
+                step(lambda b: forward(student, b), b, opt, device=device, precision=precision)
 
-            r, warm = rate(step, cycle(batches.epoch), args.steps, bs, device)
+            r, warm = rate(one_step, cycle(batches.epoch), args.steps, bs, device)
             key = f"{variant}{'_compiled' if compiled else ''}"
             mfu = r * student_flops / peak if peak else None
             out[key] = {"images_per_s": r, "epoch_seconds_50k": 50_000 / r, "warmup_seconds": warm, "mfu": mfu}
@@ -154,6 +144,8 @@ def real_run(args, device) -> dict | None:
     images, labels = tr["images"][:n].to(device), tr["labels"][:n].to(device)
     test_x, test_y = split["test"]["images"].to(device), split["test"]["labels"].to(device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    precision = "bf16" if device.type == "cuda" else "fp32"
+    tp = TrainParams()  # SGD, momentum 0.9, nesterov, weight decay 5e-4, one-cycle with 20% warm-up
     out = {}
 
     def train(arch, width, epochs, teacher=None):
@@ -161,16 +153,15 @@ def real_run(args, device) -> dict | None:
         model = models.build(arch, meta["channels"], meta["classes"], width).to(device)
         table = views.view_table(n, 2, True, "all", 0)
         batches = TrainBatches(images, labels, norm, args.batch, 2, table, seed=0)
-        opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9, nesterov=True, weight_decay=5e-4)
-        steps = epochs * len(batches)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.2, total_steps=steps, pct_start=0.2)
+        m = method("kd_online" if teacher is not None else "raw", model, teacher, norm(images[:8]))
+        opt = make_optimizer(model.parameters(), 0.2, tp)
+        sched = make_schedule(opt, epochs * len(batches), tp)
         sync(device)
         start = time.perf_counter()
         for epoch in range(1, epochs + 1):
             model.train()
             for b in batches.epoch(epoch):
-                train_step(model, opt, b, amp, teacher)
-                sched.step()
+                step(lambda b: m(model, b), b, opt, sched, device=device, precision=precision)
         sync(device)
         seconds = time.perf_counter() - start
         model.eval()

@@ -39,6 +39,25 @@ def shipped_with(over: dict) -> dict:
     return merge(yaml.safe_load((REPO / "params.yaml").read_text()), over)
 
 
+#: the tiny synthetic study the tests train (seconds per stage on 2 cores); :func:`tiny` varies it
+TINY = {
+    "data": {"name": "synthetic", "val_size": 100,
+             "synthetic": {"n_train": 500, "n_test": 100, "image_size": 10, "channels": 1, "classes": 3}},
+    "views": {"pad": 1},
+    "teacher": {"arch": "resnet8", "width": 0.5, "epochs": 2, "lr": 0.05},
+    "student": {"arch": "resnet8", "width": 0.25, "epochs": 1, "lr": 0.05},
+    # compile is not the subject of most tests (tests/test_train.py covers it): off, it saves ~20 s a stage
+    "train": {"batch_size": 50, "eval_batch_size": 200, "threads": 1, "compile": False},
+    "cache": {"views": 2},
+}
+
+
+def tiny(over: dict | None = None) -> dict:
+    """A complete params mapping of a tiny synthetic study: the shipped params.yaml, then :data:`TINY`, then
+    ``over`` merged in section by section."""
+    return merge(shipped_with(TINY), over or {})
+
+
 def study_dir(path: Path, raw: dict, tracking: str | None = None) -> dict:
     """A study directory: the shipped params with ``raw`` merged in as its params.yaml, and its data prepared.
     Returns the environment to run ``python -m kdlab`` in it: this checkout's sources, no torchrun variables,
@@ -46,6 +65,7 @@ def study_dir(path: Path, raw: dict, tracking: str | None = None) -> dict:
     import yaml
 
     from kdlab import data, params
+    from kdlab.workspace import PREPARED
 
     raw = shipped_with(raw)
     path.mkdir(parents=True, exist_ok=True)
@@ -53,7 +73,7 @@ def study_dir(path: Path, raw: dict, tracking: str | None = None) -> dict:
     cwd = os.getcwd()
     os.chdir(path)
     try:
-        data.prepare(params.from_dict(raw).data)
+        data.prepare(params.from_dict(raw).data, PREPARED)
     finally:
         os.chdir(cwd)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}

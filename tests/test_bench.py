@@ -6,30 +6,23 @@ import sys
 
 import yaml
 
-from conftest import REPO, shipped_with
-from kdlab import bench, cli, data, params, runtime
+from conftest import REPO, shipped_with, tiny
+from kdlab import bench, cli, data, params, runtime, workspace
 
-TINY = {
-    "data": {"name": "synthetic", "val_size": 40,
-             "synthetic": {"n_train": 200, "n_test": 40, "image_size": 10, "channels": 1, "classes": 3}},
-    "views": {"pad": 1},
-    "teacher": {"arch": "resnet8", "width": 0.5},
-    "student": {"arch": "resnet8", "width": 0.25},
-    "train": {"batch_size": 16, "threads": 1},
-    "cache": {"views": 2},
-}
+TINY = tiny({"data": {"val_size": 40, "synthetic": {"n_train": 200, "n_test": 40}},
+             "train": {"batch_size": 16, "eval_batch_size": 1024, "compile": "auto"}})
 
 
 def test_bench_quick_measures_every_row(in_tmp, capsys):
     (in_tmp / "params.yaml").write_text(yaml.safe_dump(shipped_with(TINY)))
     assert cli.main(["bench", "--quick", "--workers", "0"]) == 0
-    result = json.loads((in_tmp / bench.BENCH_JSON).read_text())
+    result = json.loads((in_tmp / workspace.BENCH_JSON).read_text())
     # every row measured, but for fp32 compiled steps on CPUs where they crash (said in the table)
     assert set(result["images_per_second"]) | set(result["skipped"]) == set(bench.ROWS), result
     assert set(result["skipped"]) <= {"kd_compiled"}
     assert bool(result["skipped"]) == (not runtime.bf16_cpu())
     assert all(v > 0 for v in result["images_per_second"].values())
-    table = (in_tmp / bench.BENCH_MD).read_text()
+    table = (in_tmp / workspace.BENCH_MD).read_text()
     for label in bench.ROWS.values():
         assert f"| {label} |" in table
     assert "not installed" not in table
@@ -37,7 +30,7 @@ def test_bench_quick_measures_every_row(in_tmp, capsys):
 
 
 def test_gpu_script_smoke_run_on_the_cpu(in_tmp):
-    data.prepare(params.from_dict(TINY).data)  # data/prepared, as the GPU machine gets it carried over
+    data.prepare(params.from_dict(TINY).data, workspace.PREPARED)  # data/prepared, as the GPU machine gets it carried over
     out = in_tmp / "gpu.json"
     res = subprocess.run([sys.executable, str(REPO / "scripts/gpu_bench.py"), "--smoke", "--no-compile",
                           "--prepared", str(in_tmp / "data/prepared"), "--out", str(out)],

@@ -24,7 +24,7 @@ def test_cached_logits_equal_recomputed_teacher_logits():
         torch.testing.assert_close(cached[i, k].float(), expected, atol=2e-2, rtol=1e-2)  # fp16 storage
 
 
-def test_student_batches_carry_the_logits_of_the_views_they_render():
+def test_train_batches_carry_the_logits_of_the_views_they_render():
     """The loader hands each image the cached logits of exactly the view it rendered."""
     images = torch.randint(0, 256, (9, 1, 6, 6), dtype=torch.uint8)
     labels = torch.arange(9) % 3

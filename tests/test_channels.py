@@ -1,4 +1,4 @@
-"""Question 3's pruning (kdlab.prune over torch-pruning): target sizes, exactness at ratio 0, every criterion
+"""Question 3's pruning (kdlab.channels over torch-pruning): target sizes, exactness at ratio 0, every criterion
 against a deliberately dead channel, iterative pruning, and rebuilding a pruned model from its history."""
 import copy
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdlab import models, prune
+from kdlab import channels, models
 from kdlab.models import count_params
 from kdlab.params import ParamsError
 
@@ -44,7 +44,7 @@ def test_pruning_meets_the_target_within_one_channel_group_and_trains():
     teacher = _teacher()
     before = copy.deepcopy(teacher.state_dict())
     target = count_params(teacher) // 4
-    pruned, history, ratio = prune.prune_to(teacher, "l1", target, _calib())
+    pruned, history, ratio = channels.prune_to(teacher, "l1", target, _calib())
     n = count_params(pruned)
     assert n <= target
     assert target - n < _largest_channel_group(teacher)
@@ -59,8 +59,8 @@ def test_pruning_meets_the_target_within_one_channel_group_and_trains():
 def test_ratio_zero_is_the_teacher_exactly():
     teacher = _teacher()
     x = torch.randn(5, 1, 12, 12)
-    for model in (prune.prune_at(teacher, "taylor", 0.0, _calib())[0],
-                  prune.prune_to(teacher, "l1", count_params(teacher), _calib())[0]):
+    for model in (channels.prune_at(teacher, "taylor", 0.0, _calib())[0],
+                  channels.prune_to(teacher, "l1", count_params(teacher), _calib())[0]):
         assert count_params(model) == count_params(teacher)
         with torch.no_grad():
             assert torch.equal(model.eval()(x), teacher(x))
@@ -75,7 +75,7 @@ def test_each_criterion_prunes_a_dead_channel_first(criterion):
         block.bn1.weight[c] = 0
         block.bn1.bias[c] = 0
         block.conv2.weight[:, c] = 0
-    pruned, _, _ = prune.prune_to(teacher, criterion, count_params(teacher) - 1, _calib())
+    pruned, _, _ = channels.prune_to(teacher, criterion, count_params(teacher) - 1, _calib())
     assert pruned.layer2[0].conv1.out_channels == block.conv1.out_channels - 1   # exactly one channel went
     keep = [i for i in range(block.conv1.out_channels) if i != c]
     assert torch.equal(pruned.layer2[0].conv1.weight, block.conv1.weight[keep])   # and it was channel 5
@@ -93,25 +93,25 @@ def test_iterative_pruning_reaches_the_target_and_replays_from_its_history():
             for p_ in model.parameters():
                 p_.mul_(1.01)
 
-    pruned, histories = prune.prune_iteratively(teacher, "activation", target, _calib(), steps=3, between=between)
+    pruned, histories = channels.prune_iteratively(teacher, "activation", target, _calib(), steps=3, between=between)
     assert count_params(pruned) <= target and len(histories) == 3
     assert len(sizes) == 2 and count_params(teacher) > sizes[0] > sizes[1] > count_params(pruned)
     # a fresh model of the teacher's architecture, given the recorded history, takes the pruned weights
-    fresh = prune.replay(models.build("resnet20", 1, 3, 0.5), histories, torch.zeros(2, 1, 12, 12))
+    fresh = channels.replay(models.build("resnet20", 1, 3, 0.5), histories, torch.zeros(2, 1, 12, 12))
     fresh.load_state_dict(pruned.state_dict())
     x = torch.randn(3, 1, 12, 12)
     with torch.no_grad():
         assert torch.equal(fresh.eval()(x), pruned.eval()(x))
-    profile = prune.channel_profile(teacher, pruned)
+    profile = channels.channel_profile(teacher, pruned)
     assert profile["conv1"][1] == 8 and all(k <= n for k, n in profile.values())
-    stage = prune.stage_profile(profile, teacher)
-    assert list(stage) == ["stem", "layer1", "layer2", "layer3"] and all(0 < v <= 1 for v in stage.values())
+    kept = channels.layer_profile(profile, teacher)
+    assert list(kept) == ["stem", "layer1", "layer2", "layer3"] and all(0 < v <= 1 for v in kept.values())
 
 
 def test_unknown_criterion_and_unreachable_target_name_the_key():
     with pytest.raises(ParamsError) as e:
-        prune.importance("l3")
+        channels.importance("l3")
     assert e.value.key == "prune.criterion" and "bn_scale" in str(e.value)
     with pytest.raises(ParamsError) as e:
-        prune.prune_to(_teacher(), "l1", 10, _calib(), max_ratio=0.5)
+        channels.prune_to(_teacher(), "l1", 10, _calib(), max_ratio=0.5)
     assert e.value.key == "prune.max_ratio"

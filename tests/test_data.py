@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from kdlab import data, params
+from kdlab import data, params, workspace
 
 
 def test_synthetic_prepare_and_checksums(in_tmp):
     p = params.from_dict({"data": {"name": "synthetic", "val_size": 100}})
-    meta = data.prepare(p.data)
+    meta = data.prepare(p.data, workspace.PREPARED)
     assert meta["sizes"] == {"train": 500, "val": 100, "test": 200}
-    loaded_meta, splits = data.load_prepared()
+    loaded_meta, splits = data.load_prepared(workspace.PREPARED)
     assert loaded_meta == meta
     assert splits["train"]["images"].dtype == torch.uint8
     assert splits["train"]["images"].shape == (500, 1, 12, 12)
@@ -25,13 +25,13 @@ def test_synthetic_prepare_and_checksums(in_tmp):
 
 
 def test_corrupted_prepared_file_is_detected(in_tmp):
-    data.prepare(params.from_dict({"data": {"name": "synthetic"}}).data)
+    data.prepare(params.from_dict({"data": {"name": "synthetic"}}).data, workspace.PREPARED)
     path = in_tmp / "data/prepared/val.pt"
     blob = bytearray(path.read_bytes())
     blob[-10] ^= 0xFF
     path.write_bytes(bytes(blob))
     with pytest.raises(data.DataError, match="val.pt.*dvc repro -f prepare"):
-        data.load_prepared()
+        data.load_prepared(workspace.PREPARED)
 
 
 def test_read_idx_roundtrip(tmp_path):
@@ -76,7 +76,7 @@ def test_cifar10_through_torchvision_download_path(in_tmp, monkeypatch):
     monkeypatch.setattr(tv_cifar.CIFAR10, "_check_integrity", lambda self: (in_tmp / "data/raw/cifar-10-batches-py/test_batch").exists())
     monkeypatch.setattr(tv_cifar, "check_integrity", lambda *a, **k: True)
     p = params.from_dict({"data": {"name": "cifar10", "val_size": 6}})
-    meta = data.prepare(p.data)
+    meta = data.prepare(p.data, workspace.PREPARED)
     assert calls and "cifar-10-python.tar.gz" in calls[0]
     assert meta["classes"] == 10 and meta["channels"] == 3 and meta["image_size"] == 32
     assert meta["sizes"] == {"train": 24, "val": 6, "test": 6}
@@ -90,7 +90,7 @@ def test_cifar_without_network_says_so(in_tmp, monkeypatch):
 
     monkeypatch.setattr(tv_cifar, "download_and_extract_archive", no_network)
     with pytest.raises(data.DataError) as e:
-        data.prepare(params.from_dict({"data": {"name": "cifar100"}}).data)
+        data.prepare(params.from_dict({"data": {"name": "cifar100"}}).data, workspace.PREPARED)
     msg = str(e.value)
     assert "CIFAR-100" in msg and "no network" in msg and "cifar-100-python.tar.gz" in msg
 

@@ -8,30 +8,29 @@ import pytest
 import torch
 import yaml
 
-from conftest import study_dir
+from conftest import merge, study_dir, tiny
 from kdlab import views
 from kdlab.loader import Normalize, TrainBatches
 
-TINY = {
+TINY = tiny({
     # 1501 training images: the last batch of an epoch (29) splits unevenly, 15 and 14. One process trains on
     # it in fp32 too, which crashed oneDNN before kdlab.train gave fp32 batches row-major strides
-    "data": {"name": "synthetic", "val_size": 99,
-             "synthetic": {"n_train": 1600, "n_test": 100, "image_size": 12, "channels": 1, "classes": 3}},
-    "views": {"pad": 1},
-    "teacher": {"arch": "resnet8", "width": 0.5, "epochs": 1, "lr": 0.05},
+    "data": {"val_size": 99, "synthetic": {"n_train": 1600, "image_size": 12}},
+    "teacher": {"epochs": 1},
     # at lr 0.05 this student's training is chaotic enough that one process on 1 thread and on 2 threads
     # (sums in another order) end 0.09 apart after 2 epochs; at 0.02 it is not on the AMX CPU, but on an AVX2
     # AMD EPYC one and two processes ended 0.12 apart. At 0.005 a wrong slice of the teacher's logits or of
     # the batch would still move the weights by ~1e-2, far above the bound
-    "student": {"arch": "resnet8", "width": 0.25, "epochs": 2, "lr": 0.005},
+    "student": {"epochs": 2, "lr": 0.005},
     "study": {"variants": ["kd"], "seeds": [0]},
-    # fp32 so that the comparison is tight; compile off to keep the test short
-    "train": {"batch_size": 32, "eval_batch_size": 200, "precision": "fp32", "compile": False},
-}
+    # fp32 so that the comparison is tight; compile off to keep the test short; threads as torchrun sets them
+    "train": {"batch_size": 32, "precision": "fp32", "threads": 0},
+    "cache": {"views": 4},
+})
 
 
 def _study(path: Path, nproc: int) -> dict:
-    return study_dir(path, {**TINY, "train": {**TINY["train"], "nproc": nproc}})
+    return study_dir(path, merge(TINY, {"train": {"nproc": nproc}}))
 
 
 def _kdlab(path: Path, env: dict, *args: str) -> str:

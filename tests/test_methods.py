@@ -102,7 +102,7 @@ def test_dkd_by_hand_and_its_known_case():
 def test_fitnet_hint_by_hand():
     x = torch.tensor([[[[1.0, 2.0]], [[0.0, -1.0]]]])           # (1, 2, 1, 2)
     student, teacher = Toy(1.0), Toy(2.0)
-    m = distill.build("fitnet", _p(fitnet={"stages": ["layer1"], "beta": 3.0, "kd": False}))
+    m = distill.build("fitnet", _p(fitnet={"layers": ["layer1"], "beta": 3.0, "kd": False}))
     m.attach(student, teacher, x)
     _identity_regressors(m)
     logits, terms = m(student, Batch(x, torch.tensor([0])))
@@ -114,7 +114,7 @@ def test_fitnet_hint_by_hand():
 
 def test_attention_transfer_by_hand():
     x = torch.tensor([[[[1.0, 2.0]], [[3.0, 0.0]]]])
-    m = distill.build("at", _p(at={"stages": ["layer1"], "beta": 1000.0, "kd": False}))
+    m = distill.build("at", _p(at={"layers": ["layer1"], "beta": 1000.0, "kd": False}))
     fs = x
     ft = torch.tensor([[[[0.0, 1.0]], [[1.0, 1.0]]]])
     # attention: channel mean of squares, L2-normalised: student [5, 2]/sqrt(29), teacher [0.5, 1]/sqrt(1.25)
@@ -132,7 +132,7 @@ def test_feature_losses_vanish_when_features_are_equal(name, term):
     student.load_state_dict(teacher.state_dict())
     student.eval()  # BN on running stats, so both compute the same function
     x = torch.randn(4, 1, 10, 10)
-    m = distill.build(name, _p(**{name: {"stages": ["layer1", "layer2.0", "layer3"], "beta": 5.0, "kd": True}}))
+    m = distill.build(name, _p(**{name: {"layers": ["layer1", "layer2.0", "layer3"], "beta": 5.0, "kd": True}}))
     m.attach(student, teacher, x)
     if name == "fitnet":
         _identity_regressors(m)
@@ -146,7 +146,7 @@ def test_feature_losses_vanish_when_features_are_equal(name, term):
 def test_fitnet_regressors_are_trained_and_checkpointed_with_the_student():
     teacher = models.build("resnet8", 1, 3, 1.0).eval()
     student = models.build("resnet8", 1, 3, 0.5)
-    m = distill.build("fitnet", _p(fitnet={"stages": ["layer2"]}))
+    m = distill.build("fitnet", _p(fitnet={"layers": ["layer2"]}))
     m.attach(student, teacher, torch.randn(2, 1, 10, 10))
     conv = m.regressors[0][0]
     assert tuple(conv.weight.shape) == (32, 16, 1, 1)                    # layer2: student 16 -> teacher 32 channels
@@ -157,17 +157,17 @@ def test_fitnet_regressors_are_trained_and_checkpointed_with_the_student():
 
 def test_a_stage_the_arch_lacks_is_refused_with_the_allowed_ones():
     teacher, student = models.build("resnet8", 1, 3), models.build("resnet8", 1, 3, 0.5)
-    m = distill.build("fitnet", _p(fitnet={"stages": ["layer4"]}))
+    m = distill.build("fitnet", _p(fitnet={"layers": ["layer4"]}))
     with pytest.raises(ParamsError) as e:
         m.attach(student, teacher, torch.randn(2, 1, 10, 10))
-    assert e.value.key == "methods.fitnet.stages[0]"
+    assert e.value.key == "methods.fitnet.layers[0]"
     assert "layer3.0" in str(e.value)
 
 
 @pytest.mark.parametrize("methods, key", [
     ({"fitnet": {"beta": -1.0}}, "methods.fitnet.beta"),
     ({"fitnet": {"stagez": ["layer1"]}}, "methods.fitnet.stagez"),
-    ({"fitnet": {"stages": []}}, "methods.fitnet.stages"),
+    ({"fitnet": {"layers": []}}, "methods.fitnet.layers"),
     ({"dkd": {"warmup": -1}}, "methods.dkd.warmup"),
     ({"at": {"kd": "yes"}}, "methods.at.kd"),
     ({"init_teacher": {"keep": [0, 1]}}, "methods.init_teacher.keep[0]"),
@@ -219,7 +219,7 @@ def test_every_method_compiles_as_one_graph_and_matches_eager(name):
     recompilation when the epoch changes (DKD's warm-up)."""
     torch._dynamo.reset()  # compiled code is cached per code object, and methods share forward()
     torch.manual_seed(0)
-    p = _p(dkd={"warmup": 2.0}, fitnet={"stages": ["layer1", "layer3"]}, init_teacher={"keep": [[0], [0], [0]]})
+    p = _p(dkd={"warmup": 2.0}, fitnet={"layers": ["layer1", "layer3"]}, init_teacher={"keep": [[0], [0], [0]]})
     teacher = models.build("resnet20", 1, 3, 0.5).eval()
     m = distill.build(name, p)
     student = m.init_student(models.build("resnet8", 1, 3, 0.5), teacher)
@@ -272,7 +272,7 @@ def test_keep_blocks_refuses_dropping_a_block_that_changes_shape():
     assert e.value.key == "methods.init_teacher.keep[1]"
     with pytest.raises(ParamsError, match="blocks 0..2"):
         keep_blocks(teacher, [[0], [0], [3]])
-    with pytest.raises(ParamsError, match="one list of block indices per stage"):
+    with pytest.raises(ParamsError, match="one list of block indices per layer"):
         keep_blocks(teacher, [[0], [0]])
 
 

@@ -2,7 +2,7 @@ import pytest
 import yaml
 
 from conftest import REPO, shipped_with
-from kdlab import params
+from kdlab import params, schema
 from kdlab.params import ParamsError
 
 
@@ -21,7 +21,7 @@ def test_defaults_and_overrides():
 
 
 def test_flatten_has_dotted_keys():
-    flat = params.flatten(params.from_dict({}))
+    flat = schema.flatten(params.from_dict({}))
     assert flat["loss.alpha"] == 0.5
     assert flat["data.synthetic.classes"] == 4
 
@@ -72,9 +72,9 @@ BAD = [
     ({"methods": {"fitnett": {}}}, "methods.fitnett", ["fitnet", "dkd", "init_teacher"]),
     ({"methods": {"fitnet": [1]}}, "methods.fitnet", ["mapping"]),
     ({"parts": {"method": "hint"}}, "parts.method", ["fitnet", "at"]),
-    ({"parts": {"stages": []}}, "parts.stages", ["empty"]),
-    ({"parts": {"stages": ["conv1"]}}, "parts.stages[0]", ["layerN"]),
-    ({"parts": {"stages": ["layer1", "layer1"]}}, "parts.stages", ["duplicates"]),
+    ({"parts": {"layers": []}}, "parts.layers", ["empty"]),
+    ({"parts": {"layers": ["conv1"]}}, "parts.layers[0]", ["layerN"]),
+    ({"parts": {"layers": ["layer1", "layer1"]}}, "parts.layers", ["duplicates"]),
     ({"parts": {"init": ["init_teachr"]}}, "parts.init[0]", ["init_teacher", "init_random"]),
     ({"parts": {"cka_images": 0}}, "parts.cka_images", ["> 0"]),
 ]

@@ -12,21 +12,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, shipped_with
+from conftest import REPO, shipped_with, tiny
 
-TINY = {
-    "data": {"name": "synthetic", "val_size": 100,
-             "synthetic": {"n_train": 400, "n_test": 100, "image_size": 10, "channels": 1, "classes": 3}},
-    "views": {"pad": 1, "flip": True},
-    "teacher": {"arch": "resnet8", "width": 0.5, "epochs": 2, "lr": 0.1},
-    "student": {"arch": "resnet8", "width": 0.25, "epochs": 1, "lr": 0.1},
-    # compile is not the subject here (tests/test_train.py covers it): off, it saves ~20 s a stage
-    "train": {"batch_size": 64, "eval_batch_size": 200, "threads": 1, "compile": False},
+TINY = tiny({
+    "data": {"synthetic": {"n_train": 400}},
+    "views": {"flip": True},
+    "teacher": {"lr": 0.1},
+    "student": {"lr": 0.1},
+    "train": {"batch_size": 64},
     "cache": {"views": 3},
     "study": {"seeds": [0]},
-    "parts": {"stages": ["layer2", "layer3"], "cka_images": 64},   # question 2 with two placements
+    "parts": {"layers": ["layer2", "layer3"], "cka_images": 64},   # question 2 with two placements
     "prune": {"sizes": [1.0], "compare": ["random"], "calibration_images": 32},   # question 3, one size
-}
+})
 PARTS_STAGES = {"placement@layer2-0", "placement@layer3-0", "carve@init_teacher-0", "carve@init_random-0", "parts"}
 PRUNED_KD = {"pruned@1.0-prune-0", "pruned@1.0-shape-0", "criteria@random-0"}
 PRUNE_STAGES = {"prune", "pruning", "pruned_raw@1.0-prune-0", "pruned_raw@1.0-shape-0"} | PRUNED_KD

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from kdlab import evaluate, params, report, sweep
+from kdlab import evaluate, params, present, report, sweep, workspace
 
 
 def _fixture_runs(p, accs):
@@ -31,12 +31,12 @@ def study(in_tmp):
     preds = {n: torch.randn(200, 4, generator=g) + 3 * torch.nn.functional.one_hot(labels, 4) for n in runs}
     summary = evaluate.summarize(p, runs, preds, labels)
     (in_tmp / "metrics").mkdir()
-    (in_tmp / evaluate.SUMMARY_JSON).write_text(json.dumps(summary))
-    (in_tmp / evaluate.RUNS_JSON).write_text(json.dumps(runs))
-    evaluate.CURVES.mkdir(parents=True) if not (in_tmp / evaluate.CURVES).exists() else None
-    (in_tmp / evaluate.CURVES).mkdir(parents=True, exist_ok=True)
+    (in_tmp / workspace.SUMMARY_JSON).write_text(json.dumps(summary))
+    (in_tmp / workspace.RUNS_JSON).write_text(json.dumps(runs))
+    workspace.CURVES.mkdir(parents=True) if not (in_tmp / workspace.CURVES).exists() else None
+    (in_tmp / workspace.CURVES).mkdir(parents=True, exist_ok=True)
     for n in runs:
-        (in_tmp / evaluate.CURVES / f"{n}.json").write_text(json.dumps(
+        (in_tmp / workspace.CURVES / f"{n}.json").write_text(json.dumps(
             [{"epoch": e, "val_acc": 0.5 + 0.1 * e, "loss": 1.0 / e} for e in (1, 2, 3)]))
     return p, summary, runs
 
@@ -63,11 +63,11 @@ def test_verdicts_do_not_overstate():
     unclear = {"test_acc": {"diff": 0.003, "ci_low": -0.004, "ci_high": 0.01, "p": 0.3}}
     worse = {"test_acc": {"diff": -0.02, "ci_low": -0.03, "ci_high": -0.01, "p": 0.01}}
     single = {"test_acc": {"diff": 0.01, "ci_low": None, "ci_high": None, "p": None}}
-    assert "beat" in report.verdict("A", "B", better, 3)
-    assert "No detectable difference" in report.verdict("A", "B", unclear, 3)
-    assert "includes zero" in report.verdict("A", "B", unclear, 3)
-    assert "worse" in report.verdict("A", "B", worse, 3)
-    assert "one seed" in report.verdict("A", "B", single, 1)
+    assert "beat" in present.verdict("A", "B", better, 3)
+    assert "No detectable difference" in present.verdict("A", "B", unclear, 3)
+    assert "includes zero" in present.verdict("A", "B", unclear, 3)
+    assert "worse" in present.verdict("A", "B", worse, 3)
+    assert "one seed" in present.verdict("A", "B", single, 1)
 
 
 def test_report_renders_every_variant_and_valid_pngs(study, monkeypatch):
@@ -79,7 +79,7 @@ def test_report_renders_every_variant_and_valid_pngs(study, monkeypatch):
         assert f"| {label} | resnet8 |" in text
     assert "Question 1" in text and "beat" in text
     for name in ("accuracy.png", "learning_curves.png", "agreement_vs_accuracy.png"):
-        blob = (report.REPORTS / name).read_bytes()
+        blob = (workspace.REPORTS / name).read_bytes()
         assert blob[:8] == b"\x89PNG\r\n\x1a\n" and len(blob) > 5000
         assert f"]({name})" in text
 
@@ -122,7 +122,7 @@ def test_sweep_gathers_experiments(in_tmp):
     assert names == ["raw", "kd"] and [r[0] for r in rows] == [0.5, 0.9] and [r[1] for r in rows] == [None, None]
     md = sweep.run_sweep("loss.alpha", json.dumps(EXP_SHOW)).read_text()
     assert "| 0.9 | exp-1 | 80.00 | 84.00 [83.00, 85.00] |" in md
-    assert (report.REPORTS / "sweep_loss.alpha.png").read_bytes()[:4] == b"\x89PNG"
+    assert (workspace.REPORTS / "sweep_loss.alpha.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(RuntimeError, match="no experiment with loss.temperature"):
         sweep.run_sweep("loss.temperature", json.dumps(EXP_SHOW))
 
@@ -147,5 +147,5 @@ def test_a_grid_sweep_has_one_row_per_experiment_and_one_curve_per_second_value(
                     "| 0.3 | 4.0 | exp-0.3-4.0 | 80.00 [79.00, 81.00] | 87.00 [86.00, 88.00] |",
                     "| 0.7 | 4.0 | exp-0.7-4.0 | 80.00 [79.00, 81.00] | 91.00 [90.00, 92.00] |"]
     assert "| loss.alpha | loss.temperature | experiment |" in md
-    png = report.REPORTS / "sweep_loss.alpha_by_loss.temperature.png"
+    png = workspace.REPORTS / "sweep_loss.alpha_by_loss.temperature.png"
     assert png.read_bytes()[:4] == b"\x89PNG"

@@ -9,22 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import study_dir
-from kdlab import cache, io, params, stages, tracking, views
+from conftest import merge, study_dir, tiny
+from kdlab import cache, io, params, tracking, views, workspace
 from kdlab.loader import Normalize
 from kdlab.train import autocast
 
-TINY = {
-    "data": {"name": "synthetic", "val_size": 100,
-             "synthetic": {"n_train": 1600, "n_test": 100, "image_size": 12, "channels": 1, "classes": 3}},
-    "views": {"pad": 1},
-    "teacher": {"arch": "resnet8", "width": 0.5, "epochs": 4, "lr": 0.05},
-    "train": {"batch_size": 32, "eval_batch_size": 200, "threads": 1},
-}
+TINY = tiny({"data": {"synthetic": {"n_train": 1600, "image_size": 12}}, "teacher": {"epochs": 4},
+             "train": {"batch_size": 32, "compile": "auto"}})
 
 
 def _study_dir(path: Path, extra: dict | None = None) -> dict:
-    return study_dir(path, {**TINY, **(extra or {})})
+    return study_dir(path, merge(TINY, extra or {}))
 
 
 def _kdlab(path, env, *args, **kw):
@@ -121,7 +116,7 @@ def test_sigint_checkpoints_and_closes_the_run_as_killed(tmp_path):
 
 
 def test_nan_loss_stops_with_epoch_step_and_terms(tmp_path):
-    env = _study_dir(tmp_path, {"teacher": {**TINY["teacher"], "lr": 1e30}})
+    env = _study_dir(tmp_path, {"teacher": {"lr": 1e30}})
     proc = _kdlab(tmp_path, env, "teacher")
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode == 1, out
@@ -166,25 +161,25 @@ def _write_cache(p, teacher_sha="abc"):
     table = views.view_table(10, p.views.pad, p.views.flip, p.cache.views, p.cache.seed)
     io.save_torch({"view_ids": table, "logits": torch.zeros(10, table.shape[1], 4, dtype=torch.float16),
                    "teacher_sha256": teacher_sha, "pad": p.views.pad, "flip": p.views.flip,
-                   "views": p.cache.views, "seed": p.cache.seed}, cache.CACHE / "train.pt")
+                   "views": p.cache.views, "seed": p.cache.seed}, workspace.CACHE / "train.pt")
 
 
 def test_corrupted_or_foreign_files_are_refused(in_tmp):
     p = params.from_dict({"cache": {"views": 3}})
     _write_cache(p)
-    stages.TEACHER.parent.mkdir(parents=True)
-    stages.TEACHER.write_bytes(b"the teacher")
+    workspace.TEACHER.parent.mkdir(parents=True)
+    workspace.TEACHER.write_bytes(b"the teacher")
     with pytest.raises(io.StageError, match="not built from the current models/teacher.pt.*dvc repro teacher cache"):
-        cache.load_train(p)
+        workspace.load_cache(p)
     with pytest.raises(RuntimeError, match="built with .*views.*dvc repro cache"):
-        cache.load_train(params.from_dict({"cache": {"views": 4}}))
-    blob = (cache.CACHE / "train.pt").read_bytes()
-    (cache.CACHE / "train.pt").write_bytes(blob[: len(blob) // 2])  # truncated
+        workspace.load_cache(params.from_dict({"cache": {"views": 4}}))
+    blob = (workspace.CACHE / "train.pt").read_bytes()
+    (workspace.CACHE / "train.pt").write_bytes(blob[: len(blob) // 2])  # truncated
     with pytest.raises(RuntimeError, match=r"data/teacher_logits/train.pt is unreadable.*dvc repro cache"):
-        cache.load_train(p)
-    ctx = stages.Context(torch.device("cpu"), {}, {}, None)
+        workspace.load_cache(p)
+    ctx = workspace.Context(torch.device("cpu"), {}, {}, None)
     with pytest.raises(RuntimeError, match=r"models/teacher.pt is unreadable.*dvc repro teacher"):
-        stages.load_model(stages.TEACHER, ctx, "dvc repro teacher")
+        workspace.load_model(workspace.TEACHER, ctx, "dvc repro teacher")
 
 
 def test_a_tracking_server_that_is_down_fails_fast_naming_the_uri(monkeypatch):

@@ -3,18 +3,12 @@ the stage wires each one to what it reads (cache, teacher, views) and writes a l
 import pytest
 import torch
 
-from kdlab import cache, data, distill, params, stages
+from conftest import merge, tiny
+from kdlab import cache, data, distill, params, stages, workspace
 
-TINY = {
-    "data": {"name": "synthetic", "val_size": 40,
-             "synthetic": {"n_train": 240, "n_test": 60, "image_size": 10, "channels": 1, "classes": 3}},
-    "views": {"pad": 1},
-    "teacher": {"arch": "resnet8", "width": 0.5, "epochs": 1, "lr": 0.05},
-    "student": {"arch": "resnet8", "width": 0.25, "epochs": 1, "lr": 0.05},
-    "train": {"batch_size": 32, "eval_batch_size": 100, "threads": 1},
-    "cache": {"views": 2},
-    "methods": {"fitnet": {"stages": ["layer2", "layer3.0"]}, "init_teacher": {"keep": [[0], [0], [0]]}},
-}
+TINY = tiny({"data": {"val_size": 40, "synthetic": {"n_train": 240, "n_test": 60}}, "teacher": {"epochs": 1},
+             "train": {"batch_size": 32, "eval_batch_size": 100, "compile": "auto"},
+             "methods": {"fitnet": {"layers": ["layer2", "layer3.0"]}, "init_teacher": {"keep": [[0], [0], [0]]}}})
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +18,7 @@ def study(tmp_path_factory):
     mp.chdir(root)
     mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     p = params.from_dict({**TINY, "study": {"variants": [m for m in distill.names() if m != "raw"], "seeds": [0]}})
-    data.prepare(p.data)
+    data.prepare(p.data, workspace.PREPARED)
     stages.run_teacher(p)
     cache.run_cache(p)
     yield p
@@ -35,13 +29,13 @@ def study(tmp_path_factory):
 def test_every_method_trains_through_the_student_stage(study, variant):
     metrics = stages.run_student(study, variant, 0)
     assert 0 <= metrics["test_acc"] <= 1 and metrics["epochs"] == 1
-    ctx = stages.context(study, 0)
-    path, _ = stages.student_paths(variant, 0)
-    model = stages.load_model(path, ctx, "rerun")
+    ctx = workspace.context(study, 0)
+    path, _ = workspace.run_files(variant, 0)
+    model = workspace.load_model(path, ctx, "rerun")
     out = model(ctx.normalize(ctx.splits["test"]["images"][:4]))
     assert out.shape == (4, 3) and torch.isfinite(out).all()
     carved = distill.method_class(variant).builds_from_teacher
-    teacher = stages.load_model(stages.TEACHER, ctx, "rerun")
+    teacher = workspace.load_model(workspace.TEACHER, ctx, "rerun")
     # a carved student has the teacher's width (one block per stage of a resnet8: the teacher's shape)
     assert (sum(t.numel() for t in model.parameters()) == sum(t.numel() for t in teacher.parameters())) == carved
 
@@ -51,15 +45,15 @@ def test_question_3_prunes_the_teacher_trains_every_arm_and_gathers_them(study):
     meet their targets and reload from their history, and the study has every group and comparison."""
     from kdlab import pruning
 
-    p = params.from_dict({**TINY, "train": {**TINY["train"], "compile": False}, "study": {"seeds": [0, 1]},
+    p = params.from_dict(merge(TINY, {"train": {"compile": False}, "study": {"seeds": [0, 1]},
                           "prune": {"compare": ["random"], "sizes": [1.0, 0.5], "steps": 2, "finetune_steps": 3,
-                                    "calibration_images": 32}})
+                                    "calibration_images": 32}}))
     made = pruning.run_prune(p)
     assert set(made["models"]) == {"activation.x1.0", "activation.x0.5", "random.x1.0"}
-    ctx = stages.context(p, 0)
+    ctx = workspace.context(p, 0)
     for name, e in made["models"].items():
         assert e["params"] <= e["target_params"] == round(e["size"] * made["student_params"])
-        model = stages.load_model(pruning.PRUNE_DIR / f"{name}.pt", ctx, "rerun")
+        model = workspace.load_model(workspace.PRUNED_TEACHERS / f"{name}.pt", ctx, "rerun")
         assert sum(t.numel() for t in model.parameters()) == e["params"]
         assert set(e["stages"]) == {"stem", "layer1", "layer2", "layer3"}
     for criterion, size, init, variant in pruning.groups(p):
@@ -77,6 +71,6 @@ def test_question_3_prunes_the_teacher_trains_every_arm_and_gathers_them(study):
 
     assert "| x0.5 | shape | raw | activation |" in Path(pruning.PRUNING_MD).read_text()
     # the fresh-weights control has exactly the pruned shape
-    pruned_first = stages.load_model(pruning.PRUNE_DIR / "activation.x1.0.pt", ctx, "rerun")
-    shape = stages.load_model(pruning.student_paths(fresh_kd, 0)[0], ctx, "rerun")
+    pruned_first = workspace.load_model(workspace.PRUNED_TEACHERS / "activation.x1.0.pt", ctx, "rerun")
+    shape = workspace.load_model(workspace.run_files(fresh_kd, 0, "pruned")[0], ctx, "rerun")
     assert [t.shape for t in shape.parameters()] == [t.shape for t in pruned_first.parameters()]

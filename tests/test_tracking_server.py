@@ -11,15 +11,9 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from conftest import study_dir
+from conftest import study_dir, tiny
 
-TINY = {
-    "data": {"name": "synthetic", "val_size": 100,
-             "synthetic": {"n_train": 600, "n_test": 100, "image_size": 12, "channels": 1, "classes": 3}},
-    "views": {"pad": 1},
-    "teacher": {"arch": "resnet8", "width": 0.25, "epochs": 2, "lr": 0.05},
-    "train": {"batch_size": 50, "eval_batch_size": 200, "threads": 1, "compile": False},
-}
+TINY = tiny({"data": {"synthetic": {"n_train": 600, "image_size": 12}}, "teacher": {"width": 0.25}})
 
 
 def _free_port() -> int:

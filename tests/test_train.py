@@ -56,7 +56,7 @@ def test_predict_and_accuracy():
 def _fitnet_run(tmp_path, interrupt_after: int | None):
     """A FitNet student (its regressor trained too) for 2 epochs, optionally stopped after an epoch and resumed."""
     p = params.from_dict({"train": {"batch_size": 32, "eval_batch_size": 64, "compile": False},
-                          "methods": {"fitnet": {"stages": ["layer2"], "kd": False}}})
+                          "methods": {"fitnet": {"layers": ["layer2"], "kd": False}}})
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (96, 1, 8, 8), dtype=torch.uint8, generator=g)
     labels = (images.float().mean(dim=(1, 2, 3)) > 127.5).long()

@@ -15,18 +15,10 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, shipped_with, study_dir
-from kdlab import cli, io, params, tracking
+from conftest import REPO, merge, shipped_with, study_dir, tiny
+from kdlab import check, cli, io, params, schema, tracking
 
-TINY = {
-    "data": {"name": "synthetic", "val_size": 100,
-             "synthetic": {"n_train": 500, "n_test": 100, "image_size": 10, "channels": 1, "classes": 3}},
-    "views": {"pad": 1},
-    "teacher": {"arch": "resnet8", "width": 0.5, "epochs": 2, "lr": 0.05},
-    "student": {"arch": "resnet8", "width": 0.25, "epochs": 1, "lr": 0.05},
-    "train": {"batch_size": 50, "eval_batch_size": 200, "threads": 1, "compile": False},
-    "cache": {"views": 2},
-}
+TINY = tiny()
 
 
 def _kdlab(path: Path, env: dict, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -104,8 +96,8 @@ def test_the_check_stage_refuses_what_only_other_stages_would_build(tmp_path):
     """`kdlab check` (dvc.yaml's first stage) checks the options of methods that study.variants does not list
     and the architectures; it writes its stamp only when all of params.yaml passed."""
     env = study_dir(tmp_path, {**TINY, "study": {"variants": ["kd"], "seeds": [0]},
-                               "methods": {"fitnet": {"stages": ["layer4"]}}})
-    _one_line_failure(_kdlab(tmp_path, env, "check"), 2, "methods.fitnet.stages[0]", "has no stage 'layer4'")
+                               "methods": {"fitnet": {"layers": ["layer4"]}}})
+    _one_line_failure(_kdlab(tmp_path, env, "check"), 2, "methods.fitnet.layers[0]", "has no layer 'layer4'")
     assert not (tmp_path / "data/checked.json").exists()
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(shipped_with(TINY)))
     res = _kdlab(tmp_path, env, "check")
@@ -115,7 +107,7 @@ def test_the_check_stage_refuses_what_only_other_stages_would_build(tmp_path):
 
 def test_prepared_data_of_other_params_are_refused(tmp_path):
     env = study_dir(tmp_path, TINY)
-    other = shipped_with({**TINY, "data": {**TINY["data"], "synthetic": {**TINY["data"]["synthetic"], "classes": 4}}})
+    other = merge(TINY, {"data": {"synthetic": {"classes": 4}}})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(other))
     res = _kdlab(tmp_path, env, "teacher")
     _one_line_failure(res, 1, "data/prepared was prepared from other data params", "classes 3 (params.data: 4)",
@@ -125,7 +117,7 @@ def test_prepared_data_of_other_params_are_refused(tmp_path):
 def test_a_teacher_of_other_params_is_refused(tmp_path):
     env = study_dir(tmp_path, TINY)
     assert _kdlab(tmp_path, env, "teacher").returncode == 0
-    wider = shipped_with({**TINY, "teacher": {**TINY["teacher"], "width": 0.75}})
+    wider = merge(TINY, {"teacher": {"width": 0.75}})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(wider))
     res = _kdlab(tmp_path, env, "cache")
     _one_line_failure(res, 1, "models/teacher.pt was trained with width 0.5 (now 0.75)", "dvc repro teacher")
@@ -136,7 +128,7 @@ def test_a_teacher_of_other_params_is_refused(tmp_path):
 def _load(tmp_path, over: dict):
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(shipped_with(over)))
-    return params.load(path, full=True)
+    return check.check_all(params.load(path), path)
 
 
 BAD = [
@@ -145,15 +137,15 @@ BAD = [
     ({"train": {"weight_decay": float("nan")}}, "train.weight_decay", "finite"),
     ({"methods": {"dkd": {"beta": float("-inf")}}}, "methods.dkd.beta", "finite"),
     # stages the architectures lack
-    ({"parts": {"stages": ["layer4"]}}, "parts.stages[0]", "has no stage 'layer4'"),
-    ({"parts": {"stages": ["layer3.5"]}}, "parts.stages[0]", "has no stage 'layer3.5'"),
+    ({"parts": {"layers": ["layer4"]}}, "parts.layers[0]", "has no layer 'layer4'"),
+    ({"parts": {"layers": ["layer3.5"]}}, "parts.layers[0]", "has no layer 'layer3.5'"),
     # options of methods other stages build, though not in study.variants
-    ({"study": {"variants": ["kd"]}, "methods": {"fitnet": {"stages": ["layer4"]}}}, "methods.fitnet.stages[0]",
-     "no stage"),
+    ({"study": {"variants": ["kd"]}, "methods": {"fitnet": {"layers": ["layer4"]}}}, "methods.fitnet.layers[0]",
+     "no layer"),
     ({"study": {"variants": ["kd"]}, "methods": {"dkd": {"beta": -1.0}}}, "methods.dkd.beta", ">= 0"),
-    ({"study": {"variants": ["kd"]}, "methods": {"at": {"stages": []}}}, "methods.at.stages", "empty"),
+    ({"study": {"variants": ["kd"]}, "methods": {"at": {"layers": []}}}, "methods.at.layers", "empty"),
     ({"methods": {"init_teacher": {"keep": [[0, 5], [0], [0]]}}}, "methods.init_teacher.keep[0]", "blocks 0..2"),
-    ({"prune": {"keep": [[0], [0]]}}, "prune.keep", "lists 2 stages"),
+    ({"prune": {"keep": [[0], [0]]}}, "prune.keep", "lists 2 layers"),
     # pruning targets that prune nothing, also where the teacher is smaller than its student
     ({"prune": {"sizes": [5.0]}}, "prune.sizes[0]", "prune nothing"),
     ({"teacher": {"arch": "resnet8", "width": 0.25}, "methods": {"init_teacher": {"keep": [[0], [0], [0]]}}},
@@ -173,15 +165,15 @@ BAD = [
 
 @pytest.mark.parametrize("over,key,message", BAD, ids=[b[1] + ":" + b[2] for b in BAD])
 def test_bad_values_are_refused_naming_the_key(tmp_path, over, key, message):
-    with pytest.raises(params.ParamsError) as e:
+    with pytest.raises(schema.ParamsError) as e:
         _load(tmp_path, over)
     assert e.value.key == key, str(e.value)
     assert message in str(e.value)
 
 
 def test_the_shipped_params_and_a_valid_change_pass(tmp_path):
-    assert params.load(REPO / "params.yaml", full=True).study.seeds == [0, 1, 2]
-    p = _load(tmp_path, {"teacher": {"arch": "resnet32"}, "parts": {"stages": ["layer2.0"]},
+    assert check.check_all(params.load(REPO / "params.yaml"), REPO / "params.yaml").study.seeds == [0, 1, 2]
+    p = _load(tmp_path, {"teacher": {"arch": "resnet32"}, "parts": {"layers": ["layer2.0"]},
                          "prune": {"keep": [], "sizes": [4.0]}})
     assert p.prune.sizes == [4.0]
 

@@ -8,7 +8,7 @@ Same student, teacher, batch size and data (the prepared training split, or rand
 4. ``dataloader_pil``: the PyTorch KD tutorial's way, a torchvision ``DataLoader`` with per-image PIL
    transforms (random crop with padding, flip, ToTensor, Normalize) and the teacher online;
 5. ``torchdistill`` (when installed: the ``bench`` extra): the same KD job run by torchdistill's
-   ``DistillationBox``, timed as a whole process (``scripts/torchdistill_kd.py``).
+   ``DistillationBox``, timed as a whole process (:mod:`kdlab.torchdistill_row`).
 
 Rows are measured in interleaved rounds (the median is reported): this machine is shared and noisy, so the
 ratios are the claims, not the absolute figures. Writes metrics/bench.json and metrics/bench.md.
@@ -27,14 +27,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kdlab import distill, io, models, runtime, views
+from kdlab import data, distill, io, models, runtime, views
 from kdlab.distill.kd import kl_per_sample
-from kdlab.loader import Normalize, TrainBatches
+from kdlab.loader import Batch, Normalize, TrainBatches
 from kdlab.params import Params
-from kdlab.train import autocast, make_optimizer, safe_strides
-
-BENCH_JSON = "metrics/bench.json"
-BENCH_MD = "metrics/bench.md"
+from kdlab.train import make_optimizer, step
+from kdlab.workspace import BENCH_JSON, BENCH_MD, CHECKPOINTS, PREPARED
 ROWS = {
     "raw": "kdlab, labels only",
     "kd": "kdlab, cached view-consistent logits",
@@ -66,10 +64,8 @@ def machine() -> dict:
 
 def bench_data(p: Params, n: int) -> tuple[torch.Tensor, torch.Tensor, list, list]:
     """(uint8 images, labels, mean, std): the prepared training split's first n images, else random ones."""
-    from kdlab import data
-
     try:
-        meta, splits = data.load_prepared(p.data)
+        meta, splits = data.load_prepared(PREPARED, p.data)
         return splits["train"]["images"][:n], splits["train"]["labels"][:n], meta["mean"], meta["std"]
     except io.StageError:  # none prepared, or not for these params
         channels, size, _ = data.SHAPES.get(p.data.name, (p.data.synthetic.channels, p.data.synthetic.image_size, n))
@@ -116,14 +112,14 @@ def time_kdlab(job: Job, variant: str, steps: int, precision: str = "fp32", comp
     method.to(job.device)
     opt = make_optimizer([*student.parameters(), *method.parameters()], 0.05, p.train)
     step_forward = torch.compile(method, dynamic=False) if compiled else method  # as train.fit does
-    return _timed_steps(batches.epoch(1), steps,
-                        lambda b: step_forward(student, safe_strides(b, job.device, precision))[1], opt, job.device,
+    return _timed_steps(batches.epoch(1), steps, lambda b: step_forward(student, b), opt, job.device,
                         p.train.batch_size, precision)
 
 
-def _timed_steps(batches, steps: int, terms_of, opt, device, batch_size: int, precision: str = "fp32",
+def _timed_steps(batches, steps: int, forward, opt, device, batch_size: int, precision: str = "fp32",
                  warmup: int = 3) -> tuple[float, float]:
-    """(images/second over ``steps`` steps after ``warmup`` untimed ones, seconds of the warm-up)."""
+    """(images/second over ``steps`` training steps (:func:`kdlab.train.step`, as training runs them) after
+    ``warmup`` untimed ones, seconds of the warm-up)."""
     start = time.perf_counter()
     warm = 0.0
     done = 0
@@ -134,11 +130,7 @@ def _timed_steps(batches, steps: int, terms_of, opt, device, batch_size: int, pr
             start = time.perf_counter()
         if i == warmup + steps:
             break
-        with autocast(device, precision):
-            loss = sum(terms_of(batch).values())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        step(forward, batch, opt, device=device, precision=precision)
         if i >= warmup:
             done += batch_size
     _sync(device)
@@ -190,14 +182,14 @@ def time_dataloader_pil(job: Job, steps: int, workers: int) -> float:
     opt = make_optimizer(student.parameters(), 0.05, p.train)
     alpha, temp = p.loss.alpha, p.loss.temperature
 
-    def terms(batch):
-        x, y = batch[0].to(job.device), batch[1].to(job.device)
+    def forward(batch):  # the tutorial's KD loss, on the tutorial's batches
         with torch.no_grad():
-            t = teacher(x)
-        s = student(x)
-        return {"ce": (1 - alpha) * F.cross_entropy(s, y), "kd": alpha * kl_per_sample(s, t, temp).mean()}
+            t = teacher(batch.images)
+        s = student(batch.images)
+        return s, {"ce": (1 - alpha) * F.cross_entropy(s, batch.labels), "kd": alpha * kl_per_sample(s, t, temp).mean()}
 
-    return _timed_steps(iter(loader), steps, terms, opt, job.device, p.train.batch_size)[0]
+    batches = (Batch(x.to(job.device), y.to(job.device)) for x, y in loader)
+    return _timed_steps(batches, steps, forward, opt, job.device, p.train.batch_size)[0]
 
 
 def time_torchdistill(job: Job, steps: int, workers: int) -> tuple[float, float] | None:
@@ -207,16 +199,16 @@ def time_torchdistill(job: Job, steps: int, workers: int) -> tuple[float, float]
         import torchdistill  # noqa: F401
     except ImportError:
         return None
-    script = Path(__file__).resolve().parents[2] / "scripts" / "torchdistill_kd.py"
     spec = {"teacher": [job.p.teacher.arch, job.p.teacher.width], "student": [job.p.student.arch, job.p.student.width],
             "batch_size": job.p.train.batch_size, "steps": steps, "workers": workers, "pad": job.p.views.pad,
             "flip": job.p.views.flip, "alpha": job.p.loss.alpha, "temperature": job.p.loss.temperature,
             "classes": job.classes, "mean": job.mean, "std": job.std, "device": str(job.device)}
-    tmp = Path("checkpoints") / "bench_images.pt"
+    tmp = CHECKPOINTS / "bench_images.pt"
     n = (steps + 3) * job.p.train.batch_size
     io.save_torch({"images": job.images[:n], "labels": job.labels[:n]}, tmp)
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, str(script), json.dumps(spec), str(tmp)], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "kdlab.torchdistill_row", json.dumps(spec), str(tmp)],
+                         capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])))
     elapsed = time.perf_counter() - start
     tmp.unlink(missing_ok=True)

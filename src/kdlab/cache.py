@@ -1,4 +1,5 @@
-"""``kdlab cache``: the teacher's logits for every view a student can draw (shared/DESIGN.md).
+"""``kdlab cache``: the teacher's logits for every view a student can draw (shared/DESIGN.md); students read
+them through :func:`kdlab.workspace.load_cache`.
 
 data/teacher_logits/train.pt holds ``view_ids`` (N, K) int16 and ``logits`` (N, K, classes) fp16, with
 the teacher checkpoint's sha256 and the view settings, so a cache built by another teacher or with other
@@ -15,10 +16,9 @@ from tqdm import tqdm
 
 from kdlab import io, views
 from kdlab.params import Params
+from kdlab.train import autocast
+from kdlab.workspace import CACHE, CACHE_PARTIAL, TEACHER, context, load_teacher
 
-CACHE = Path("data/teacher_logits")
-#: chunks of an interrupted cache stage (not a DVC output, so DVC leaves it alone); removed when done
-PARTIAL = Path("data/teacher_logits.partial")
 REBUILD = "dvc repro cache"
 
 
@@ -61,9 +61,6 @@ def teacher_logits_for(teacher, images, view_table, normalize, pad: int, batch_s
 
 
 def run_cache(p: Params) -> dict:
-    from kdlab.stages import TEACHER, context, load_teacher
-    from kdlab.train import autocast
-
     ctx = context(p, p.cache.seed)
     _, teacher = load_teacher(p, ctx)
     train = ctx.splits["train"]
@@ -73,28 +70,9 @@ def run_cache(p: Params) -> dict:
     fingerprint = json.dumps({**stamp, "batch_size": p.cache.batch_size, "data": ctx.meta["sha256"],
                               "precision": p.train.precision, "code": io.code_digest()}, sort_keys=True)
     logits = teacher_logits_for(teacher, train["images"], table, ctx.normalize, p.views.pad, p.cache.batch_size,
-                                autocast(ctx.device, p.train.precision), PARTIAL, fingerprint)
+                                autocast(ctx.device, p.train.precision), CACHE_PARTIAL, fingerprint)
     io.save_torch({"view_ids": table, "logits": logits, **stamp}, CACHE / "train.pt")
-    shutil.rmtree(PARTIAL, ignore_errors=True)
+    shutil.rmtree(CACHE_PARTIAL, ignore_errors=True)
     correct = (logits.float().argmax(-1) == train["labels"][:, None]).float().mean().item()
     print(f"cached {tuple(logits.shape)} teacher logits; teacher correct on {correct:.4f} of cached train views")
     return {"views_per_image": table.shape[1], "teacher_train_view_acc": correct}
-
-
-def load_train(p: Params) -> tuple[torch.Tensor, torch.Tensor]:
-    """(view_ids, logits) of the cache, checked against the current teacher and view params."""
-    from kdlab.stages import TEACHER
-
-    path = CACHE / "train.pt"
-    c = io.load_torch(path, REBUILD)
-    expected = {"pad": p.views.pad, "flip": p.views.flip, "views": p.cache.views, "seed": p.cache.seed}
-    got = {k: c.get(k) for k in expected}
-    if got != expected:
-        raise io.StageError(f"{path} was built with {got} but params ask for {expected}; rebuild it with `{REBUILD}`")
-    if TEACHER.exists() and c.get("teacher_sha256") != io.sha256(TEACHER):
-        raise io.StageError(f"{path} was not built from the current {TEACHER} (its sha256 differs: the teacher was "
-                            f"retrained, replaced or damaged); rebuild both with `dvc repro teacher cache`")
-    if c["logits"].shape[:2] != c["view_ids"].shape:
-        raise io.StageError(f"{path} is inconsistent (logits {tuple(c['logits'].shape)}, view ids "
-                           f"{tuple(c['view_ids'].shape)}); rebuild it with `{REBUILD}`")
-    return c["view_ids"], c["logits"]

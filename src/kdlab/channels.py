@@ -1,7 +1,8 @@
-"""Question 3: students pruned out of the trained teacher by channel importance.
+"""Channel pruning of a trained network by channel importance (question 3's tool; the study is
+:mod:`kdlab.pruning`).
 
 Structured pruning goes through torch-pruning's DependencyGraph (DepGraph, Fang et al. 2023), which finds
-every layer a channel touches (a residual stage's channels run through all of its blocks and shortcuts),
+every layer a channel touches (a residual layer's channels run through all of its blocks and shortcuts),
 so no channel bookkeeping is written here. Channels are ranked globally (each group's scores normalised by
 their mean) and removed until the model has at most the target parameter count: a search over the global
 pruning ratio, each try on a fresh copy. Criteria (``prune.criterion``):
@@ -26,9 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdlab.features import stages
+from kdlab.features import layers
 from kdlab.models import count_params
-from kdlab.params import PRUNE_CRITERIA as CRITERIA, ParamsError
+from kdlab.params import PRUNE_CRITERIA as CRITERIA
+from kdlab.schema import ParamsError
 
 
 def importance(criterion: str):
@@ -128,9 +130,9 @@ def channel_profile(original: nn.Module, pruned: nn.Module) -> dict[str, list[in
             if isinstance(m, nn.Conv2d) and n in kept}
 
 
-def stage_profile(profile: dict[str, list[int]], model: nn.Module) -> dict[str, float]:
-    """Fraction of output channels kept per stage (``stem`` = convolutions outside the stages)."""
-    names = stages(model)
+def layer_profile(profile: dict[str, list[int]], model: nn.Module) -> dict[str, float]:
+    """Fraction of output channels kept per layer (``stem`` = convolutions outside the layers)."""
+    names = layers(model)
     sums: dict[str, list[int]] = {}
     for path, (k, n) in profile.items():
         top = path.split(".")[0]

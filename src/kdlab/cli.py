@@ -8,22 +8,16 @@ import subprocess
 import sys
 
 
-#: written by `kdlab check` once all of params.yaml passed; `prepare` depends on it, so `dvc repro` checks first.
-#: Its content never changes, so a re-run check (a param or a method file changed) re-runs nothing after it.
-CHECKED = "data/checked.json"
-
-
 def _check(p, args):
-    from kdlab import io
-
-    io.save_json({"params.yaml": "complete and valid (kdlab check)"}, CHECKED)
-    print(f"params checked: every key, every method's options, the architectures; wrote {CHECKED}")
+    from kdlab.check import run_check
+    run_check(p, args.params)
 
 
 def _prepare(p, args):
     from kdlab.data import prepare
+    from kdlab.workspace import PREPARED
 
-    meta = prepare(p.data)
+    meta = prepare(p.data, PREPARED)
     print(f"prepared {p.data.name}: {meta['sizes']} images of {meta['channels']}x{meta['image_size']}^2, "
           f"{meta['classes']} classes")
 
@@ -107,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
         description="kdlab pipeline stages (normally run by `dvc repro`; see dvc.yaml). `check` validates all of "
                     "params.yaml (every method's options and the architectures too), the pipeline's first stage. "
                     "`part` trains one "
-                    "student of the question-2 study (`--variant parts.method --at STAGE`, or `--variant` one of "
+                    "student of the question-2 study (`--variant parts.method --at LAYER`, or `--variant` one of "
                     "parts.init) and `parts` measures that study. Question 3: `prune` prunes the teacher to "
                     "prune.sizes by each criterion, `pruned` trains one student from it (`--size --criterion --init "
                     "prune|shape --variant kd|raw --seed`; defaults: the first size, prune.criterion, prune, kd), "
@@ -119,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("stage", choices=STAGES, help="what to run")
     ap.add_argument("--variant", help="student: the distillation variant (raw or one of study.variants)")
     ap.add_argument("--seed", type=int, help="student, part: the seed (one of study.seeds)")
-    ap.add_argument("--at", help="part: the stage to place parts.method's feature loss at (one of parts.stages)")
+    ap.add_argument("--at", help="part: the ResNet layer to place parts.method's feature loss at (one of parts.layers)")
     ap.add_argument("--size", type=float, help="pruned: the target size (one of prune.sizes; default the first)")
     ap.add_argument("--criterion", help="pruned: the pruning criterion (default prune.criterion)")
     ap.add_argument("--init", default="prune", help="pruned: prune (the pruned weights) or shape (that shape, "
@@ -173,10 +167,10 @@ def _check_run_args(p, args, baseline: str) -> str | None:
     elif args.at is not None:
         if args.variant != p.parts.method:
             return f"--variant {args.variant!r} with --at: the placed method is parts.method={p.parts.method!r}"
-        if args.at not in p.parts.stages:
-            return f"--at {args.at!r} is not in parts.stages {p.parts.stages}"
+        if args.at not in p.parts.layers:
+            return f"--at {args.at!r} is not in parts.layers {p.parts.layers}"
     elif args.variant not in p.parts.init:
-        return (f"--variant {args.variant!r} is not in parts.init {p.parts.init} (or give --at STAGE for "
+        return (f"--variant {args.variant!r} is not in parts.init {p.parts.init} (or give --at LAYER for "
                 f"parts.method={p.parts.method!r})")
     if args.seed not in p.study.seeds:
         return f"--seed {args.seed!r} is not in study.seeds {p.study.seeds}"
@@ -200,10 +194,11 @@ def main(argv: list[str] | None = None) -> int:
         return ui(args.port)
     from kdlab import params as params_mod
     from kdlab.io import StageError
+    from kdlab.schema import ParamsError
 
     try:
-        p = params_mod.load(args.params, args.overrides, full=args.stage == "check")
-    except params_mod.ParamsError as e:
+        p = params_mod.load(args.params, args.overrides)
+    except ParamsError as e:
         print(f"kdlab: {e}", file=sys.stderr)
         return 2
     problem = _check_run_args(p, args, params_mod.BASELINE)
@@ -226,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kdlab {args.stage}: interrupted; rerun the stage to resume from its last complete epoch",
               file=sys.stderr)
         return 130
-    except params_mod.ParamsError as e:  # a method's own options, checked when the method is built
+    except ParamsError as e:  # a method's own options, or all of params.yaml (kdlab check), checked when the method is built
         print(f"kdlab {args.stage}: {e}", file=sys.stderr)
         return 2
     except (StageError, FloatingPointError) as e:  # expected failures: one line naming the file and the fix

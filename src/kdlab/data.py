@@ -21,7 +21,6 @@ if TYPE_CHECKING:  # imported where used, so params validation needs no torch
     import numpy as np
     import torch
 
-PREPARED = Path("data/prepared")
 FASHION_MNIST_DEB_DIR = Path("/usr/share/datasets/fashion-mnist")
 SPLITS = ("train", "val", "test")
 
@@ -158,8 +157,8 @@ def synthetic(p) -> Raw:
     return Raw(a, b, c, d, s.classes)
 
 
-def prepare(p, out: Path = PREPARED) -> dict:
-    """Build the prepared tensors for ``p.data`` and return meta.json's content."""
+def prepare(p, out: Path) -> dict:
+    """Build the prepared tensors for ``p`` (params.data) in ``out`` and return meta.json's content."""
     import torch
 
     raw = DATASETS[p.name](p)
@@ -211,8 +210,8 @@ def expected_meta(d) -> dict:
             "sizes": split_sizes(d)}
 
 
-def load_prepared(expected=None, root: Path = PREPARED, splits=SPLITS) -> tuple[dict, dict[str, dict]]:
-    """(meta, {split: {"images", "labels"}}), each file verified against meta.json's checksum; with
+def load_prepared(root: Path, expected=None, splits=SPLITS) -> tuple[dict, dict[str, dict]]:
+    """(meta, {split: {"images", "labels"}}) from ``root``, each file verified against meta.json's checksum; with
     ``expected`` (params.data), data prepared from other data params are refused."""
     hint = "dvc repro prepare"
     meta_path = Path(root) / "meta.json"

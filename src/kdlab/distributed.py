@@ -31,13 +31,11 @@ def launch(nproc: int, argv: list[str]) -> None:
     os.execv(sys.executable, cmd)
 
 
-def init(device_choice: str) -> torch.device | None:
-    """Join torchrun's process group (when WORLD_SIZE > 1) and return this rank's device; None alone."""
+def init(dev: torch.device) -> torch.device:
+    """Join torchrun's process group (when WORLD_SIZE > 1); ``dev`` (``train.device`` resolved), or this rank's
+    own GPU on CUDA."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    from kdlab.runtime import device
-
-    dev = device(device_choice)
+        return dev
     cuda = dev.type == "cuda"
     if cuda:  # one GPU per process
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

@@ -15,14 +15,13 @@ import torch
 import torch.nn.functional as F
 
 from kdlab import io, stats, tracking
-from kdlab.params import BASELINE, Params, flatten
+from kdlab.params import BASELINE, Params
+from kdlab.present import LABELS, ci, color, diff, finish, fmt_p, num, plt, pts, verdict, yerr
+from kdlab.schema import flatten
+from kdlab.train import predict
+from kdlab.workspace import (ACCURACY_PLOT, CURVES, PREDICTIONS, RUNS_JSON, SUMMARY_JSON, SUMMARY_MD, TEACHER,
+                             check_trained, context, model_from_checkpoint, run_files)
 
-SUMMARY_JSON = "metrics/summary.json"
-RUNS_JSON = "metrics/runs.json"
-SUMMARY_MD = "metrics/summary.md"
-PREDICTIONS = Path("predictions")
-CURVES = Path("plots/curves")
-ACCURACY_PLOT = Path("plots/accuracy.json")
 ECE_BINS = 15
 
 
@@ -79,8 +78,6 @@ def flops_per_image(model: torch.nn.Module, shape: tuple[int, int, int], device)
 
 def throughput(model, images, labels, normalize, batch_size: int, precision: str = "auto", repeats: int = 2) -> float:
     """Inference images/second on this machine (best of ``repeats`` passes over ``images``)."""
-    from kdlab.train import predict
-
     best = 0.0
     for _ in range(repeats):
         start = time.perf_counter()
@@ -123,23 +120,6 @@ def summarize(p: Params, runs: dict[str, dict], predictions: dict[str, torch.Ten
     return out
 
 
-LABELS = {"raw": "Trained alone (raw)", "kd": "Distilled (kd)", "kd_correct_only": "Distilled, teacher-correct only"}
-
-
-def fmt_p(p: float | None) -> str:
-    return "n/a" if p is None else "< 0.001" if p < 0.001 else f"{p:.3f}"
-
-
-def _pct(x) -> str:
-    return "n/a" if x is None else f"{100 * x:.2f}"
-
-
-def _ci(s: dict) -> str:
-    if s.get("ci_low") is None:
-        return f"{_pct(s['mean'])}"
-    return f"{_pct(s['mean'])} [{_pct(s['ci_low'])}, {_pct(s['ci_high'])}]"
-
-
 def markdown(p: Params, summary: dict) -> str:
     """The founding note's table (teacher, distilled, trained alone) with 95% intervals over seeds."""
     n = len(p.study.seeds)
@@ -150,30 +130,21 @@ def markdown(p: Params, summary: dict) -> str:
         "",
         "| model | arch | test accuracy (%) | last epoch (%) | agreement with teacher (%) | vs raw (points) | p (Welch) |",
         "|---|---|---|---|---|---|---|",
-        f"| Teacher | {p.teacher.arch} | {_pct(t['test_acc'])} | - | - | - | - |",
+        f"| Teacher | {p.teacher.arch} | {num(t['test_acc'])} | - | - | - | - |",
     ]
     for variant in variants(p):
         e = summary["variants"][variant]
         cmp_ = summary["comparisons"].get(f"{variant}_vs_{BASELINE}", {}).get("test_acc")
-        if cmp_:
-            diff = f"{100 * cmp_['diff']:+.2f}"
-            if cmp_["ci_low"] is not None:
-                diff += f" [{100 * cmp_['ci_low']:+.2f}, {100 * cmp_['ci_high']:+.2f}]"
-            pval = fmt_p(cmp_["p"])
-        else:
-            diff, pval = "-", "-"
-        agree = _ci(e["agreement"]) if "agreement" in e else "-"
-        lines.append(f"| {LABELS.get(variant, variant)} | {p.student.arch} | {_ci(e['test_acc'])} "
-                     f"| {_ci(e['test_acc_last'])} | {agree} | {diff} | {pval} |")
+        difference, pval = (diff(cmp_), fmt_p(cmp_["p"])) if cmp_ else ("-", "-")
+        agree = ci(e["agreement"]) if "agreement" in e else "-"
+        lines.append(f"| {LABELS.get(variant, variant)} | {p.student.arch} | {ci(e['test_acc'])} "
+                     f"| {ci(e['test_acc_last'])} | {agree} | {difference} | {pval} |")
     return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------- the stage
 
 def run_evaluate(p: Params) -> dict:
-    from kdlab.stages import TEACHER, check_trained, context, model_from_checkpoint, student_paths
-    from kdlab.train import predict
-
     ctx = context(p, 0)
     test_x, test_y = ctx.splits["test"]["images"], ctx.splits["test"]["labels"]
     shape = tuple(test_x.shape[1:])
@@ -198,7 +169,7 @@ def run_evaluate(p: Params) -> dict:
     for variant in variants(p):
         for seed in p.study.seeds:
             name = f"{variant}-{seed}"
-            path, _ = student_paths(variant, seed)
+            path, _ = run_files(variant, seed)
             stage = "baseline" if variant == BASELINE else "student"
             predictions[name], runs[name], curves[name] = evaluate_model(
                 path, f"dvc repro {stage}@{name}", p.student, teacher_logits)
@@ -223,3 +194,127 @@ def run_evaluate(p: Params) -> dict:
         run.log_to_study(flat)
         run.log_artifact(SUMMARY_MD)
     return summary
+
+
+# ---------------------------------------------------------------- its part of the report
+
+def plot_accuracy(p: Params, summary: dict, runs: dict, path: Path) -> None:
+    fig, ax = plt().subplots(figsize=(6, 3.6))
+    for i, v in enumerate(variants(p)):
+        s = summary["variants"][v]["test_acc"]
+        ax.errorbar([i], [100 * s["mean"]], yerr=yerr([s]), fmt="o", capsize=6, color=color(v, i),
+                    label="mean, 95% CI" if i == 0 else None)
+        seeds = [100 * r["test_acc"] for r in runs.values() if r.get("variant") == v]
+        ax.scatter([i + 0.12] * len(seeds), seeds, s=12, color=color(v, i), alpha=0.6,
+                   label="single seeds" if i == 0 else None)
+    ax.axhline(100 * summary["teacher"]["test_acc"], color="black", ls="--", lw=1, label=f"teacher ({p.teacher.arch})")
+    ax.set_xticks(range(len(variants(p))), [LABELS.get(v, v).replace(" (", "\n(") for v in variants(p)], fontsize=8)
+    finish(fig, ax, "", "test accuracy (%)", f"{p.student.arch} students on {p.data.name}", path)
+
+
+def plot_curves(p: Params, curves: dict[str, list], runs: dict, path: Path) -> None:
+    fig, ax = plt().subplots(figsize=(6, 3.6))
+    labelled = set()
+    for name, rows in curves.items():
+        v = "teacher" if name == "teacher" else runs[name]["variant"]
+        i = variants(p).index(v) if v in variants(p) else 0
+        ax.plot([r["epoch"] for r in rows], [100 * r["val_acc"] for r in rows], marker=".", color=color(v, i),
+                alpha=0.8, label=None if v in labelled else LABELS.get(v, v))
+        labelled.add(v)
+    finish(fig, ax, "epoch", "validation accuracy (%)", "learning curves (one line per run)", path)
+
+
+def plot_agreement(p: Params, runs: dict, path: Path) -> None:
+    fig, ax = plt().subplots(figsize=(5, 3.6))
+    for i, v in enumerate(variants(p)):
+        rows = [r for r in runs.values() if r.get("variant") == v]
+        ax.scatter([100 * r["agreement"] for r in rows], [100 * r["test_acc"] for r in rows], color=color(v, i),
+                   label=LABELS.get(v, v))
+    finish(fig, ax, "top-1 agreement with the teacher (%)", "test accuracy (%)",
+           "fidelity vs accuracy (one point per run)", path)
+
+
+def pictures(p: Params, summary: dict, runs: dict, curves: dict[str, list]) -> dict:
+    """{file name under reports/: draw(path)} of this question's pictures."""
+    return {"accuracy.png": lambda f: plot_accuracy(p, summary, runs, f),
+            "learning_curves.png": lambda f: plot_curves(p, curves, runs, f),
+            "agreement_vs_accuracy.png": lambda f: plot_agreement(p, runs, f)}
+
+
+def _paired_lines(key: str, cmp_: dict) -> list[str]:
+    rows = []
+    for seed, t in cmp_.get("paired_by_seed", {}).items():
+        b = t["bootstrap"]
+        rows.append(f"| {key} | {seed} | {pts(b['diff'])} [{pts(b['ci_low'])}, {pts(b['ci_high'])}] "
+                    f"| {t['mcnemar']['only_a']} / {t['mcnemar']['only_b']} | {fmt_p(t['mcnemar']['p'])} |")
+    return rows
+
+
+def report_section(p: Params, summary: dict, runs: dict) -> list[str]:
+    """The founding note's table, question 1's answers, fidelity, learning curves and cost."""
+    n = len(p.study.seeds)
+    comps = summary["comparisons"]
+    lines = [
+        "## The founding note's table, with intervals",
+        "",
+        markdown(p, summary),
+        "![accuracy per variant](accuracy.png)",
+        "",
+        "## Question 1: does KD beat training on the labels, and does distilling only where the teacher is right help?",
+        "",
+    ]
+    for v in p.study.variants:
+        lines.append("- " + verdict(LABELS.get(v, v), LABELS[BASELINE], comps[f"{v}_vs_{BASELINE}"], n))
+    if "kd_correct_only_vs_kd" in comps:
+        lines.append("- " + verdict(LABELS["kd_correct_only"], LABELS["kd"], comps["kd_correct_only_vs_kd"], n))
+    lines += [
+        "",
+        "Paired tests on the test images, seed by seed (same seed, same test images): the accuracy difference "
+        "with a 95% bootstrap interval, the images only the first / only the second gets right, and the exact "
+        "McNemar p-value. These say whether two particular runs differ, not whether the methods do: "
+        "that is what the interval over seeds above is for.",
+        "",
+        "| comparison | seed | difference (points) | only first / only second | McNemar p |",
+        "|---|---|---|---|---|",
+    ]
+    for key, cmp_ in comps.items():
+        lines += _paired_lines(key.replace("_vs_", " vs "), cmp_)
+    lines += [
+        "",
+        "## Fidelity: do students match their teacher?",
+        "",
+        "Top-1 agreement with the teacher and KL(teacher || student) on the test split (Stanton et al. 2021 "
+        "find that students often do not match their teachers even when they could); expected calibration "
+        "error with 15 bins. Mean [95% CI] over seeds.",
+        "",
+        "| variant | agreement (%) | KL(teacher \\|\\| student) | ECE (%) |",
+        "|---|---|---|---|",
+    ]
+    for v in variants(p):
+        e = summary["variants"][v]
+        lines.append(f"| {LABELS.get(v, v)} | {ci(e.get('agreement'))} | "
+                     f"{ci(e.get('kl_teacher_student'), 1, 4)} | {ci(e.get('ece'))} |")
+    t = summary["teacher"]
+    student = next(r for k, r in runs.items() if k != "teacher")
+    lines += [
+        "",
+        "![agreement vs accuracy](agreement_vs_accuracy.png)",
+        "",
+        "## Learning curves",
+        "",
+        "Validation accuracy after each epoch; the reported checkpoint is each run's best validation epoch, "
+        "the table's 'last epoch' column is the final one. The test split never chooses anything.",
+        "",
+        "![learning curves](learning_curves.png)",
+        "",
+        "## Cost",
+        "",
+        "| model | parameters | FLOPs per image | inference images/s (this machine) |",
+        "|---|---|---|---|",
+        f"| teacher `{p.teacher.arch}` | {t['params']:,} | {t['flops_per_image'] / 1e6:.1f} M | "
+        f"{t['images_per_second']:.0f} |",
+        f"| student `{p.student.arch}` | {student['params']:,} | {student['flops_per_image'] / 1e6:.1f} M | "
+        f"{student['images_per_second']:.0f} |",
+        "",
+    ]
+    return lines

@@ -8,18 +8,18 @@ import re
 import torch
 from torch import nn
 
-from kdlab.params import ParamsError
+from kdlab.schema import ParamsError
 
 
-def stages(model: nn.Module) -> list[str]:
-    """The model's stage names (``layer1``, ``layer2``, ...), in order."""
+def layers(model: nn.Module) -> list[str]:
+    """The model's layer names (``layer1``, ``layer2``, ...), in order."""
     return [name for name, _ in model.named_children() if re.fullmatch(r"layer\d+", name)]
 
 
 def tap_paths(model: nn.Module) -> list[str]:
-    """Every path a tap may address: the stages and their blocks (``layer3``, ``layer3.0``, ...)."""
+    """Every path a tap may address: the layers and their blocks (``layer3``, ``layer3.0``, ...)."""
     out = []
-    for st in stages(model):
+    for st in layers(model):
         out.append(st)
         out.extend(f"{st}.{i}" for i in range(len(model.get_submodule(st))))
     return out
@@ -29,7 +29,7 @@ def check_paths(model: nn.Module, paths, key: str, role: str) -> None:
     allowed = tap_paths(model)
     for i, path in enumerate(paths):
         if path not in allowed:
-            raise ParamsError(f"{key}[{i}]", f"the {role} ({type(model).__name__}) has no stage {path!r}; "
+            raise ParamsError(f"{key}[{i}]", f"the {role} ({type(model).__name__}) has no layer {path!r}; "
                               f"allowed: {', '.join(allowed)}")
 
 

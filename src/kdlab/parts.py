@@ -1,10 +1,10 @@
 """``kdlab parts``: question 2, which parts of the network benefit from distillation.
 
-The same student distilled with the feature loss ``parts.method`` placed at one stage at a time (runs
+The same student distilled with the feature loss ``parts.method`` placed at one ResNet layer at a time (runs
 ``fitnet.layer1`` ..), logits-only KD and the raw baseline (from the main study), and the students carved from
 the teacher (``parts.init``: ``init_teacher`` and its random-init control) over ``study.seeds``. Per group: test
 accuracy (mean, 95% t interval), the gain over raw (Welch), and linear CKA between teacher and student
-features at every stage on a fixed batch of validation images (the first ``parts.cka_images``), mean over
+features at every layer on a fixed batch of validation images (the first ``parts.cka_images``), mean over
 seeds. Accuracies come from the runs' metrics files (checkpoints chosen on val); CKA is measured here.
 """
 from __future__ import annotations
@@ -14,13 +14,11 @@ from pathlib import Path
 import torch
 
 from kdlab import io, stats, tracking
-from kdlab.evaluate import fmt_p
-from kdlab.features import features, linear_cka, stages
-from kdlab.params import BASELINE, Params, flatten
-
-PARTS_JSON = "metrics/parts.json"
-PARTS_MD = "metrics/parts.md"
-CKA_PLOT = Path("plots/parts_cka.json")
+from kdlab.features import features, layers, linear_cka
+from kdlab.params import BASELINE, Params
+from kdlab.present import COLORS, ci, diff, finish, plt, verdict, yerr
+from kdlab.schema import flatten
+from kdlab.workspace import CKA_PLOT, PARTS_JSON, PARTS_MD, context, load_model, load_teacher, run_files
 
 
 def groups(p: Params) -> list[tuple[str, bool]]:
@@ -28,7 +26,7 @@ def groups(p: Params) -> list[tuple[str, bool]]:
     out = [(BASELINE, False)]
     if "kd" in p.study.variants:
         out.append(("kd", False))
-    out += [(f"{p.parts.method}.{st}", True) for st in p.parts.stages]
+    out += [(f"{p.parts.method}.{st}", True) for st in p.parts.layers]
     out += [(v, True) for v in p.parts.init]
     return out
 
@@ -53,27 +51,15 @@ def summarize(p: Params, accs: dict[str, list[float]], params_count: dict[str, i
               cka: dict[str, list[dict]], cka_images: int) -> dict:
     out = {"groups": {}, "comparisons": {}, "cka_images": cka_images, "seeds": p.study.seeds}
     for g, _ in groups(p):
-        per_stage = {st: stats.t_interval([c[st] for c in cka[g]]) for st in cka[g][0]}
-        out["groups"][g] = {"test_acc": stats.t_interval(accs[g]), "params": params_count[g], "cka": per_stage}
+        per_layer = {st: stats.t_interval([c[st] for c in cka[g]]) for st in cka[g][0]}
+        out["groups"][g] = {"test_acc": stats.t_interval(accs[g]), "params": params_count[g], "cka": per_layer}
     for a, b in comparisons(p):
         out["comparisons"][f"{a}_vs_{b}"] = {"test_acc": stats.welch(accs[a], accs[b])}
     return out
 
 
-def pct_ci(s: dict) -> str:
-    if s.get("ci_low") is None:
-        return f"{100 * s['mean']:.2f}"
-    return f"{100 * s['mean']:.2f} [{100 * s['ci_low']:.2f}, {100 * s['ci_high']:.2f}]"
-
-
 def diff_cell(c: dict | None) -> str:
-    if not c:
-        return "-"
-    c = c["test_acc"]
-    out = f"{100 * c['diff']:+.2f}"
-    if c.get("ci_low") is not None:
-        out += f" [{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}] (p {fmt_p(c['p'])})"
-    return out
+    return diff(c["test_acc"], with_p=True) if c else "-"
 
 
 def markdown(p: Params, summary: dict) -> str:
@@ -97,25 +83,23 @@ def markdown(p: Params, summary: dict) -> str:
         kd_col = diff_cell(cmp_.get(f"{g}_vs_kd"))
         if g in controls:
             kd_col = f"{diff_cell(cmp_.get(f'{g}_vs_{controls[g]}'))} vs {controls[g]}"
-        lines.append(f"| {g} | {e['params']:,} | {pct_ci(e['test_acc'])} | {diff_cell(cmp_.get(f'{g}_vs_{BASELINE}'))} "
+        lines.append(f"| {g} | {e['params']:,} | {ci(e['test_acc'])} | {diff_cell(cmp_.get(f'{g}_vs_{BASELINE}'))} "
                      f"| {kd_col} | " + " | ".join(f"{e['cka'][st]['mean']:.3f}" for st in paths) + " |")
     return "\n".join(lines) + "\n"
 
 
 def run_parts(p: Params) -> dict:
-    from kdlab.stages import context, load_model, load_teacher, student_paths
-
     ctx = context(p, 0)
     val = ctx.splits["val"]
     images = ctx.normalize(val["images"][:p.parts.cka_images].to(ctx.device))
     _, teacher = load_teacher(p, ctx)
-    paths = stages(teacher)
+    paths = layers(teacher)
     teacher_feats = features(teacher, images, paths)
     accs, params_count, cka = {}, {}, {}
     for g, in_parts in groups(p):
         accs[g], cka[g] = [], []
         for seed in p.study.seeds:
-            model_path, metrics_path = student_paths(g, seed, in_parts)
+            model_path, metrics_path = run_files(g, seed, "parts" if in_parts else "students")
             stage = (f"placement@{g.split('.', 1)[1]}-{seed}" if g.startswith(f"{p.parts.method}.")
                      else f"carve@{g}-{seed}" if in_parts else
                      f"baseline@{g}-{seed}" if g == BASELINE else f"student@{g}-{seed}")
@@ -127,6 +111,7 @@ def run_parts(p: Params) -> dict:
             print(f"{g}-{seed}: CKA " + " ".join(f"{k} {v:.3f}" for k, v in cka[g][-1].items()))
     summary = summarize(p, accs, params_count, cka, len(images))
     io.save_json(summary, PARTS_JSON)
+    # "stage": the plot's field name in dvc.yaml (a ResNet layer)
     io.save_json([{"run": g, "stage": st, "cka": e["cka"][st]["mean"]} for g, e in summary["groups"].items()
                   for st in paths], CKA_PLOT)
     table = markdown(p, summary)
@@ -141,3 +126,57 @@ def run_parts(p: Params) -> dict:
         run.log_to_study(flat)
         run.log_artifact(PARTS_MD)
     return summary
+
+
+# ---------------------------------------------------------------- its part of the report
+
+PLACEMENT_COLORS = ["tab:green", "tab:purple", "tab:brown", "tab:olive", "tab:cyan"]
+
+
+def plot_parts(p: Params, parts: dict, path: Path) -> None:
+    """Accuracy per run group (left) and CKA with the teacher per layer (right)."""
+    shown = {g: parts["groups"][g] for g, _ in groups(p) if g in parts["groups"]}
+    fig, (ax1, ax2) = plt().subplots(1, 2, figsize=(10, 3.8))
+    placements = [g for g in shown if g.startswith(f"{p.parts.method}.")]
+
+    def color(g, i):
+        if g in placements:
+            return PLACEMENT_COLORS[placements.index(g) % len(PLACEMENT_COLORS)]
+        return COLORS.get(g, f"C{i}")
+
+    for i, (g, e) in enumerate(shown.items()):
+        s = e["test_acc"]
+        ax1.errorbar([i], [100 * s["mean"]], yerr=yerr([s]), fmt="o", capsize=5, color=color(g, i))
+        paths = list(e["cka"])
+        ax2.plot(range(len(paths)), [e["cka"][st]["mean"] for st in paths], marker="o", color=color(g, i), label=g)
+        ax2.set_xticks(range(len(paths)), paths)
+    ax1.set_xticks(range(len(shown)), [g.replace(".", "\n") for g in shown], fontsize=7)
+    ax1.set_ylabel("test accuracy (%), mean and 95% CI")
+    ax1.set_title("accuracy per placement / initialisation")
+    finish(fig, ax2, "stage", "linear CKA with the teacher", f"teacher-likeness per stage ({parts['cka_images']} val images)",
+           path)
+
+
+def pictures(p: Params, parts: dict) -> dict:
+    return {"parts.png": lambda f: plot_parts(p, parts, f)}
+
+
+def report_section(p: Params, parts: dict) -> list[str]:
+    n = len(p.study.seeds)
+    lines = [
+        "## Question 2: which parts of the network benefit from distillation?",
+        "",
+        f"`{p.parts.method}` places a feature loss (plus KD) at one stage at a time; `init_teacher` carves the "
+        f"student out of the teacher's blocks (`methods.init_teacher.keep`) and `init_random` is the same shape "
+        f"from a random initialisation, both trained with KD. CKA near 1 means that stage of the student "
+        f"represents the validation images as the teacher's does. Regenerate with `dvc repro parts report`.",
+        "",
+        markdown(p, parts),
+    ]
+    for a, b in comparisons(p):
+        if b != BASELINE or a == "kd":
+            cmp_ = parts["comparisons"].get(f"{a}_vs_{b}")
+            if cmp_:
+                lines.append("- " + verdict(a, b, cmp_, n))
+    lines += ["", "![question 2](parts.png)", ""]
+    return lines

@@ -1,5 +1,5 @@
 """Question 3, what can be pruned while distilling: ``kdlab prune`` prunes the teacher to each target size by
-each criterion (:mod:`kdlab.prune`); ``kdlab pruned`` trains one student from such a model; ``kdlab pruning``
+each criterion (:mod:`kdlab.channels`); ``kdlab pruned`` trains one student from such a model; ``kdlab pruning``
 gathers the study.
 
 Target sizes (``prune.sizes``) are multiples of the default student's parameter count (``student.arch`` x
@@ -13,18 +13,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kdlab import io, stats, tracking
-from kdlab.params import BASELINE, Params, ParamsError, flatten
-from kdlab.parts import diff_cell, pct_ci
+from kdlab import channels, distill, io, stats, tracking
+from kdlab.models import count_params
+from kdlab.params import BASELINE, Params
+from kdlab.present import ci, diff, finish, plt, verdict, yerr
+from kdlab.schema import ParamsError, flatten
+from kdlab.stages import Run, train_run
+from kdlab.surgery import keep_blocks, reinit
+from kdlab.train import accuracy, make_optimizer, make_schedule, predict, step
+from kdlab.workspace import (PROFILE_PLOT, PRUNE_JSON, PRUNED_TEACHERS, PRUNING_JSON, PRUNING_MD, build_model, context,
+                             load_teacher, memory_format, model_from_checkpoint, run_files, train_batches)
 
-#: the pruned teachers, one file per (criterion, size)
-PRUNE_DIR = Path("models/prune")
-#: the students trained from them
-PRUNED = Path("models/pruned")
-PRUNE_JSON = "metrics/prune.json"
-PRUNING_JSON = "metrics/pruning.json"
-PRUNING_MD = "metrics/pruning.md"
-PROFILE_PLOT = Path("plots/prune_profile.json")
 INITS = ("prune", "shape")
 VARIANTS = ("kd", BASELINE)
 
@@ -50,10 +49,6 @@ def groups(p: Params) -> list[tuple[str, float, str, str]]:
     return out + [(c, p.prune.sizes[0], "prune", "kd") for c in p.prune.compare]
 
 
-def student_paths(name: str, seed: int) -> tuple[Path, Path]:
-    return PRUNED / f"{name}-{seed}.pt", Path("metrics/pruned") / f"{name}-{seed}.json"
-
-
 def stage_of(p: Params, criterion: str, size: float, init: str, variant: str, seed: int) -> str:
     if criterion != p.prune.criterion:
         return f"criteria@{criterion}-{seed}"
@@ -63,31 +58,20 @@ def stage_of(p: Params, criterion: str, size: float, init: str, variant: str, se
 # ---------------------------------------------------------------- kdlab prune
 
 def _finetuner(p: Params, ctx, seed: int):
-    """``between(model, step)`` for iterative pruning: ``prune.finetune_steps`` KD steps from the cached logits
+    """``between(model, pruning_step)`` for iterative pruning: ``prune.finetune_steps`` KD steps from the cached logits
     (student.lr, warm-up and decay as in training)."""
-    from kdlab import distill
-    from kdlab.stages import student_batches
-    from kdlab.runtime import precision
-    from kdlab.train import autocast, make_optimizer, make_schedule, safe_strides
-
     kd = distill.build("kd", p)
-    batches = student_batches(p, ctx, kd, seed, {})
-    resolved = precision(p.train.precision, ctx.device)
+    batches = train_batches(p, ctx, kd, seed, {})
 
-    def between(model, step: int) -> None:
+    def between(model, pruning_step: int) -> None:
         steps = p.prune.finetune_steps
         opt = make_optimizer(model.parameters(), p.student.lr, p.train)
         sched = make_schedule(opt, steps, p.train)
         model.train()
-        done, epoch = 0, 1000 * step  # fresh permutations, apart from training's epochs
+        done, epoch = 0, 1000 * pruning_step  # fresh permutations, apart from training's epochs
         while done < steps:
             for batch in batches.epoch(epoch):
-                with autocast(ctx.device, p.train.precision):
-                    _, terms = kd(model, safe_strides(batch, ctx.device, resolved))
-                opt.zero_grad(set_to_none=True)
-                sum(terms.values()).backward()
-                opt.step()
-                sched.step()
+                step(lambda b: kd(model, b), batch, opt, sched, device=ctx.device, precision=ctx.precision)
                 done += 1
                 if done == steps:
                     break
@@ -97,12 +81,6 @@ def _finetuner(p: Params, ctx, seed: int):
 
 
 def run_prune(p: Params) -> dict:
-    from kdlab import prune
-    from kdlab.models import count_params
-    from kdlab.stages import build_model, context, load_teacher
-    from kdlab.surgery import keep_blocks
-    from kdlab.train import accuracy, predict
-
     ctx = context(p, p.teacher.seed)
     t, teacher = load_teacher(p, ctx)
     base = keep_blocks(teacher, p.prune.keep, "prune.keep") if p.prune.keep else teacher
@@ -117,16 +95,17 @@ def run_prune(p: Params) -> dict:
         for criterion, size in pruned_models(p):
             name = model_name(criterion, size)
             target = round(size * unit)
-            model, histories = prune.prune_iteratively(base, criterion, target, calib, p.prune.steps, between,
-                                                       p.prune.max_ratio, seed=p.teacher.seed)
+            model, histories = channels.prune_iteratively(base, criterion, target, calib, p.prune.steps, between,
+                                                          p.prune.max_ratio, seed=p.teacher.seed)
             val_acc = accuracy(predict(model, val["images"], val["labels"], ctx.normalize, p.train.eval_batch_size,
                                        p.train.precision), val["labels"])
-            channels = prune.channel_profile(teacher, model)
+            kept = channels.channel_profile(teacher, model)
+            # "stages" (a ResNet layer's share of channels kept) and "channels": the keys of metrics/prune.json
             entry = {"criterion": criterion, "size": size, "target_params": target, "params": count_params(model),
-                     "val_acc_pruned": val_acc, "stages": prune.stage_profile(channels, teacher), "channels": channels}
+                     "val_acc_pruned": val_acc, "stages": channels.layer_profile(kept, teacher), "channels": kept}
             io.save_torch({"arch": t["arch"], "width": t["width"], "in_channels": t["in_channels"],
                            "classes": t["classes"], "blocks": p.prune.keep or None, "pruning": histories,
-                           "state_dict": model.state_dict(), **entry}, PRUNE_DIR / f"{name}.pt")
+                           "state_dict": model.state_dict(), **entry}, PRUNED_TEACHERS / f"{name}.pt")
             summary["models"][name] = entry
             rows += [{"model": name, "stage": st, "kept": frac} for st, frac in entry["stages"].items()]
             run.log({f"prune/{name}/params": entry["params"], f"prune/{name}/val_acc_pruned": val_acc})
@@ -143,10 +122,6 @@ def run_prune(p: Params) -> dict:
 def run_pruned(p: Params, size: float, criterion: str, init: str, variant: str, seed: int) -> dict:
     """One student: the teacher pruned by ``criterion`` to ``size`` (``init=prune``) or that shape freshly
     initialised (``init=shape``), trained with ``variant`` (kd or raw)."""
-    from kdlab import distill
-    from kdlab.stages import _train_and_save, context, memory_format, model_from_checkpoint, student_batches
-    from kdlab.surgery import reinit
-
     if init not in INITS:
         raise ParamsError("--init", f"unknown {init!r}; allowed: {', '.join(INITS)}")
     method = distill.build(variant, p)
@@ -154,22 +129,22 @@ def run_pruned(p: Params, size: float, criterion: str, init: str, variant: str, 
         raise ParamsError("--variant", f"{variant} needs the teacher itself; a pruned student trains with a "
                           f"logits method or on labels ({', '.join(VARIANTS)})")
     ctx = context(p, seed)
-    src = PRUNE_DIR / f"{model_name(criterion, size)}.pt"
+    src = PRUNED_TEACHERS / f"{model_name(criterion, size)}.pt"
     ckpt = io.load_torch(src, "dvc repro prune")
     model = model_from_checkpoint(ckpt, ctx)
     if init == "shape":
         reinit(model)  # torch's generator, seeded with this run's seed by context()
     model = memory_format(model, p.student, ctx).train()
     resume_key = {"pruned_sha256": io.sha256(src)}
-    batches = student_batches(p, ctx, method, seed, resume_key)
+    batches = train_batches(p, ctx, method, seed, resume_key)
     method.attach(model, None, ctx.normalize(ctx.splits["train"]["images"][:32].to(ctx.device)))
     method.to(ctx.device)
     name = run_name(init, criterion, size, variant)
-    model_path, metrics_path = student_paths(name, seed)
     arch = {k: ckpt[k] for k in ("arch", "width", "blocks", "pruning")}
-    return _train_and_save(p, ctx, "student", p.student, seed, method, batches, model_path, metrics_path,
-                           f"{name}-{seed}", {"variant": name, "init": init, "criterion": criterion, "size": size},
-                           resume_key, model=model, arch=arch)
+    return train_run(p, ctx, Run(f"{name}-{seed}", "student", p.student, seed, method, batches, model,
+                                 run_files(name, seed, "pruned"),
+                                 {"variant": name, "init": init, "criterion": criterion, "size": size}, resume_key,
+                                 arch))
 
 
 # ---------------------------------------------------------------- kdlab pruning
@@ -208,9 +183,9 @@ def summarize(p: Params, accs: dict[str, list[float]], params_count: dict[str, i
     return out
 
 
-def stage_order(stages: dict) -> list[str]:
-    """The stem first, then the stages in order (the JSON files keep their keys sorted)."""
-    return sorted(stages, key=lambda s: (s != "stem", s))
+def layer_order(layers: dict) -> list[str]:
+    """The stem first, then the layers in order (the JSON files keep their keys sorted)."""
+    return sorted(layers, key=lambda s: (s != "stem", s))
 
 
 def markdown(p: Params, summary: dict) -> str:
@@ -228,17 +203,17 @@ def markdown(p: Params, summary: dict) -> str:
     ]
     for name, g in summary["groups"].items():
         lines.append(f"| x{g['size']} | {g['init']} | {g['variant']} | {g['criterion']} | {g['params']:,} | "
-                     f"{pct_ci(g['test_acc'])} |")
+                     f"{ci(g['test_acc'])} |")
     lines += ["", "| comparison | difference (points) [95% CI] (Welch p) |", "|---|---|"]
-    lines += [f"| {e['a']} vs {e['b']} | {diff_cell(e)} |" for e in summary["comparisons"].values()]
-    stages_ = stage_order(next(iter(summary["pruned"].values()))["stages"])
+    lines += [f"| {e['a']} vs {e['b']} | {diff(e['test_acc'], with_p=True)} |" for e in summary["comparisons"].values()]
+    layers = layer_order(next(iter(summary["pruned"].values()))["stages"])
     lines += ["", f"Each pruned teacher before any training: parameters, validation accuracy, and the fraction of "
               f"output channels each stage keeps (criterion {c} at every size; the others at x{p.prune.sizes[0]}).",
-              "", "| pruned model | params | val accuracy (%) | " + " | ".join(f"kept {s}" for s in stages_) + " |",
-              "|---|---|---|" + "---|" * len(stages_)]
+              "", "| pruned model | params | val accuracy (%) | " + " | ".join(f"kept {s}" for s in layers) + " |",
+              "|---|---|---|" + "---|" * len(layers)]
     for name, e in summary["pruned"].items():
         lines.append(f"| {name} | {e['params']:,} | {100 * e['val_acc_pruned']:.2f} | "
-                     + " | ".join(f"{100 * e['stages'][s]:.0f}%" for s in stages_) + " |")
+                     + " | ".join(f"{100 * e['stages'][s]:.0f}%" for s in layers) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -249,7 +224,7 @@ def run_pruning(p: Params) -> dict:
         name = run_name(init, criterion, size, variant)
         accs[name] = []
         for seed in p.study.seeds:
-            _, metrics_path = student_paths(name, seed)
+            _, metrics_path = run_files(name, seed, "pruned")
             rebuild = f"dvc repro {stage_of(p, criterion, size, init, variant, seed)}"
             metrics = io.load_json(metrics_path, rebuild)
             accs[name].append(metrics["test_acc"])
@@ -265,3 +240,48 @@ def run_pruning(p: Params) -> dict:
         run.log_to_study(flat)
         run.log_artifact(PRUNING_MD)
     return summary
+
+
+# ---------------------------------------------------------------- its part of the report
+
+def plot_pruning(p: Params, pruning: dict, path: Path) -> None:
+    """Accuracy per arm and size (left), channels kept per layer by each criterion (right)."""
+    fig, (ax1, ax2) = plt().subplots(1, 2, figsize=(10, 3.8))
+    names = list(pruning["groups"])
+    for i, name in enumerate(names):
+        g = pruning["groups"][name]
+        s = g["test_acc"]
+        color = {"prune": "tab:red", "shape": "tab:gray"}[g["init"]]
+        ax1.errorbar([i], [100 * s["mean"]], yerr=yerr([s]), fmt="o" if g["variant"] == "kd" else "s",
+                     mfc=color if g["variant"] == "kd" else "white", capsize=4, color=color)
+    ax1.set_xticks(range(len(names)), [n.replace(".", "\n", 2) for n in names], fontsize=6)
+    ax1.set_ylabel("test accuracy (%), mean and 95% CI")
+    ax1.set_title("pruned (red) vs fresh (grey); KD filled, labels open")
+    for i, (name, e) in enumerate(pruning["pruned"].items()):
+        layers = layer_order(e["stages"])
+        ax2.plot(range(len(layers)), [100 * e["stages"][st] for st in layers], marker="o", color=f"C{i}",
+                 label=f"{name} ({e['params']:,} params)")
+        ax2.set_xticks(range(len(layers)), layers)
+    finish(fig, ax2, "stage", "output channels kept (%)", "where each criterion prunes", path)
+
+
+def pictures(p: Params, pruning: dict) -> dict:
+    return {"pruning.png": lambda f: plot_pruning(p, pruning, f)}
+
+
+def report_section(p: Params, pruning: dict) -> list[str]:
+    n = len(p.study.seeds)
+    lines = [
+        "## Question 3: what can be pruned while distilling?",
+        "",
+        f"The trained teacher is pruned by channel importance (torch-pruning's dependency graph, channels ranked "
+        f"globally) down to multiples of the student's parameter count, then trained like the students. The "
+        f"controls are the same shape freshly initialised, and training on labels instead of KD. Regenerate "
+        "with `dvc repro pruning report`.",
+        "",
+        markdown(p, pruning),
+    ]
+    for key, cmp_ in pruning["comparisons"].items():
+        lines.append("- " + verdict(cmp_["a"], cmp_["b"], cmp_, n))
+    lines += ["", "![question 3](pruning.png)", ""]
+    return lines

@@ -4,10 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from kdlab import io
+from kdlab.workspace import BENCH_MD, PARTS_MD, PRUNING_MD, SUMMARY_MD
 
 #: README blocks that `kdlab readme` fills: name -> the pipeline file copied between its markers
-README_BLOCKS = {"results": "metrics/summary.md", "parts": "metrics/parts.md", "pruning": "metrics/pruning.md",
-                 "bench": "metrics/bench.md"}
+README_BLOCKS = {"results": SUMMARY_MD, "parts": PARTS_MD, "pruning": PRUNING_MD, "bench": BENCH_MD}
 
 
 def markers(block: str) -> tuple[str, str]:

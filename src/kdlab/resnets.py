@@ -1,6 +1,7 @@
-"""CIFAR-style ResNets (He et al. 2016): 6n+2 layers, 3 stages of widths 16/32/64 x a multiplier.
+"""CIFAR-style ResNets (He et al. 2016): depth 6n+2, three residual layers of n blocks, widths 16/32/64 x a
+multiplier.
 
-Stages are named ``layer1``.. like torchvision's, so feature taps address the same paths in both families.
+The residual layers are named ``layer1``.. like torchvision's, so feature taps address the same paths in both families.
 """
 import torch
 from torch import nn

@@ -7,6 +7,9 @@ import os
 
 import torch
 
+from kdlab import distributed
+from kdlab.schema import ParamsError
+
 # glibc's default allocator returns large tensor buffers to the OS after each step and page-faults them
 # back in on the next: 25-45% of CPU training time here. These are the values of the environment
 # variables MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=134217728, applied through mallopt so
@@ -35,8 +38,6 @@ def tune_allocator() -> bool:
 
 def device(choice: str) -> torch.device:
     if choice == "cuda" and not torch.cuda.is_available():
-        from kdlab.params import ParamsError
-
         raise ParamsError("train.device", "cuda was asked for but torch.cuda.is_available() is False; use auto or cpu")
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
@@ -77,13 +78,11 @@ def compile_enabled(choice, device: torch.device, precision: str = "bf16") -> bo
 
 def setup(train_params, seed: int) -> torch.device:
     """Allocator, threads and seed; under torchrun also joins the process group (this rank's device)."""
-    from kdlab import distributed
-
     tune_allocator()
     if train_params.threads:
         torch.set_num_threads(train_params.threads)
     torch.manual_seed(seed)
-    dev = distributed.init(train_params.device) or device(train_params.device)
+    dev = distributed.init(device(train_params.device))
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -1,25 +1,25 @@
 """Students carved out of the teacher. ``keep_blocks``: DistilBERT-style, keep a subset of the residual
-blocks of each stage and their weights (the stem, the classifier and every kept block are copied)."""
+blocks of each layer and their weights (the stem, the classifier and every kept block are copied)."""
 from __future__ import annotations
 
 import copy
 
 from torch import nn
 
-from kdlab.features import stages
-from kdlab.params import ParamsError
+from kdlab.features import layers
+from kdlab.schema import ParamsError
 
 
 def keep_blocks(model: nn.Module, keep: list[list[int]], key: str = "keep") -> nn.Module:
-    """A copy of ``model`` whose stage i holds only the blocks ``keep[i]`` (indices into that stage).
+    """A copy of ``model`` whose layer i holds only the blocks ``keep[i]`` (indices into that layer).
 
-    Works for any model whose stages are ``nn.Sequential`` children named ``layer1``.. (the CIFAR ResNets
-    and torchvision's). The first block of a stage that changes width or resolution must be kept.
+    Works for any model whose layers are ``nn.Sequential`` children named ``layer1``.. (the CIFAR ResNets
+    and torchvision's). The first block of a layer that changes width or resolution must be kept.
     """
-    names = stages(model)
+    names = layers(model)
     if len(keep) != len(names):
-        raise ParamsError(key, f"lists {len(keep)} stages but {type(model).__name__} has {len(names)} "
-                          f"({', '.join(names)}); give one list of block indices per stage")
+        raise ParamsError(key, f"lists {len(keep)} layers but {type(model).__name__} has {len(names)} "
+                          f"({', '.join(names)}); give one list of block indices per layer")
     out = copy.deepcopy(model)
     for i, (name, idx) in enumerate(zip(names, keep)):
         blocks = model.get_submodule(name)
@@ -40,11 +40,11 @@ def _changes_shape(block: nn.Module) -> bool:
 
 def default_keep(model: nn.Module) -> list[list[int]]:
     """DistilBERT's choice: one block in two, starting from the first."""
-    return [list(range(0, len(model.get_submodule(n)), 2)) for n in stages(model)]
+    return [list(range(0, len(model.get_submodule(n)), 2)) for n in layers(model)]
 
 
 def block_counts(model: nn.Module) -> list[int]:
-    return [len(model.get_submodule(n)) for n in stages(model)]
+    return [len(model.get_submodule(n)) for n in layers(model)]
 
 
 def reinit(model: nn.Module) -> nn.Module:

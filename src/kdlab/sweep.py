@@ -13,9 +13,9 @@ import subprocess
 from pathlib import Path
 
 from kdlab import io
-from kdlab.evaluate import LABELS, SUMMARY_JSON
 from kdlab.params import BASELINE
-from kdlab.report import REPORTS, _color, _plt, finish
+from kdlab.present import LABELS, ci, color, finish, plt, yerr
+from kdlab.workspace import REPORTS, SUMMARY_JSON
 
 
 def _get(tree: dict, dotted: str):
@@ -42,7 +42,7 @@ def experiments(exp_show: list) -> list[dict]:
                 rev = data.get("rev") or node.get("rev")
                 params = _get(data, "params") or {}
                 params = (params.get("params.yaml") or {}).get("data")
-                summary = ((data.get("metrics") or {}).get(SUMMARY_JSON) or {}).get("data")
+                summary = ((data.get("metrics") or {}).get(str(SUMMARY_JSON)) or {}).get("data")
                 if params and summary:
                     key = json.dumps([params, summary], sort_keys=True)
                     found[key] = {"name": node.get("name") or data.get("name") or rev, "rev": rev,
@@ -70,20 +70,6 @@ def table(exps: list[dict], param: str, by: str | None = None) -> tuple[list[str
     return names, rows
 
 
-def _bound(s: dict, key: str) -> float:
-    """An interval end, or the mean where there is none (one seed; dvc exp show drops nulls)."""
-    value = s.get(key)
-    return s["mean"] if value is None else value
-
-
-def _cell(s: dict | None) -> str:
-    if not s:
-        return "-"
-    if s.get("ci_low") is None:  # dvc exp show drops nulls, so the key may be missing
-        return f"{100 * s['mean']:.2f}"
-    return f"{100 * s['mean']:.2f} [{100 * s['ci_low']:.2f}, {100 * s['ci_high']:.2f}]"
-
-
 def _command(param: str, by: str | None) -> str:
     return f"kdlab sweep --param {param}" + (f" --by {by}" if by else "")
 
@@ -97,14 +83,13 @@ def markdown(param: str, names: list[str], rows: list[tuple], by: str | None = N
     for value, other, name, accs in rows:
         cells = [value, other] if by else [value]
         lines.append("| " + " | ".join(map(str, cells)) + f" | {name} | "
-                     + " | ".join(_cell(accs.get(v)) for v in names) + " |")
+                     + " | ".join(ci(accs.get(v)) for v in names) + " |")
     return "\n".join(lines) + "\n"
 
 
 def plot(param: str, names: list[str], rows: list[tuple], path: Path, by: str | None = None) -> None:
     """One curve per variant (and per value of ``by``: line styles), mean and 95% CI against ``param``."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    fig, ax = plt().subplots(figsize=(6.4, 3.8))
     others = list(dict.fromkeys(r[1] for r in rows))
     styles = ["-", "--", ":", "-."]
     for i, v in enumerate(names):
@@ -115,10 +100,9 @@ def plot(param: str, names: list[str], rows: list[tuple], path: Path, by: str | 
                 continue
             xs = [x for x, _ in pts]
             ys = [100 * s["mean"] for _, s in pts]
-            err = [[100 * (s["mean"] - _bound(s, "ci_low")) for _, s in pts],
-                   [100 * (_bound(s, "ci_high") - s["mean"]) for _, s in pts]]
+            err = yerr([s for _, s in pts])
             label = LABELS.get(v, v) + (f", {by.split('.')[-1]}={other}" if by and v != BASELINE else "")
-            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=4, color=_color(v, i), label=label,
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=4, color=color(v, i), label=label,
                         linestyle=styles[j % len(styles)])
     title = f"sweep over {param}" + (f" and {by}" if by else "") + " (mean, 95% CI over seeds)"
     finish(fig, ax, param, "test accuracy (%)", title, path)

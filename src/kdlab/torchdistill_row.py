@@ -1,7 +1,7 @@
 """The bench's torchdistill row: the same KD job (kdlab's models, batch, data, loss weights) run by
 torchdistill's DistillationBox with its usual torchvision DataLoader and PIL transforms.
 
-    python scripts/torchdistill_kd.py SPEC_JSON IMAGES_PT     (called by `kdlab bench`)
+    python -m kdlab.torchdistill_row SPEC_JSON IMAGES_PT     (called by `kdlab bench`; needs the bench extra)
 
 Prints one JSON line: {"steady_images_per_second": ..., "steps": ...}; the caller times the whole process.
 Needs `pip install -e '.[bench]'` (torchdistill).

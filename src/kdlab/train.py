@@ -1,8 +1,10 @@
-"""One training loop for the teacher and every student.
+"""One training step and one training loop, for the teacher, every student, the pruning fine-tuner and the
+benchmarks.
 
-SGD (momentum, nesterov, weight decay), one-cycle or cosine schedule stepped per batch, bf16 autocast
-and channels_last on CUDA, validation every epoch. The state with the best *validation* accuracy is
-kept; the test split is never looked at here.
+:func:`step`: forward under autocast, the method's weighted terms summed, backward, optimizer and schedule.
+:func:`fit`: SGD (momentum, nesterov, weight decay), one-cycle or cosine schedule stepped per batch, bf16
+autocast and channels_last on CUDA, validation every epoch. The state with the best *validation* accuracy
+is kept; the test split is never looked at here.
 """
 from __future__ import annotations
 
@@ -17,8 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from kdlab import distributed, io
-from kdlab.runtime import compile_enabled
+from kdlab import distributed, io, runtime
 from kdlab.loader import Normalize, TrainBatches, eval_batches
 
 
@@ -58,9 +59,7 @@ def make_schedule(opt, total_steps: int, tp) -> torch.optim.lr_scheduler.LambdaL
 
 def autocast(device: torch.device, precision: str = "auto"):
     """bf16 autocast when ``precision`` (``train.precision``, resolved by :func:`kdlab.runtime.precision`) says so."""
-    from kdlab.runtime import precision as resolve
-
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=resolve(precision, device) == "bf16")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=runtime.precision(precision, device) == "bf16")
 
 
 @torch.no_grad()
@@ -141,10 +140,34 @@ def standard_strides(images: torch.Tensor) -> torch.Tensor:
 
 def safe_strides(batch, device: torch.device, precision: str):
     """``batch`` with :func:`standard_strides` images where the step runs fp32 on the CPU (``precision``
-    resolved); every training loop (fit, the bench, the pruning fine-tuner) passes its batches through here."""
+    resolved); :func:`step` passes every batch through here."""
     if device.type == "cpu" and precision == "fp32":
         batch.images = standard_strides(batch.images)
     return batch
+
+
+def step(forward: Callable, batch, opt: torch.optim.Optimizer, sched=None, *, device: torch.device,
+         precision: str, scale: float = 1.0, check: Optional[Callable[[torch.Tensor, dict], None]] = None) -> dict:
+    """One training step, the only one: every training loop (:func:`fit`, the bench, the pruning fine-tuner,
+    scripts/gpu_bench.py) calls it. ``forward(batch) -> (logits, terms)`` (a method bound to its student,
+    possibly compiled) runs under autocast for ``precision`` ("bf16" or "fp32", resolved); the summed terms,
+    times ``scale`` (an uneven last batch under DDP), are back-propagated and the optimizer (and the schedule)
+    stepped. ``check(loss, terms)`` runs before the backward pass (to stop on a non-finite loss). Returns the
+    terms (tensors: no host sync)."""
+    batch = safe_strides(batch, device, precision)
+    with autocast(device, precision):
+        _, terms = forward(batch)
+    loss = sum(terms.values())
+    if scale != 1.0:
+        loss = loss * scale
+    if check is not None:
+        check(loss, terms)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    if sched is not None:
+        sched.step()
+    return terms
 
 
 def _all_finite(finite: torch.Tensor, world: int) -> bool:
@@ -177,10 +200,8 @@ def fit(model: nn.Module, method: nn.Module, batches: TrainBatches,
     # the step's forward (student, teacher features, loss) runs as one compiled graph; the model itself
     # (same parameters) is evaluated and saved. Static shapes, and the epoch's short last batch runs eagerly:
     # a graph of its own would cost a second compilation for one step per epoch
-    from kdlab.runtime import precision as resolve_precision
-
-    precision = resolve_precision(tp.precision, device)
-    compiled = compile_enabled(tp.compile, device, precision)
+    precision = runtime.precision(tp.precision, device)
+    compiled = runtime.compile_enabled(tp.compile, device, precision)
     world, main = distributed.world(), distributed.is_main()
     if world > 1:  # DistributedDataParallel over (model, method): gradients all-reduced in backward
         distributed.sync_batchnorm(model, method)
@@ -207,25 +228,22 @@ def fit(model: nn.Module, method: nn.Module, batches: TrainBatches,
         bar = tqdm(batches.epoch(epoch), total=len(batches), desc=f"{desc} epoch {epoch}/{epochs}",
                    leave=False, dynamic_ncols=True, mininterval=1.0, disable=not main)
         step_start = time.perf_counter()
-        for step, batch in enumerate(bar, start=1):
+        for i, batch in enumerate(bar, start=1):
             n = len(batch.labels)
-            batch = safe_strides(batch, device, precision)
-            with autocast(device, tp.precision):
-                _, terms = (full_step if n == batches.local_batch_size else short_step)(batch)
-            loss = sum(terms.values())
-            if world > 1 and n * world != (global_n := batches.global_batch(step)):
-                # an uneven last batch: weigh each rank's mean by its share, so the all-reduced gradient is
-                # the global batch's mean
-                loss = loss * (n * world / global_n)
-            finite &= torch.isfinite(loss.detach())
-            if (step % check_every == 0 or step == len(batches)) and not _all_finite(finite, world):
-                values = {k: float(v) for k, v in terms.items()}
-                raise NonFiniteLoss(f"{desc}: non-finite loss at epoch {epoch}, step {step} (of {len(batches)}): "
-                                    f"{values}; lower the learning rate ({lr}) or check the inputs")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            # an uneven last batch under DDP: each rank's mean weighs by its share, so the all-reduced gradient
+            # is the global batch's mean
+            scale = n * world / batches.global_batch(i) if world > 1 else 1.0
+
+            def check(loss, terms, i=i):
+                nonlocal finite
+                finite &= torch.isfinite(loss.detach())
+                if (i % check_every == 0 or i == len(batches)) and not _all_finite(finite, world):
+                    values = {k: float(v) for k, v in terms.items()}
+                    raise NonFiniteLoss(f"{desc}: non-finite loss at epoch {epoch}, step {i} (of {len(batches)}): "
+                                        f"{values}; lower the learning rate ({lr}) or check the inputs")
+
+            terms = step(full_step if n == batches.local_batch_size else short_step, batch, opt, sched,
+                         device=device, precision=precision, scale=scale, check=check)
             if first_step_seconds is None:  # with torch.compile: the compilation, measured apart
                 first_step_seconds = time.perf_counter() - step_start
             seen += n

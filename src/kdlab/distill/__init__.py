@@ -42,5 +42,7 @@ def method_class(name: str) -> type["Method"]:
 
 
 def build(name: str, params, **overrides) -> "Method":
-    """The method ``name`` with its options from ``params.methods[name]`` (``overrides`` replace some)."""
-    return method_class(name)(params, **overrides)
+    """The method ``name``, given what it reads of ``params`` (a :class:`kdlab.params.Params`): the ``loss``
+    section, ``train.label_smoothing`` and its own ``methods.<name>`` options (``overrides`` replace some)."""
+    cls = method_class(name)
+    return cls(params.loss, params.methods.get(cls.options_key(), {}), params.train.label_smoothing, **overrides)

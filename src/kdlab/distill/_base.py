@@ -6,7 +6,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from kdlab.params import ParamsError, build_section
+from kdlab.schema import ParamsError, build
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,22 +29,28 @@ class Method(nn.Module):
     #: read the options of another method (a control that must share them); default: our own name
     options_from: str | None = None
 
-    def __init__(self, params, **overrides):
+    def __init__(self, loss, options: dict | None = None, label_smoothing: float = 0.0, **overrides):
+        """``loss``: the ``loss`` params section (alpha, temperature); ``options``: this method's
+        ``methods.<options_name>`` mapping from params.yaml (``overrides`` replace some of its keys)."""
         super().__init__()
-        raw = {**params.methods.get(self.options_name, {}), **overrides}
-        self.opts = build_section(self.Options, raw, f"methods.{self.options_name}")
+        self.opts = build(self.Options, {**(options or {}), **overrides}, f"methods.{self.options_name}")
         self.check(self.opts)
-        self.params = params
-        self.label_smoothing = params.train.label_smoothing
+        self.loss = loss
+        self.label_smoothing = label_smoothing
         self.epoch = 1
         self._teacher: list[nn.Module] = []  # a list, so the teacher is neither trained nor saved with us
 
     def check(self, opts) -> None:
         """Range checks on the options; raise :class:`ParamsError` naming ``methods.<name>.<key>``."""
 
+    @classmethod
+    def options_key(cls) -> str:
+        """The key under ``methods`` in params.yaml that holds this method's options."""
+        return cls.options_from or cls.name
+
     @property
     def options_name(self) -> str:
-        return self.options_from or self.name
+        return self.options_key()
 
     def fail(self, key: str, message: str) -> ParamsError:
         return ParamsError(f"methods.{self.options_name}.{key}", message)

@@ -1,7 +1,7 @@
-"""Shared by the feature methods (fitnet, at): both models are tapped at ``stages`` (module paths) on the
+"""Shared by the feature methods (fitnet, at): both models are tapped at ``layers`` (module paths) on the
 student's very view at every step, and the feature term is added to CE (and, when ``kd`` is true, KD from the
 cached teacher logits of that view, with loss.alpha and loss.temperature). The taps are torch.fx extractors,
-so the whole step compiles, and the teacher's runs only as deep as the deepest tapped stage."""
+so the whole step compiles, and the teacher's runs only as deep as the deepest tapped layer."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -15,7 +15,7 @@ from kdlab.features import OUTPUT, check_paths, extractor
 
 @dataclass(frozen=True)
 class FeatureOptions:
-    stages: list[str] = field(default_factory=lambda: ["layer3"])
+    layers: list[str] = field(default_factory=lambda: ["layer3"])
     beta: float = 1.0
     kd: bool = True
 
@@ -36,8 +36,8 @@ class FeatureMethod(KD):
     #: the name of the feature term in the returned terms (and in MLflow)
     term = "feature"
 
-    def __init__(self, params, **overrides):
-        super().__init__(params, **overrides)
+    def __init__(self, loss, options=None, label_smoothing=0.0, **overrides):
+        super().__init__(loss, options, label_smoothing, **overrides)
         # the cache holds the teacher's logits of every view a student sees: no need to run its head here
         self.uses_teacher_logits = self.opts.kd
         # (student, teacher) extractors and the student they tap; lists, so they are not our parameters
@@ -45,17 +45,17 @@ class FeatureMethod(KD):
         self._student: list[torch.nn.Module] = []
 
     def check(self, opts) -> None:
-        if not opts.stages:
-            raise self.fail("stages", "is empty; list the stages to tap, e.g. [layer3]")
+        if not opts.layers:
+            raise self.fail("layers", "is empty; list the layers to tap, e.g. [layer3]")
         if opts.beta < 0:
             raise self.fail("beta", f"must be >= 0, got {opts.beta}")
 
     def attach(self, student, teacher, example):
         super().attach(student, teacher, example)
-        key = f"methods.{self.name}.stages"
-        check_paths(student, self.opts.stages, key, "student")
-        check_paths(teacher, self.opts.stages, key, "teacher")
-        self._taps = [extractor(student, self.opts.stages), extractor(teacher, self.opts.stages, output=False)]
+        key = f"methods.{self.name}.layers"
+        check_paths(student, self.opts.layers, key, "student")
+        check_paths(teacher, self.opts.layers, key, "teacher")
+        self._taps = [extractor(student, self.opts.layers), extractor(teacher, self.opts.layers, output=False)]
         self._student = [student]
         was_training = student.training
         self._taps[0].eval()
@@ -71,14 +71,14 @@ class FeatureMethod(KD):
         return self
 
     def build(self, fs: list[torch.Tensor], ft: list[torch.Tensor]) -> None:
-        """Create trainable parts from example features (student, teacher) at each stage."""
+        """Create trainable parts from example features (student, teacher) at each layer."""
 
     def tapped(self, images):
         """(student logits, student features, teacher features) on ``images``."""
         s = self._taps[0](images)
         with torch.no_grad():
             t = self._taps[1](images)
-        return s[OUTPUT], [s[p] for p in self.opts.stages], [t[p] for p in self.opts.stages]
+        return s[OUTPUT], [s[p] for p in self.opts.layers], [t[p] for p in self.opts.layers]
 
     def feature_loss(self, fs: list[torch.Tensor], ft: list[torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError

@@ -1,6 +1,6 @@
-"""Attention transfer (Zagoruyko & Komodakis 2017): the spatial attention map of a stage, the channel mean
+"""Attention transfer (Zagoruyko & Komodakis 2017): the spatial attention map of a layer, the channel mean
 of the squared activations flattened and L2-normalised, matched by squared error; beta/2 x the sum over
-the chosen stages of the mean squared difference (their code; beta = 1000 there). Channel counts may differ."""
+the chosen layers of the mean squared difference (their code; beta = 1000 there). Channel counts may differ."""
 from dataclasses import dataclass, field
 
 import torch
@@ -12,7 +12,7 @@ from kdlab.distill._features import FeatureMethod, FeatureOptions, same_size
 
 @dataclass(frozen=True)
 class ATOptions(FeatureOptions):
-    stages: list[str] = field(default_factory=lambda: ["layer1", "layer2", "layer3"])
+    layers: list[str] = field(default_factory=lambda: ["layer1", "layer2", "layer3"])
     beta: float = 1000.0
 
 

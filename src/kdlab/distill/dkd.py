@@ -50,8 +50,8 @@ class DKD(Method):
         if opts.warmup < 0:
             raise self.fail("warmup", f"must be >= 0 epochs, got {opts.warmup}")
 
-    def __init__(self, params, **overrides):
-        super().__init__(params, **overrides)
+    def __init__(self, loss, options=None, label_smoothing=0.0, **overrides):
+        super().__init__(loss, options, label_smoothing, **overrides)
         # a tensor, not a Python float: a compiled step would be recompiled for every new value
         self.register_buffer("ramp", torch.ones(()), persistent=False)
         self.begin_epoch(1)
@@ -62,6 +62,6 @@ class DKD(Method):
 
     def forward(self, student, batch):
         logits = student(batch.images)
-        tckd, nckd = tckd_nckd(logits, batch.teacher_logits, batch.labels, self.params.loss.temperature)
+        tckd, nckd = tckd_nckd(logits, batch.teacher_logits, batch.labels, self.loss.temperature)
         return logits, {"ce": self.ce(logits, batch.labels), "tckd": self.ramp * self.opts.alpha * tckd.mean(),
                         "nckd": self.ramp * self.opts.beta * nckd.mean()}

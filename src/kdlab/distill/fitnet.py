@@ -1,5 +1,5 @@
 """FitNets (Romero et al. 2015): MSE between the teacher's features and the student's, mapped to the
-teacher's width by a learned 1x1 conv + BatchNorm regressor, at each chosen stage (mean over stages)."""
+teacher's width by a learned 1x1 conv + BatchNorm regressor, at each chosen layer (mean over layers)."""
 import torch
 import torch.nn.functional as F
 from torch import nn

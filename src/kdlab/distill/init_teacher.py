@@ -1,5 +1,5 @@
-"""A student carved from the teacher, DistilBERT-style: keep a subset of each stage's residual blocks
-(``keep``: one list of block indices per stage; empty = one block in two, as DistilBERT) with their trained
+"""A student carved from the teacher, DistilBERT-style: keep a subset of each layer's residual blocks
+(``keep``: one list of block indices per layer; empty = one block in two, as DistilBERT) with their trained
 weights, stem and classifier included, then train with KD from the cached logits (loss.alpha, loss.temperature).
 Compare with ``init_random``: the same architecture from a random initialisation, same loss."""
 from dataclasses import dataclass, field

@@ -17,10 +17,10 @@ def kl_per_sample(student_logits: torch.Tensor, teacher_logits: torch.Tensor, te
 class KD(Method):
     uses_teacher_logits = True
 
-    def __init__(self, params, **overrides):
-        super().__init__(params, **overrides)
-        self.alpha = params.loss.alpha
-        self.temperature = params.loss.temperature
+    def __init__(self, loss, options=None, label_smoothing=0.0, **overrides):
+        super().__init__(loss, options, label_smoothing, **overrides)
+        self.alpha = loss.alpha
+        self.temperature = loss.temperature
 
     def kd_terms(self, logits, teacher_logits, labels) -> dict:
         kd = kl_per_sample(logits, teacher_logits, self.temperature).mean()
