@@ -277,7 +277,7 @@ def test_keep_blocks_refuses_dropping_a_block_that_changes_shape():
 
 
 def test_default_keep_is_one_block_in_two():
-    teacher = models.build("resnet32", 1, 3)                             # 5 blocks per stage
+    teacher = models.build("resnet32", 1, 3)                             # 5 blocks per layer
     student = distill.build("init_teacher", _p()).init_student(None, teacher)
     assert [len(getattr(student, f"layer{i}")) for i in (1, 2, 3)] == [3, 3, 3]
 

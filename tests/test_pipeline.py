@@ -26,8 +26,8 @@ TINY = tiny({
     "prune": {"sizes": [1.0], "compare": ["random"], "calibration_images": 32},   # question 3, one size
 })
 PARTS_STAGES = {"placement@layer2-0", "placement@layer3-0", "carve@init_teacher-0", "carve@init_random-0", "parts"}
-PRUNED_KD = {"pruned@1.0-prune-0", "pruned@1.0-shape-0", "criteria@random-0"}
-PRUNE_STAGES = {"prune", "pruning", "pruned_raw@1.0-prune-0", "pruned_raw@1.0-shape-0"} | PRUNED_KD
+PRUNED_KD = {"pruned_student@1.0-prune-0", "pruned_student@1.0-shape-0", "criteria@random-0"}
+PRUNE_STAGES = {"prune_teacher", "pruning", "pruned_student_raw@1.0-prune-0", "pruned_student_raw@1.0-shape-0"} | PRUNED_KD
 Q3_RUNS = {"prune.activation.x1.0.kd-0", "prune.activation.x1.0.raw-0", "shape.activation.x1.0.kd-0",
            "shape.activation.x1.0.raw-0", "prune.random.x1.0.kd-0"}
 PROBE = Path(__file__).resolve().parent / "probe"
@@ -105,14 +105,14 @@ def test_repro_runs_every_stage_into_metrics_report_and_mlflow(studied):
     plots = _run(["dvc", "plots", "show", "--json"], root, env)
     assert "plots/curves/kd-0.json" in plots and "plots/parts_cka.json" in plots
 
-    # question 2: accuracy per placement and CKA per stage, in metrics, the report and the README block source
+    # question 2: accuracy per placement and CKA per layer, in metrics, the report and the README block source
     parts = json.loads((root / "metrics/parts.json").read_text())
     assert set(parts["groups"]) == {"raw", "kd", "fitnet.layer2", "fitnet.layer3", "init_teacher", "init_random"}
     for g, e in parts["groups"].items():
         assert set(e["cka"]) == {"layer1", "layer2", "layer3"}
         assert all(-1e-6 <= c["mean"] <= 1 + 1e-6 for c in e["cka"].values()), (g, e["cka"])
         assert 0 <= e["test_acc"]["mean"] <= 1
-    # carved from a resnet8 teacher keeping its one block per stage: the teacher itself, CKA 1 before training
+    # carved from a resnet8 teacher keeping its one block per layer: the teacher itself, CKA 1 before training
     assert parts["groups"]["init_teacher"]["params"] == teacher["params"]
     assert "fitnet.layer3_vs_kd" in parts["comparisons"] and "init_teacher_vs_init_random" in parts["comparisons"]
     assert parts["cka_images"] == 64
@@ -143,7 +143,7 @@ def test_repro_runs_every_stage_into_metrics_report_and_mlflow(studied):
     parent = by_role["study"][0].info.run_id
     assert {r.info.run_name for r in by_role["student"]} == {"raw-0", "kd-0", "kd_correct_only-0", "fitnet.layer2-0",
                                                              "fitnet.layer3-0", "init_teacher-0", "init_random-0"} | Q3_RUNS
-    assert len(by_role["prune"]) == 1 and len(by_role["pruning"]) == 1
+    assert len(by_role["prune_teacher"]) == 1 and len(by_role["pruning"]) == 1
     for r in by_role["student"] + by_role["teacher"] + by_role["evaluate"]:
         assert r.data.tags["mlflow.parentRunId"] == parent
         assert r.info.status == "FINISHED"
@@ -175,7 +175,7 @@ def test_stages_list_every_source_file_they_run(studied):
         if rec["stage"]:
             seen.setdefault(rec["stage"], set()).update(
                 Path(f).resolve().relative_to(root).as_posix() for f in rec["files"])
-    assert set(seen) >= {"teacher", "cache", "baseline@raw-0", "student@kd-0", "evaluate", "report", "prune"}, seen
+    assert set(seen) >= {"teacher", "cache", "baseline@raw-0", "student@kd-0", "evaluate", "report", "prune_teacher"}, seen
     missing = {}
     for stage, files in seen.items():
         deps = [d for d in stages[stage.split("@")[0]].get("deps", []) if d.startswith("src/")]
@@ -213,16 +213,16 @@ def test_alpha_experiments_in_a_parallel_queue(repo):
         assert len(study) == 1, [r.info.run_name for r in mine]
         assert sorted(r.info.run_name for r in children) == sorted([
             "evaluate", "fitnet.layer2-0", "fitnet.layer3-0", "init_random-0", "init_teacher-0", "kd-0",
-            "kd_correct_only-0", "parts", "report", "prune", "pruning", *(r for r in Q3_RUNS if r.endswith(".kd-0"))])
+            "kd_correct_only-0", "parts", "report", "prune_teacher", "pruning", *(r for r in Q3_RUNS if r.endswith(".kd-0"))])
         # the parent is named after the DVC experiment its children ran in
         assert {r.data.tags["dvc.exp_name"] for r in children} == {study[0].info.run_name}
         assert all(r.data.tags["mlflow.parentRunId"] == study[0].info.run_id for r in children)
         assert all(r.info.status == "FINISHED" for r in mine), [(r.info.run_name, r.info.status) for r in mine]
         # an experiment on loss.alpha re-runs only the distilled students, what gathers them, and the check
-        # (prune reads loss.* for the KD between iterative pruning steps; its output is the same, so the
+        # (prune_teacher reads loss.* for the KD between iterative pruning steps; its output is the same, so the
         # labels-only pruned students stay; check re-runs on any param, and its stamp is the same)
         log = _run(["dvc", "queue", "logs", f"alpha{a[-1]}"], root, env)
-        assert _ran(log) == {"check", "student@kd-0", "student@kd_correct_only-0", "evaluate", "report", "prune",
+        assert _ran(log) == {"check", "student@kd-0", "student@kd_correct_only-0", "evaluate", "report", "prune_teacher",
                              "pruning"} | PARTS_STAGES | PRUNED_KD, log[-3000:]
     _run(["dvc", "queue", "stop"], root, env)
     _run(["dvc", "exp", "apply", "alpha9"], root, env)

@@ -41,14 +41,14 @@ def test_every_method_trains_through_the_student_stage(study, variant):
 
 
 def test_question_3_prunes_the_teacher_trains_every_arm_and_gathers_them(study):
-    """kdlab prune -> kdlab pruned (every arm and criterion) -> kdlab pruning, in process: the pruned teachers
+    """kdlab prune_teacher -> kdlab pruned_student (every arm and criterion) -> kdlab pruning, in process: the pruned teachers
     meet their targets and reload from their history, and the study has every group and comparison."""
     from kdlab import pruning
 
     p = params.from_dict(merge(TINY, {"train": {"compile": False}, "study": {"seeds": [0, 1]},
                           "prune": {"compare": ["random"], "sizes": [1.0, 0.5], "steps": 2, "finetune_steps": 3,
                                     "calibration_images": 32}}))
-    made = pruning.run_prune(p)
+    made = pruning.run_prune_teacher(p)
     assert set(made["models"]) == {"activation.x1.0", "activation.x0.5", "random.x1.0"}
     ctx = workspace.context(p, 0)
     for name, e in made["models"].items():
@@ -58,7 +58,7 @@ def test_question_3_prunes_the_teacher_trains_every_arm_and_gathers_them(study):
         assert set(e["stages"]) == {"stem", "layer1", "layer2", "layer3"}
     for criterion, size, init, variant in pruning.groups(p):
         for seed in p.study.seeds:
-            pruning.run_pruned(p, size, criterion, init, variant, seed)
+            pruning.run_pruned_student(p, size, criterion, init, variant, seed)
     summary = pruning.run_pruning(p)
     assert len(summary["groups"]) == 2 * 4 + 1
     pruned_kd, fresh_kd = "prune.activation.x1.0.kd", "shape.activation.x1.0.kd"

@@ -47,14 +47,14 @@ def _parts(p, args):
     run_parts(p)
 
 
-def _prune(p, args):
-    from kdlab.pruning import run_prune
-    run_prune(p)
+def _prune_teacher(p, args):
+    from kdlab.pruning import run_prune_teacher
+    run_prune_teacher(p)
 
 
-def _pruned(p, args):
-    from kdlab.pruning import run_pruned
-    run_pruned(p, args.size, args.criterion, args.init, args.variant, args.seed)
+def _pruned_student(p, args):
+    from kdlab.pruning import run_pruned_student
+    run_pruned_student(p, args.size, args.criterion, args.init, args.variant, args.seed)
 
 
 def _pruning(p, args):
@@ -89,10 +89,10 @@ def _readme(p, args):
 
 
 #: the commands that train, and so run under torchrun when train.nproc > 1 (see kdlab.distributed)
-TRAINING_COMMANDS = ("teacher", "student", "part", "pruned")
+TRAINING_COMMANDS = ("teacher", "student", "part", "pruned_student")
 
 STAGES = {"check": _check, "prepare": _prepare, "teacher": _teacher, "cache": _cache, "student": _student, "part": _part,
-          "parts": _parts, "prune": _prune, "pruned": _pruned, "pruning": _pruning, "evaluate": _evaluate, "report": _report, "sweep": _sweep, "readme": _readme, "bench": _bench, "ui": None}
+          "parts": _parts, "prune_teacher": _prune_teacher, "pruned_student": _pruned_student, "pruning": _pruning, "evaluate": _evaluate, "report": _report, "sweep": _sweep, "readme": _readme, "bench": _bench, "ui": None}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -102,8 +102,8 @@ def _parser() -> argparse.ArgumentParser:
                     "params.yaml (every method's options and the architectures too), the pipeline's first stage. "
                     "`part` trains one "
                     "student of the question-2 study (`--variant parts.method --at LAYER`, or `--variant` one of "
-                    "parts.init) and `parts` measures that study. Question 3: `prune` prunes the teacher to "
-                    "prune.sizes by each criterion, `pruned` trains one student from it (`--size --criterion --init "
+                    "parts.init) and `parts` measures that study. Question 3: `prune_teacher` prunes the teacher to "
+                    "prune.sizes by each criterion, `pruned_student` trains one student from it (`--size --criterion --init "
                     "prune|shape --variant kd|raw --seed`; defaults: the first size, prune.criterion, prune, kd), "
                     "`pruning` measures that study. Extra commands: "
                     "`sweep --param KEY [--by KEY2]` gathers DVC experiments into a table and plot; `readme` copies "
@@ -116,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--at", help="part: the ResNet layer to place parts.method's feature loss at (one of parts.layers)")
     ap.add_argument("--size", type=float, help="pruned: the target size (one of prune.sizes; default the first)")
     ap.add_argument("--criterion", help="pruned: the pruning criterion (default prune.criterion)")
-    ap.add_argument("--init", default="prune", help="pruned: prune (the pruned weights) or shape (that shape, "
+    ap.add_argument("--init", default="prune", help="pruned_student: prune (the pruned weights) or shape (that shape, "
                     "freshly initialised); default prune")
     ap.add_argument("--param", default="loss.alpha", help="sweep: the swept param (default loss.alpha)")
     ap.add_argument("--by", help="sweep: a second swept param (a grid): one curve per value, e.g. loss.temperature")
@@ -154,8 +154,8 @@ def _check_pruned_args(p, args) -> str | None:
 
 
 def _check_run_args(p, args, baseline: str) -> str | None:
-    """What is wrong with ``--variant/--at/--seed`` (and the pruned stage's options), if anything."""
-    if args.stage == "pruned":
+    """What is wrong with ``--variant/--at/--seed`` (and pruned_student's options), if anything."""
+    if args.stage == "pruned_student":
         return _check_pruned_args(p, args)
     if args.stage not in ("student", "part"):
         return None

@@ -222,7 +222,7 @@ class PartsParams:
 
 @dataclass(frozen=True)
 class PruneParams:
-    """Question 3: students pruned out of the teacher by channel importance (stages prune, pruned, pruning)."""
+    """Question 3: students pruned out of the teacher by channel importance (stages prune_teacher, pruned_student, criteria, pruning)."""
     criterion: str = "activation"
     compare: list[str] = field(default_factory=lambda: ["l1", "bn_scale", "taylor", "random"])
     sizes: list[float] = field(default_factory=lambda: [1.0, 0.5])

@@ -1,5 +1,5 @@
-"""Question 3, what can be pruned while distilling: ``kdlab prune`` prunes the teacher to each target size by
-each criterion (:mod:`kdlab.channels`); ``kdlab pruned`` trains one student from such a model; ``kdlab pruning``
+"""Question 3, what can be pruned while distilling: ``kdlab prune_teacher`` prunes the teacher to each target
+size by each criterion (:mod:`kdlab.channels`); ``kdlab pruned_student`` trains one student from such a model; ``kdlab pruning``
 gathers the study.
 
 Target sizes (``prune.sizes``) are multiples of the default student's parameter count (``student.arch`` x
@@ -52,10 +52,10 @@ def groups(p: Params) -> list[tuple[str, float, str, str]]:
 def stage_of(p: Params, criterion: str, size: float, init: str, variant: str, seed: int) -> str:
     if criterion != p.prune.criterion:
         return f"criteria@{criterion}-{seed}"
-    return f"{'pruned' if variant == 'kd' else 'pruned_raw'}@{float(size)}-{init}-{seed}"
+    return f"{'pruned_student' if variant == 'kd' else 'pruned_student_raw'}@{float(size)}-{init}-{seed}"
 
 
-# ---------------------------------------------------------------- kdlab prune
+# ---------------------------------------------------------------- kdlab prune_teacher
 
 def _finetuner(p: Params, ctx, seed: int):
     """``between(model, pruning_step)`` for iterative pruning: ``prune.finetune_steps`` KD steps from the cached logits
@@ -80,7 +80,7 @@ def _finetuner(p: Params, ctx, seed: int):
     return between
 
 
-def run_prune(p: Params) -> dict:
+def run_prune_teacher(p: Params) -> dict:
     ctx = context(p, p.teacher.seed)
     t, teacher = load_teacher(p, ctx)
     base = keep_blocks(teacher, p.prune.keep, "prune.keep") if p.prune.keep else teacher
@@ -91,7 +91,7 @@ def run_prune(p: Params) -> dict:
     summary = {"student_params": unit, "teacher_params": count_params(teacher), "models": {}}
     between = _finetuner(p, ctx, p.teacher.seed) if p.prune.steps > 1 else None
     rows = []
-    with tracking.run("prune", "prune", flatten(p)) as run:
+    with tracking.run("prune_teacher", "prune_teacher", flatten(p)) as run:
         for criterion, size in pruned_models(p):
             name = model_name(criterion, size)
             target = round(size * unit)
@@ -117,9 +117,9 @@ def run_prune(p: Params) -> dict:
     return summary
 
 
-# ---------------------------------------------------------------- kdlab pruned
+# ---------------------------------------------------------------- kdlab pruned_student
 
-def run_pruned(p: Params, size: float, criterion: str, init: str, variant: str, seed: int) -> dict:
+def run_pruned_student(p: Params, size: float, criterion: str, init: str, variant: str, seed: int) -> dict:
     """One student: the teacher pruned by ``criterion`` to ``size`` (``init=prune``) or that shape freshly
     initialised (``init=shape``), trained with ``variant`` (kd or raw)."""
     if init not in INITS:
@@ -130,7 +130,7 @@ def run_pruned(p: Params, size: float, criterion: str, init: str, variant: str, 
                           f"logits method or on labels ({', '.join(VARIANTS)})")
     ctx = context(p, seed)
     src = PRUNED_TEACHERS / f"{model_name(criterion, size)}.pt"
-    ckpt = io.load_torch(src, "dvc repro prune")
+    ckpt = io.load_torch(src, "dvc repro prune_teacher")
     model = model_from_checkpoint(ckpt, ctx)
     if init == "shape":
         reinit(model)  # torch's generator, seeded with this run's seed by context()
@@ -218,7 +218,7 @@ def markdown(p: Params, summary: dict) -> str:
 
 
 def run_pruning(p: Params) -> dict:
-    pruned = io.load_json(PRUNE_JSON, "dvc repro prune")
+    pruned = io.load_json(PRUNE_JSON, "dvc repro prune_teacher")
     accs, params_count = {}, {}
     for criterion, size, init, variant in groups(p):
         name = run_name(init, criterion, size, variant)
@@ -274,9 +274,9 @@ def report_section(p: Params, pruning: dict) -> list[str]:
     lines = [
         "## Question 3: what can be pruned while distilling?",
         "",
-        f"The trained teacher is pruned by channel importance (torch-pruning's dependency graph, channels ranked "
-        f"globally) down to multiples of the student's parameter count, then trained like the students. The "
-        f"controls are the same shape freshly initialised, and training on labels instead of KD. Regenerate "
+        "The trained teacher is pruned by channel importance (torch-pruning's dependency graph, channels ranked "
+        "globally) down to multiples of the student's parameter count, then trained like the students. The "
+        "controls are the same shape freshly initialised, and training on labels instead of KD. Regenerate "
         "with `dvc repro pruning report`.",
         "",
         markdown(p, pruning),
