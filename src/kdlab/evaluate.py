@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from kdlab import io, stats, tracking
+from kdlab.models import count_params
 from kdlab.params import BASELINE, Params
 from kdlab.present import LABELS, ci, color, diff, finish, fmt_p, num, plt, pts, verdict, yerr
 from kdlab.schema import flatten
@@ -156,7 +157,7 @@ def run_evaluate(p: Params) -> dict:
         model = model_from_checkpoint(ckpt, ctx)
         logits = predict(model, test_x, test_y, ctx.normalize, bs, p.train.precision)
         m = run_metrics(logits, test_y, teacher_logits)
-        m["params"] = sum(t.numel() for t in model.parameters())
+        m["params"] = count_params(model)
         m["flops_per_image"] = flops_per_image(model, shape, ctx.device)
         m["images_per_second"] = throughput(model, test_x[:2000], test_y[:2000], ctx.normalize, bs, p.train.precision)
         for k in ("val_acc", "test_acc_last", "best_epoch"):

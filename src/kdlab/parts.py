@@ -15,6 +15,7 @@ import torch
 
 from kdlab import io, stats, tracking
 from kdlab.features import features, layers, linear_cka
+from kdlab.models import count_params
 from kdlab.params import BASELINE, Params
 from kdlab.present import COLORS, ci, diff, finish, plt, verdict, yerr
 from kdlab.schema import flatten
@@ -106,7 +107,7 @@ def run_parts(p: Params) -> dict:
             rebuild = f"dvc repro {stage}"
             accs[g].append(io.load_json(metrics_path, rebuild)["test_acc"])
             student = load_model(model_path, ctx, rebuild)
-            params_count[g] = sum(t.numel() for t in student.parameters())
+            params_count[g] = count_params(student)
             cka[g].append(cka_profile(teacher_feats, student, images, paths))
             print(f"{g}-{seed}: CKA " + " ".join(f"{k} {v:.3f}" for k, v in cka[g][-1].items()))
     summary = summarize(p, accs, params_count, cka, len(images))
