@@ -28,7 +28,9 @@ data-package:
 	  fi; \
 	fi
 
+# the warm server first (src/kdlab/warm.py): every stage then skips the ~13 s of imports and set-up
 repro: setup
+	$(BIN)/python -m kdlab.warm start >/dev/null
 	dvc repro
 
 # two workers (one per core; each test process and the stages it starts use one torch thread): the

@@ -11,7 +11,9 @@ it. Prints:
    seconds per 50k-image epoch and the fraction of the GPU's peak dense bf16 FLOP/s;
 2. a short real training run on the prepared Fashion-MNIST tensors (data/prepared, carried into the working
    tree), resnet20 teacher and resnet8 student, seconds per epoch and test accuracy;
-3. the founding note's study (ResNet-50 teacher, every variant, 3 seeds) projected from the measured rates.
+3. the founding note's study (ResNet-50 teacher, every variant, 3 seeds) projected from the measured rates;
+4. first, before this process touches CUDA: whether a child forked from it trains on the GPU, as kdlab's warm
+   server (kdlab.warm) forks every stage from a process that imported torch and never used the device.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from types import SimpleNamespace
 import torch
 
 from kdlab import distill, models, views
-from kdlab.loader import Normalize, TrainBatches
+from kdlab.loader import Batch, Normalize, TrainBatches
 from kdlab.params import LossParams, TrainParams
 from kdlab.train import make_optimizer, make_schedule, step
 
@@ -78,6 +80,37 @@ def cycle(batches_factory):
     while True:
         yield from batches_factory(epoch)
         epoch += 1
+
+
+def warm_fork() -> dict:
+    """kdlab.warm's children are forked from a server that imported torch and kdlab but never touched CUDA: fork
+    one here, before this process does, and have it take kdlab raw steps on the device it finds."""
+    import os
+
+    start = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            student = models.build("resnet8", 3, 10).to(device).train()
+            x = torch.randn(16, 3, 32, 32, device=device)
+            batch = Batch(x, torch.randint(0, 10, (16,), device=device))
+            m = method("raw", student, None, x[:8])
+            opt = make_optimizer(student.parameters(), 0.05, TrainParams())
+            for _ in range(3):
+                step(lambda b: m(student, b), batch, opt, device=device,
+                     precision="bf16" if device.type == "cuda" else "fp32")
+            sync(device)
+            print(f"warm fork: a forked child trained on {device}")
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    ok = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    if not ok:
+        print(f"warm fork: the forked child failed (status {status}); kdlab.warm is unsafe here: set KDLAB_WARM=0")
+    return {"ok": ok, "seconds": time.perf_counter() - start}
 
 
 def throughput(args, device) -> dict:
@@ -212,10 +245,11 @@ def main() -> None:
     if args.smoke:
         args.images, args.batch, args.steps, args.epochs = 64, 8, 2, 1
         args.teacher, args.student = "resnet8", "resnet8"
+    start = time.perf_counter()
+    result = {"warm_fork": warm_fork()}  # before this process uses the device
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.benchmark = True
-    start = time.perf_counter()
-    result = {"throughput": throughput(args, device)}
+    result["throughput"] = throughput(args, device)
     result["real_run"] = real_run(args, device)
     result["projection"] = project(result["throughput"])
     result["seconds"] = time.perf_counter() - start

@@ -38,6 +38,7 @@ def test_gpu_script_smoke_run_on_the_cpu(in_tmp):
                          timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     figures = json.loads(out.read_text())
+    assert figures["warm_fork"]["ok"], res.stdout  # a child forked before any device use trained
     assert {"raw", "kd", "kd_online", "teacher_forward"} <= set(figures["throughput"])
     assert figures["projection"]["total_min"] > 0
     run = figures["real_run"]

@@ -189,6 +189,20 @@ def ui(port: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``kdlab`` as a program (``argv`` None): through a warm server when one is ready (kdlab.warm: the same
+    run without the start-up cost), else :func:`run` here."""
+    if argv is None:
+        from kdlab import warm
+
+        if warm.enabled(sys.argv[1:]):
+            code = warm.run(sys.argv[1:])
+            if code is not None:
+                return code
+    return run(argv)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run one command in this process."""
     args = _parser().parse_args(argv)
     if args.stage == "ui":
         return ui(args.port)

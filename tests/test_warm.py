@@ -1,0 +1,170 @@
+"""Warm start (kdlab.warm): a command run through the warm server is the command run directly, minus the
+start-up. Real processes: the server, its forked children and `python -m kdlab` clients."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, study_dir, tiny
+
+TINY = tiny({"teacher": {"epochs": 1}, "student": {"epochs": 1}})
+
+
+def _env(env: dict, warm: bool) -> dict:
+    return dict(env, KDLAB_WARM="1" if warm else "0", KDLAB_WARM_IDLE="60")
+
+
+def _start(env: dict) -> Path:
+    """Start the server for ``env`` and wait until it serves."""
+    out = subprocess.run([sys.executable, "-m", "kdlab.warm", "start"], env=env, capture_output=True, text=True,
+                         timeout=240)
+    assert out.returncode == 0, out.stderr
+    return Path(out.stdout.strip())
+
+
+def _kdlab(path, env, *args, **kw):
+    return subprocess.run([sys.executable, "-m", "kdlab", *args], cwd=path, env=env, capture_output=True, text=True,
+                          timeout=300, **kw)
+
+
+def _in_dir(path: Path) -> list[int]:
+    """Processes whose working directory is ``path``."""
+    pids = []
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and Path(os.readlink(p / "cwd")) == path:
+                pids.append(int(p.name))
+        except OSError:
+            pass
+    return pids
+
+
+def _served(sock: Path) -> list[str]:
+    """The commands the server ran (its log: one line per child)."""
+    log = sock.with_suffix(".log")
+    return [line for line in log.read_text().splitlines() if line.startswith("served ")] if log.exists() else []
+
+
+@pytest.mark.slow
+def test_warm_run_is_the_direct_run(tmp_path):
+    """Teacher, cache and a KD student through the server: the same weights, logits and metrics as the
+    same commands run directly; the client got the child's output and exit status."""
+    runs = {}
+    for mode in ("direct", "warm"):
+        d = tmp_path / mode
+        env = _env(study_dir(d, TINY), warm=mode == "warm")
+        if mode == "warm":
+            sock = _start(env)
+            served = len(_served(sock))
+        for args in (["teacher"], ["cache"], ["student", "--variant", "kd", "--seed", "0"]):
+            out = _kdlab(d, env, *args)
+            assert out.returncode == 0, out.stderr
+        runs[mode] = (d, out.stdout + out.stderr)
+    (a, out_a), (b, out_b) = runs["direct"], runs["warm"]
+    ran = _served(sock)[served:]
+    assert [line.split(" exit ")[0] for line in ran] == [f"served {c} in {b}" for c in ("teacher", "cache", "student")]
+    assert out_b.count("kd-0: val") == out_a.count("kd-0: val") == 1  # the child's output reached the client
+    for rel in ("models/teacher.pt", "models/students/kd-0.pt"):
+        x, y = torch.load(a / rel, weights_only=True), torch.load(b / rel, weights_only=True)
+        assert x["state_dict"].keys() == y["state_dict"].keys()
+        assert all(torch.equal(x["state_dict"][k], y["state_dict"][k]) for k in x["state_dict"]), rel
+    for f in sorted((a / "data/teacher_logits").glob("*.pt")):
+        x, y = torch.load(f, weights_only=True), torch.load(b / f.relative_to(a), weights_only=True)
+        assert torch.equal(x["logits"], y["logits"])
+    strip = lambda m: {k: v for k, v in m.items() if "second" not in k}
+    for rel in ("metrics/teacher.json", "metrics/students/kd-0.json"):
+        assert strip(json.loads((a / rel).read_text())) == strip(json.loads((b / rel).read_text())), rel
+
+
+def test_exit_status_and_stderr_come_back(tmp_path):
+    """A refused param: exit 2 and the message on the client's own stderr, as a direct run gives."""
+    env = study_dir(tmp_path, TINY)
+    direct = _kdlab(tmp_path, _env(env, False), "check", "-S", "loss.alpha=2")
+    _start(_env(env, True))
+    warm = _kdlab(tmp_path, _env(env, True), "check", "-S", "loss.alpha=2")
+    assert direct.returncode == warm.returncode == 2
+    assert warm.stderr == direct.stderr and "loss.alpha" in warm.stderr
+
+
+@pytest.mark.slow
+def test_the_child_dies_with_its_client(tmp_path):
+    """SIGKILL of the client (what DVC or a test does to a stage) leaves no child training on."""
+    env = _env(study_dir(tmp_path, tiny({"teacher": {"epochs": 50}})), True)
+    _start(env)
+    proc = subprocess.Popen([sys.executable, "-m", "kdlab", "teacher"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if "teacher epoch 1/50: loss" in line:  # the child is training
+            break
+    children = [p for p in _in_dir(tmp_path) if p != proc.pid]
+    assert children, "no warm child ran the teacher"
+    proc.kill()
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while _in_dir(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _in_dir(tmp_path)
+
+
+def test_sigint_is_forwarded(tmp_path):
+    """Ctrl-C reaches the child: it stops as a direct run does (exit 130, 'rerun the stage to resume')."""
+    env = _env(study_dir(tmp_path, tiny({"teacher": {"epochs": 50}})), True)
+    _start(env)
+    proc = subprocess.Popen([sys.executable, "-m", "kdlab", "teacher"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "teacher epoch 1/50: loss" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=120) == 130, "".join(lines) + rest
+    assert "rerun the stage to resume" in rest
+
+
+def _key(pythonpath: Path, **env) -> str:
+    out = subprocess.run([sys.executable, "-c", "from kdlab import warm; print(warm.key())"], capture_output=True,
+                         text=True, env=dict(os.environ, PYTHONPATH=str(pythonpath), **env), check=True)
+    return out.stdout.strip()
+
+
+def test_edited_code_or_other_threads_get_another_server(tmp_path):
+    """The server is keyed by the code and the import-time environment: never a stale one."""
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "src/kdlab", src / "kdlab", ignore=shutil.ignore_patterns("__pycache__"))
+    before = _key(src)
+    assert _key(src) == before
+    assert _key(src, OMP_NUM_THREADS="7") != before
+    assert _key(src, KDLAB_WARM_IDLE="5") == before  # kdlab's own switches are read per call
+    train = src / "kdlab/train.py"
+    train.write_text(train.read_text() + "\n# an edit\n")
+    assert _key(src) != before
+
+
+def test_off_when_asked_and_for_the_bench(monkeypatch):
+    from kdlab import warm
+
+    for k in ("KDLAB_WARM", "KDLAB_IMPORTS_LOG", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    assert warm.enabled(["student", "--seed", "0"]) == (sys.platform == "linux")
+    assert not warm.enabled(["bench"]) and not warm.enabled(["ui"]) and not warm.enabled([])
+    for k, v in (("KDLAB_WARM", "0"), ("LOCAL_RANK", "0"), ("KDLAB_IMPORTS_LOG", "/tmp/x")):
+        monkeypatch.setenv(k, v)
+        assert not warm.enabled(["student"])
+        monkeypatch.delenv(k)
+
+
+def test_socket_directory_is_private():
+    from kdlab import warm
+
+    d = warm.socket_dir()
+    st = d.stat()
+    assert st.st_uid == os.getuid() and st.st_mode & 0o077 == 0
