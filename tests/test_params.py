@@ -77,6 +77,8 @@ BAD = [
     ({"parts": {"layers": ["layer1", "layer1"]}}, "parts.layers", ["duplicates"]),
     ({"parts": {"init": ["init_teachr"]}}, "parts.init[0]", ["init_teacher", "init_random"]),
     ({"parts": {"cka_images": 0}}, "parts.cka_images", ["> 0"]),
+    ({"prune": {"finetune_alpha": 1.2}}, "prune.finetune_alpha", ["[0, 1]"]),
+    ({"prune": {"finetune_temperature": 0}}, "prune.finetune_temperature", ["> 0"]),
 ]
 
 

@@ -214,16 +214,16 @@ def test_alpha_experiments_in_a_parallel_queue(repo):
         assert len(study) == 1, [r.info.run_name for r in mine]
         assert sorted(r.info.run_name for r in children) == sorted([
             "evaluate", "fitnet.layer2-0", "fitnet.layer3-0", "init_random-0", "init_teacher-0", "kd-0",
-            "kd_correct_only-0", "parts", "report", "prune_teacher", "pruning", *(r for r in Q3_RUNS if r.endswith(".kd-0"))])
+            "kd_correct_only-0", "parts", "report", "pruning", *(r for r in Q3_RUNS if r.endswith(".kd-0"))])
         # the parent is named after the DVC experiment its children ran in
         assert {r.data.tags["dvc.exp_name"] for r in children} == {study[0].info.run_name}
         assert all(r.data.tags["mlflow.parentRunId"] == study[0].info.run_id for r in children)
         assert all(r.info.status == "FINISHED" for r in mine), [(r.info.run_name, r.info.status) for r in mine]
         # an experiment on loss.alpha re-runs only the distilled students, what gathers them, and the check
-        # (prune_teacher reads loss.* for the KD between iterative pruning steps; its output is the same, so the
-        # labels-only pruned students stay; check re-runs on any param, and its stamp is the same)
+        # (check re-runs on any param, and its stamp is the same); not prune_teacher (its fine-tuning KD has its
+        # own prune.finetune_* weights) nor the labels-only students
         log = _run(["dvc", "queue", "logs", f"alpha{a[-1]}"], root, env)
-        assert _ran(log) == {"check", "student@kd-0", "student@kd_correct_only-0", "evaluate", "report", "prune_teacher",
+        assert _ran(log) == {"check", "student@kd-0", "student@kd_correct_only-0", "evaluate", "report",
                              "pruning"} | PARTS_STAGES | PRUNED_KD, log[-3000:]
     _run(["dvc", "queue", "stop"], root, env)
     _run(["dvc", "exp", "apply", "alpha9"], root, env)

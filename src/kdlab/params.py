@@ -228,6 +228,9 @@ class PruneParams:
     sizes: list[float] = field(default_factory=lambda: [1.0, 0.5])
     steps: int = 1
     finetune_steps: int = 100
+    #: the KD between iterative pruning steps: its own weights, so a loss.* experiment leaves the pruning alone
+    finetune_alpha: float = 0.5
+    finetune_temperature: float = 4.0
     calibration_images: int = 256
     max_ratio: float = 0.9
     keep: list[list[int]] = field(default_factory=list)
@@ -250,6 +253,8 @@ class PruneParams:
         if self.steps > MAX_PRUNE_STEPS:
             raise ParamsError(f"{key}.steps", f"{self.steps} is more than {MAX_PRUNE_STEPS}")
         positive(f"{key}.finetune_steps", self.finetune_steps, strict=False)
+        unit_interval(f"{key}.finetune_alpha", self.finetune_alpha, closed=True)
+        positive(f"{key}.finetune_temperature", self.finetune_temperature)
         positive(f"{key}.calibration_images", self.calibration_images)
         if not 0 < self.max_ratio < 1:
             raise ParamsError(f"{key}.max_ratio", f"must be in (0, 1), got {self.max_ratio}")

@@ -11,11 +11,12 @@ of ``prune.compare`` is trained with KD too, so every criterion can be set again
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from kdlab import channels, distill, io, stats, tracking
 from kdlab.models import count_params
-from kdlab.params import BASELINE, Params
+from kdlab.params import BASELINE, LossParams, Params
 from kdlab.present import ci, diff, finish, plt, verdict, yerr
 from kdlab.schema import ParamsError, flatten
 from kdlab.stages import Run, train_run
@@ -59,8 +60,10 @@ def stage_of(p: Params, criterion: str, size: float, init: str, variant: str, se
 
 def _finetuner(p: Params, ctx, seed: int):
     """``between(model, pruning_step)`` for iterative pruning: ``prune.finetune_steps`` KD steps from the cached logits
-    (student.lr, warm-up and decay as in training)."""
-    kd = distill.build("kd", p)
+    (student.lr, warm-up and decay as in training) with ``prune.finetune_alpha`` and ``finetune_temperature``,
+    not ``loss.*``: the pruned teachers do not depend on the students' loss."""
+    loss = LossParams(alpha=p.prune.finetune_alpha, temperature=p.prune.finetune_temperature)
+    kd = distill.build("kd", replace(p, loss=loss))
     batches = train_batches(p, ctx, kd, seed, {})
 
     def between(model, pruning_step: int) -> None:
