@@ -8,7 +8,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup data-package repro test test-fast bench sweep ui clean-venv
+.PHONY: setup data-package browser plots repro test test-fast bench sweep ui clean-venv
 
 setup: $(STAMP) data-package
 
@@ -29,13 +29,32 @@ data-package:
 	fi
 
 # the warm server first (src/kdlab/warm.py): every stage then skips the ~13 s of imports and set-up
+# the offline `dvc plots` page: vega, vega-lite, vega-embed pinned in web/package.json (npm registry)
+web/node_modules/.installed: web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# headless Chromium for the browser test of that page (Debian's chromium-headless-shell)
+browser:
+	@if ! command -v chromium-headless-shell >/dev/null; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium-headless-shell; \
+	  else \
+	    echo "note: chromium-headless-shell missing and apt-get unavailable (or not root); the plots browser test will fail"; \
+	  fi; \
+	fi
+
+# dvc plots show, offline, into reports/plots/index.html (DIFF="main my-branch" for dvc plots diff)
+plots: setup web/node_modules/.installed
+	$(BIN)/python scripts/plots_html.py $(if $(DIFF),--diff $(DIFF))
+
 repro: setup
 	$(BIN)/python -m kdlab.warm start >/dev/null
 	dvc repro
 
 # two workers (one per core; each test process and the stages it starts use one torch thread): the
 # end-to-end study runs in one of them while the rest of the suite runs in the other
-test: setup
+test: setup web/node_modules/.installed browser
 	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15
 
 # the inner loop: everything but the end-to-end and multi-process tests (marked slow)

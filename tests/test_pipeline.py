@@ -65,6 +65,7 @@ def studied(tmp_path_factory):
     shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     for f in ("dvc.yaml", "pyproject.toml", ".gitignore", ".dvcignore"):
         shutil.copy(REPO / f, root / f)
+    shutil.copytree(REPO / "web/templates", root / "web/templates")  # the plots' vega-lite templates
     (root / "params.yaml").write_text(yaml.safe_dump(shipped_with(TINY), sort_keys=False))
     env = _env(root)
     _run(["git", "init", "-q", "-b", "main"], root, env)
@@ -104,7 +105,10 @@ def test_repro_runs_every_stage_into_metrics_report_and_mlflow(studied):
     assert "KD alpha 0.5," in report and "| Distilled (kd) | resnet8 |" in report
     assert (root / "predictions/kd-0.pt").exists() and (root / "plots/curves/teacher.json").exists()
     plots = _run(["dvc", "plots", "show", "--json"], root, env)
-    assert "plots/curves/kd-0.json" in plots and "plots/parts_cka.json" in plots
+    assert "plots/learning_curves.json" in plots and "plots/parts_cka.json" in plots
+    assert "failed to load" not in plots.lower()
+    curves = json.loads((root / "plots/learning_curves.json").read_text())
+    assert {r["run"] for r in curves} == {"raw-0", "kd-0", "kd_correct_only-0"} and {r["epoch"] for r in curves} == {1}
 
     # question 2: accuracy per placement and CKA per layer, in metrics, the report and the README block source
     parts = json.loads((root / "metrics/parts.json").read_text())
@@ -234,3 +238,44 @@ def test_alpha_experiments_in_a_parallel_queue(repo):
             if line.startswith("| 0.")]
     assert [r.split("|")[1].strip() for r in rows] == ["0.3", "0.5", "0.9"], out
 
+
+
+def _charts(dom: str) -> dict[str, str]:
+    """The chart divs of DVC's plots page (after the scripts ran): id -> inner HTML."""
+    parts = re.split(r'<div id="', dom)[1:]
+    return {p.split('"', 1)[0]: p for p in parts}
+
+
+def test_plots_page_draws_every_chart_offline(repo, tmp_path):
+    """make plots' page (scripts/plots_html.py) in headless Chromium with no network: every declared plot is a
+    chart with marks drawn from data; a screenshot is kept with the test's files."""
+    root, env = repo
+    (root / "web").mkdir(exist_ok=True)
+    os.symlink(REPO / "web/node_modules", root / "web/node_modules")
+    out = _run([sys.executable, str(REPO / "scripts/plots_html.py")], root, env)
+    assert "open reports/plots/index.html" in out, out
+    page = root / "reports/plots/index.html"
+    assert "cdn.jsdelivr" not in page.read_text()  # nothing to fetch
+    browser = ["chromium-headless-shell", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+               "--virtual-time-budget=20000", "--window-size=1100,2300"]
+    dom = subprocess.run([*browser, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    charts = {k: v for k, v in _charts(dom).items() if "<svg" in v}
+    declared = yaml.safe_load((root / "dvc.yaml").read_text())["plots"]
+    assert len(charts) == len(declared) == 5, list(charts)
+    for cid, html in charts.items():
+        assert 'data-kdlab-drawn="1"' in dom.split(f'<div id="{cid}"', 1)[1].split(">", 1)[0], cid
+        marks = re.findall(r'class="mark-(line|rect|symbol) role-mark[^"]*"[^>]*>(.*?)</g>', html, re.S)
+        drawn = [m for kind, body in marks for m in re.findall(r'<path[^>]* d="M[^"]+"', body)]
+        assert drawn, f"chart {cid} has no marks"
+    shot = tmp_path / "plots.png"
+    subprocess.run([*browser, f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)
+    assert shot.stat().st_size > 20_000  # four charts, not a blank page
+
+    # dvc plots diff: an alpha experiment's results in the workspace against the committed ones
+    _run(["dvc", "exp", "run", "-S", "loss.alpha=0.9"], root, env)
+    _run([sys.executable, str(REPO / "scripts/plots_html.py"), "--diff", "HEAD"], root, env)
+    dom = subprocess.run([*browser, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    charts = {k: v for k, v in _charts(dom).items() if "<svg" in v}
+    assert len(charts) == len(declared)
+    for cid, html in charts.items():  # both revisions in every chart's legend
+        assert ">HEAD<" in html and ">workspace<" in html, cid

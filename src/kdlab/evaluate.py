@@ -235,6 +235,14 @@ def plot_agreement(p: Params, runs: dict, path: Path) -> None:
            "fidelity vs accuracy (one point per run)", path)
 
 
+def curve_rows(runs: dict, curves: dict[str, list]) -> list[dict]:
+    """Every student's validation curve as one table (run, variant, seed, epoch, val_acc), for `dvc plots`: all
+    runs in one chart, coloured by run."""
+    return [{"run": name, "variant": runs[name].get("variant", name), "seed": runs[name].get("seed"),
+             "epoch": r["epoch"], "val_acc": r["val_acc"]}
+            for name in sorted(curves) if name in runs and name != "teacher" for r in curves[name]]
+
+
 def pictures(p: Params, summary: dict, runs: dict, curves: dict[str, list]) -> dict:
     """{file name under reports/: draw(path)} of this question's pictures."""
     return {"accuracy.png": lambda f: plot_accuracy(p, summary, runs, f),

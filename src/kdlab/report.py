@@ -10,7 +10,7 @@ from __future__ import annotations
 from kdlab import evaluate, io, parts, pruning, tracking
 from kdlab.params import Params
 from kdlab.schema import flatten
-from kdlab.workspace import CURVES, PARTS_JSON, PRUNING_JSON, REPORTS, RUNS_JSON, SUMMARY_JSON
+from kdlab.workspace import CURVES, CURVES_PLOT, PARTS_JSON, PRUNING_JSON, REPORTS, RUNS_JSON, SUMMARY_JSON
 
 
 def render(p: Params, summary: dict, runs: dict, parts_summary: dict | None = None,
@@ -52,6 +52,7 @@ def run_report(p: Params):
         tmp = REPORTS / f".{name}.tmp.png"
         draw(tmp)
         tmp.replace(REPORTS / name)
+    io.save_json(evaluate.curve_rows(runs, curves), CURVES_PLOT)
     report = REPORTS / "report.md"
     io.save_text(render(p, summary, runs, parts_summary, pruning_summary), report)
     with tracking.run("report", "report", flatten(p)) as run:

@@ -41,6 +41,8 @@ SUMMARY_MD = METRICS / "summary.md"
 PREDICTIONS = Path("predictions")
 CURVES = Path("plots/curves")
 ACCURACY_PLOT = Path("plots/accuracy.json")
+#: every student's validation curve in one table (kdlab.report), for `dvc plots`
+CURVES_PLOT = Path("plots/learning_curves.json")
 #: question 2 (kdlab.parts)
 PARTS_JSON = METRICS / "parts.json"
 PARTS_MD = METRICS / "parts.md"
