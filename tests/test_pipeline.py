@@ -279,3 +279,22 @@ def test_plots_page_draws_every_chart_offline(repo, tmp_path):
     assert len(charts) == len(declared)
     for cid, html in charts.items():  # both revisions in every chart's legend
         assert ">HEAD<" in html and ">workspace<" in html, cid
+
+
+def test_push_then_a_colleague_pulls_instead_of_retraining(repo, tmp_path):
+    """The shipped DVC remote (.dvc/config: a directory beside the repo) works as is: dvc push, then a fresh
+    git clone pulls the teacher, students and cache and finds every stage up to date."""
+    root, env = repo
+    shutil.copy(REPO / ".dvc/config", root / ".dvc/config")
+    _run(["git", "commit", "-qam", "the shipped remote"], root, env)
+    out = _run(["dvc", "push"], root, env)
+    storage = root.parent / "kdlab-dvc-storage"
+    assert storage.is_dir() and any(storage.rglob("*")), out
+    colleague = tmp_path / "colleague"
+    _run(["git", "clone", "-q", str(root), str(colleague)], tmp_path, env)
+    _run(["dvc", "pull"], colleague, env)
+    for rel in ("models/teacher.pt", "models/students/kd-0.pt", "data/prepared/meta.json"):
+        assert (colleague / rel).read_bytes() == (root / rel).read_bytes(), rel
+    assert any((colleague / "data/teacher_logits").iterdir())
+    status = _run(["dvc", "status"], colleague, env)
+    assert "up to date" in status, status
