@@ -11,7 +11,8 @@ def test_readme_blocks_are_the_pipelines_outputs(block):
     if not source.exists():
         pytest.skip(f"no {source} committed yet")
     text = (REPO / "README.md").read_text()
-    assert readme.with_block(text, source.read_text(), block) == text
+    assert readme.with_block(text, source.read_text(), block) == text, (
+        f"README.md's {block} block is not {source}: run `kdlab readme` (make repro does) and commit README.md")
 
 
 def test_readme_block_replacement():
