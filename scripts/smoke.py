@@ -3,7 +3,7 @@
     python scripts/smoke.py [--dir smoke]
 
 Builds ``smoke/study``: a git + DVC repo holding this checkout's src/, dvc.yaml and plot templates, with
-params.yaml = the shipped one plus :data:`TINY` (600 synthetic 10x10 images, 3 classes, one epoch, one seed;
+params.yaml = the shipped one plus :data:`TINY` (500 synthetic 10x10 images, 3 classes, one epoch, one seed;
 every question's stages once), starts the warm server, runs ``dvc repro`` and the offline plots page, and
 prints where the report, the plots and the MLflow store are. Nothing in this checkout changes. The numbers
 mean nothing (tiny data, one seed); the point is to see every output once, in minutes.
@@ -21,14 +21,14 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-#: the tiny study (as the end-to-end test's): every stage kind once
+#: the tiny study (as the end-to-end test's): every stage kind once; scripts/study_times.py times this one
 TINY = {
     "data": {"name": "synthetic", "val_size": 80,
              "synthetic": {"n_train": 400, "n_test": 100, "image_size": 10, "channels": 1, "classes": 3}},
     "views": {"pad": 1, "flip": True},
-    "teacher": {"arch": "resnet8", "width": 0.5, "epochs": 2, "lr": 0.1},
+    "teacher": {"arch": "resnet8", "width": 0.5, "epochs": 1, "lr": 0.1},
     "student": {"arch": "resnet8", "width": 0.25, "epochs": 1, "lr": 0.1},
-    "train": {"batch_size": 64, "eval_batch_size": 64, "compile": False},
+    "train": {"batch_size": 64, "eval_batch_size": 64, "threads": 1},
     "cache": {"views": 3, "batch_size": 64},
     "study": {"seeds": [0]},
     "parts": {"layers": ["layer2", "layer3"], "cka_images": 64},

@@ -33,20 +33,9 @@ from pathlib import Path
 
 import yaml
 
+from smoke import TINY, merge  # the tiny study of make smoke (this directory is on sys.path)
+
 REPO = Path(__file__).resolve().parent.parent
-#: the end-to-end test's tiny study (tests/test_pipeline.py), every stage kind once
-TINY = {
-    "data": {"name": "synthetic", "val_size": 80,
-             "synthetic": {"n_train": 400, "n_test": 100, "image_size": 10, "channels": 1, "classes": 3}},
-    "views": {"pad": 1, "flip": True},
-    "teacher": {"arch": "resnet8", "width": 0.5, "epochs": 1, "lr": 0.1},
-    "student": {"arch": "resnet8", "width": 0.25, "epochs": 1, "lr": 0.1},
-    "train": {"batch_size": 64, "eval_batch_size": 64, "threads": 1},
-    "cache": {"views": 3, "batch_size": 64},
-    "study": {"seeds": [0]},
-    "parts": {"layers": ["layer2", "layer3"], "cka_images": 64},
-    "prune": {"sizes": [1.0], "compare": ["random"], "calibration_images": 32},
-}
 PROBE = '''import atexit, json, os, sys, time
 _t0 = time.time()
 def _record():
@@ -56,13 +45,6 @@ def _record():
 if os.environ.get("STUDY_TIMES_LOG"):
     atexit.register(_record)
 '''
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-    return out
 
 
 def kind(path: Path) -> str:
@@ -109,7 +91,7 @@ def _study(root: Path) -> dict:
     for f in ("dvc.yaml", "pyproject.toml", ".gitignore", ".dvcignore"):
         shutil.copy(REPO / f, root / f)
     shipped = yaml.safe_load((REPO / "params.yaml").read_text())
-    (root / "params.yaml").write_text(yaml.safe_dump(_merge(shipped, TINY), sort_keys=False))
+    (root / "params.yaml").write_text(yaml.safe_dump(merge(shipped, TINY), sort_keys=False))
     probe = root.parent / "probe"
     probe.mkdir(exist_ok=True)
     (probe / "sitecustomize.py").write_text(PROBE)
