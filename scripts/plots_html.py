@@ -38,7 +38,10 @@ def template(out: Path) -> Path:
 <title>kdlab: dvc plots</title>
 {scripts}
 {SVG}
-<style>body {{ font-family: sans-serif; }} div[id] {{ margin: 12px; display: inline-block; vertical-align: top; }}</style>
+<style>
+body {{ font-family: sans-serif; }}
+div[id] {{ margin: 12px; display: inline-block; vertical-align: top; }}
+</style>
 </head>
 <body>
 {{plot_divs}}
@@ -67,7 +70,8 @@ def main() -> int:
     print(f"open {a.out / 'index.html'} (offline: vega is inlined)")
     if a.screenshot:
         subprocess.run(["chromium-headless-shell", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                        "--virtual-time-budget=20000", "--window-size=1100,2300", f"--screenshot={a.screenshot.resolve()}",
+                        "--virtual-time-budget=20000", "--window-size=1100,2300",
+                        f"--screenshot={a.screenshot.resolve()}",
                         (a.out / "index.html").resolve().as_uri()], check=True, capture_output=True, timeout=120)
         print(f"wrote {a.screenshot}")
     return 0

@@ -45,7 +45,8 @@ def merge(base: dict, over: dict) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dir", type=Path, default=REPO / "smoke", help="where to build it (default ./smoke, removed first)")
+    ap.add_argument("--dir", type=Path, default=REPO / "smoke",
+                    help="where to build it (default ./smoke; its study/ is removed first)")
     a = ap.parse_args()
     root = a.dir.resolve() / "study"
     shutil.rmtree(root, ignore_errors=True)

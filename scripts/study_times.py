@@ -9,7 +9,7 @@ compile time, training time (compile excluded), and the rest of the run (validat
 training; the rest is the test evaluation, saving and MLflow logging). The process start-up before a run
 starts its clock, and DVC's time between stages, are not in those files: ``tiny`` measures them.
 
-``tiny`` builds the tiny synthetic study of the end-to-end test in a temp git + DVC repo, twice, and runs
+``tiny`` builds make smoke's tiny synthetic study (scripts/smoke.py) in a temp git + DVC repo, twice, and runs
 ``dvc repro`` in each: once with ``KDLAB_WARM=0`` (every stage a fresh process) and once warm (the server
 started first, as ``make repro`` does). A ``sitecustomize`` on PYTHONPATH records each ``kdlab`` process's
 wall time from its first import to its ``atexit``, so: the rest of ``dvc repro``'s wall is DVC itself plus
