@@ -43,6 +43,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from kdlab import io
+
 #: commands worth a warm start: the pipeline's stages and the gathering commands (not bench: it times itself)
 COMMANDS = ("check", "prepare", "teacher", "cache", "student", "part", "parts", "prune_teacher", "pruned_student",
             "pruning", "evaluate", "report", "sweep", "readme")
@@ -67,11 +69,8 @@ def key() -> str:
     """Digest of what the server's imports depend on: kdlab's sources, the interpreter and its packages,
     the import-time environment."""
     h = hashlib.sha256(f"{sys.executable}\n{sys.version}\n{os.getuid()}\n".encode())
-    package = Path(__file__).resolve().parent
-    h.update(f"{package}\n".encode())
-    for path in sorted(package.rglob("*.py")):
-        h.update(f"{path.relative_to(package).as_posix()}\n".encode())
-        h.update(path.read_bytes())
+    h.update(f"{Path(__file__).resolve().parent}\n".encode())
+    io.hash_sources(h)
     for name in _DEPS:  # an upgraded package has another file or mtime
         spec = importlib.util.find_spec(name)
         origin = spec.origin if spec and spec.origin else ""
