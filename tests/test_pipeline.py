@@ -134,6 +134,19 @@ def test_repro_runs_every_stage_into_metrics_report_and_mlflow(studied):
     assert "## Question 3" in report and (root / "reports/pruning.png").exists()
     assert "plots/prune_profile.json" in plots
 
+    # the headline DVC metrics (one seed: no intervals or p-values) and the tidy table of every run
+    headline = json.loads((root / "metrics/headline.json").read_text())
+    assert set(headline) == {"teacher", "raw", "kd", "kd_correct_only", "q1", "q2", "q3"}
+    assert headline["kd"]["acc"] == round(100 * summary["variants"]["kd"]["test_acc"]["mean"], 2)
+    assert set(headline["q3"]) == {"x1.0.kd_vs_raw", "x1.0.prune_vs_shape", "x1.0.activation_vs_random"}
+    import pandas as pd
+
+    df = pd.read_csv(root / "reports/results.csv")
+    assert df.groupby("question").size().to_dict() == {1: 4, 2: 4, 3: len(Q3_RUNS)}
+    assert set(df.run) == {"teacher", "raw-0", "kd-0", "kd_correct_only-0", "fitnet.layer2-0", "fitnet.layer3-0",
+                           "init_teacher-0", "init_random-0"} | Q3_RUNS
+    assert df.set_index("run").loc["kd-0", "test_acc"] == pytest.approx(summary["variants"]["kd"]["test_acc"]["mean"])
+
     # MLflow: one study parent with teacher, students and evaluate as children, in the repo's sqlite store
     from mlflow.tracking import MlflowClient
 
@@ -152,10 +165,41 @@ def test_repro_runs_every_stage_into_metrics_report_and_mlflow(studied):
     for r in by_role["student"] + by_role["teacher"] + by_role["evaluate"]:
         assert r.data.tags["mlflow.parentRunId"] == parent
         assert r.info.status == "FINISHED"
-    # the report and its pictures are artifacts of the study's parent run
-    artifacts = {a.path for a in client.list_artifacts(parent)}
-    assert {"report.md", "accuracy.png", "learning_curves.png", "agreement_vs_accuracy.png", "parts.png",
-            "pruning.png"} <= artifacts
+    # the parent: named after the study, RUNNING no longer, its duration its children's, the headline numbers
+    study = by_role["study"][0]
+    children = [r for r in runs if r.info.run_id != parent]
+    assert study.info.run_name.startswith("synthetic resnet8->resnet8 alpha 0.5 T 4.0 (")
+    assert study.info.status == "FINISHED" and study.info.end_time == max(r.info.end_time for r in children)
+    assert study.info.end_time - study.info.start_time >= 1000 * 10  # the whole study, not the parent's creation
+    assert study.data.metrics["kd.acc"] == headline["kd"]["acc"] and "q1.kd_vs_raw.gain" in study.data.metrics
+    assert "kdlab study" in study.data.tags["mlflow.note.content"]
+    # the report as one HTML page with its pictures inlined (MLflow's artifact viewer shows it), on the parent too
+    assert {a.path for a in client.list_artifacts(parent)} == {"report.html"}
+    report_run = by_role["report"][0].info.run_id
+    assert {a.path for a in client.list_artifacts(report_run)} == {"report.html", "report.md", "pictures"}
+    page = Path(client.download_artifacts(report_run, "report.html", str(root.parent / "dl"))).read_text()
+    assert page.count('src="data:image/png;base64,') == 5 and "<table>" in page
+    # MLflow's conventions on every training run: commit, description, datasets; metadata as tags, not metrics;
+    # one metrics.json under the same name in each; the per-step loss; a model for the teacher and question 1
+    commit = _run(["git", "rev-parse", "HEAD"], root, env).strip()
+    models = {m.source_run_id for m in client.search_logged_models(experiment_ids=[exp.experiment_id])}
+    for r in by_role["student"] + by_role["teacher"]:
+        tags, name = r.data.tags, r.info.run_name
+        assert tags["mlflow.source.git.commit"] == commit and tags["mlflow.note.content"].startswith(
+            ("Student `", "Teacher `")), name
+        assert "dvc.exp_name" not in tags and tags["best_epoch"].isdigit() and int(tags["model_params"]) > 0, name
+        assert not {"best_epoch", "epochs", "params"} & set(r.data.metrics), name
+        assert {d.dataset.name: d.tags[0].value for d in r.inputs.dataset_inputs} == {
+            "synthetic-train": "training", "synthetic-val": "validation", "synthetic-test": "testing"}, name
+        assert [a.path for a in client.list_artifacts(r.info.run_id)] == ["metrics.json"], name
+        assert len(client.get_metric_history(r.info.run_id, "train_loss")) > 1, name
+        assert (r.info.run_id in models) == (name in ("teacher", "raw-0", "kd-0", "kd_correct_only-0")), name
+    # the best student on validation (never test) is registered, and the test-split fidelity is in its row
+    best = max(("raw-0", "kd-0", "kd_correct_only-0"),
+               key=lambda n: json.loads((root / f"metrics/students/{n}.json").read_text())["val_acc"])
+    versions = client.search_model_versions("name = 'kdlab-synthetic-resnet8'")
+    assert [v.run_id for v in versions] == [next(r.info.run_id for r in runs if r.info.run_name == best)]
+    assert all("agreement" in r.data.metrics for r in by_role["student"] if r.info.run_name in ("raw-0", "kd-0"))
     hint_run = next(r for r in by_role["student"] if r.info.run_name == "fitnet.layer2-0")
     assert {"loss/ce", "loss/kd", "loss/hint"} <= set(hint_run.data.metrics)
     assert hint_run.data.tags["dvc.stage"] == "placement@layer2-0"
@@ -212,17 +256,23 @@ def test_alpha_experiments_in_a_parallel_queue(repo):
     exp = client.get_experiment_by_name("kdlab")
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     for a in alphas:
-        mine = [r for r in runs if r.data.params.get("loss.alpha") == a]
-        study = [r for r in mine if r.data.tags["kdlab.role"] == "study"]
-        children = [r for r in mine if r.data.tags["kdlab.role"] != "study"]
-        assert len(study) == 1, [r.info.run_name for r in mine]
-        assert sorted(r.info.run_name for r in children) == sorted([
+        study = [r for r in runs if r.data.params.get("loss.alpha") == a and r.data.tags["kdlab.role"] == "study"]
+        assert len(study) == 1, [r.info.run_name for r in runs]
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == study[0].info.run_id]
+        ran = [r for r in children if "kdlab.reused_from" not in r.data.tags]
+        assert sorted(r.info.run_name for r in ran) == sorted([
             "evaluate", "fitnet.layer2-0", "fitnet.layer3-0", "init_random-0", "init_teacher-0", "kd-0",
             "kd_correct_only-0", "parts", "report", "pruning", *(r for r in Q3_RUNS if r.endswith(".kd-0"))])
+        # what DVC reused (the teacher, the labels-only students) is linked in, so raw and kd compare in one
+        # study: a copy of the original run, its params the original's; each name once
+        reused = {r.info.run_name: r for r in children if "kdlab.reused_from" in r.data.tags}
+        assert set(reused) == {"teacher", "raw-0", *(r for r in Q3_RUNS if r.endswith(".raw-0"))}, sorted(reused)
+        assert reused["raw-0"].data.params["loss.alpha"] == "0.5" and "val_acc" in reused["raw-0"].data.metrics
+        assert len({r.info.run_name for r in children}) == len(children)
         # the parent is named after the DVC experiment its children ran in
-        assert {r.data.tags["dvc.exp_name"] for r in children} == {study[0].info.run_name}
-        assert all(r.data.tags["mlflow.parentRunId"] == study[0].info.run_id for r in children)
-        assert all(r.info.status == "FINISHED" for r in mine), [(r.info.run_name, r.info.status) for r in mine]
+        assert {r.data.tags["dvc.exp_name"] for r in ran} == {study[0].info.run_name}
+        assert all(r.info.status == "FINISHED" for r in children + study), [(r.info.run_name, r.info.status)
+                                                                           for r in children + study]
         # an experiment on loss.alpha re-runs only the distilled students, what gathers them, and the check
         # (check re-runs on any param, and its stamp is the same); not prune_teacher (its fine-tuning KD has its
         # own prune.finetune_* weights) nor the labels-only students
@@ -273,6 +323,12 @@ def test_plots_page_draws_every_chart_offline(repo, tmp_path):
 
     # dvc plots diff: an alpha experiment's results in the workspace against the committed ones
     _run(["dvc", "exp", "run", "-S", "loss.alpha=0.9"], root, env)
+    # the same experiment in dvc's terminal views: one metrics file of a few headline numbers, rows that fit
+    shown = json.loads(_run(["dvc", "metrics", "show", "--json"], root, env))
+    assert [list(r["data"]) for r in shown.values()] == [["metrics/headline.json"]], shown
+    diff = _run(["dvc", "metrics", "diff", "HEAD"], root, env).splitlines()
+    assert 5 < len(diff) < 50 and max(map(len, diff)) <= 120, "\n".join(diff)
+    assert any(line.split()[1:2] == ["q1.kd_vs_raw.gain"] for line in diff), diff
     _run([sys.executable, str(REPO / "scripts/plots_html.py"), "--diff", "HEAD"], root, env)
     dom = subprocess.run([*browser, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
     charts = {k: v for k, v in _charts(dom).items() if "<svg" in v}

@@ -1,6 +1,7 @@
 """Evaluate's statistics and the report, from small fixtures of metrics files."""
 import json
 
+import pandas as pd
 import pytest
 import torch
 
@@ -84,11 +85,28 @@ def test_report_renders_every_variant_and_valid_pngs(study, monkeypatch):
         assert f"]({name})" in text
 
 
-class _NoRun:
-    def log_artifact(self, path):
-        pass
+def test_headline_is_few_rounded_numbers_with_holm_adjusted_p(study, monkeypatch):
+    p, s, _ = study
+    monkeypatch.setattr(report.tracking, "run", _no_tracking)
+    report.run_report(p)
+    h = json.loads((workspace.HEADLINE_JSON).read_text())
+    assert set(h) == {"teacher", "raw", "kd", "kd_correct_only", "q1"}  # no parts or pruning files here
+    # kd: 85.00 +- 4.302653 x 0.01 / sqrt(3) = 2.48 points; agreement = accuracy + 2 points in the fixture
+    assert h["kd"] == {"acc": 85.0, "acc_ci": 2.48, "agree": 87.0} and h["teacher"] == {"acc": 90.0}
+    raw_p = {k: c["test_acc"]["p"] for k, c in s["comparisons"].items()}
+    smallest = min(raw_p, key=raw_p.get)
+    assert h["q1"][smallest]["p_holm"] == round(3 * raw_p[smallest], 4)  # the smallest of 3 p-values, times 3
+    assert h["q1"]["kd_vs_raw"]["gain"] == 4.0 and h["q1"]["kd_vs_raw"]["ci"] == 2.27
+    leaves = [v for e in h.values()
+              for v in (e.values() if "acc" in e else (x for c in e.values() for x in c.values()))]
+    assert all(isinstance(v, (int, float)) for v in leaves) and len(leaves) == 19
 
-    log_study_artifact = log_artifact
+
+class _NoRun:
+    """MLflow left out: these tests are about the files (tests/test_pipeline.py checks what MLflow gets)."""
+
+    def __getattr__(self, name):
+        return lambda *a, **k: []
 
 
 from contextlib import contextmanager  # noqa: E402
@@ -102,16 +120,16 @@ def _no_tracking(*a, **k):
 EXP_SHOW = [
     {"rev": "workspace", "name": None, "experiments": None,
      "data": {"rev": "workspace", "params": {"params.yaml": {"data": {"loss": {"alpha": 0.5}}}},
-              "metrics": {"metrics/summary.json": {"data": {"variants": {
-                  "raw": {"test_acc": {"mean": 0.8, "ci_low": 0.79, "ci_high": 0.81}},
-                  "kd": {"test_acc": {"mean": 0.82, "ci_low": 0.81, "ci_high": 0.83}}}}}}}},
+              "metrics": {"metrics/headline.json": {"data": {
+                  "teacher": {"acc": 90.0}, "raw": {"acc": 80.0, "acc_ci": 1.0, "agree": 85.0},
+                  "kd": {"acc": 82.0, "acc_ci": 1.0}, "q1": {"kd_vs_raw": {"gain": 2.0, "ci": 1.5}}}}}}},
     {"rev": "abc", "name": "main", "data": {"rev": "abc", "params": {"params.yaml": {"data": {"loss": {"alpha": 0.5}}}},
                                             "metrics": {}},
      "experiments": [{"revs": [{"rev": "def", "name": "exp-1", "data": {
          "rev": "def", "params": {"params.yaml": {"data": {"loss": {"alpha": 0.9}}}},
-         "metrics": {"metrics/summary.json": {"data": {"variants": {
-             "raw": {"test_acc": {"mean": 0.8}},  # dvc exp show drops null values
-             "kd": {"test_acc": {"mean": 0.84, "ci_low": 0.83, "ci_high": 0.85}}}}}}}}]}]},
+         "metrics": {"metrics/headline.json": {"data": {
+             "raw": {"acc": 80.0},  # one seed: no interval
+             "kd": {"acc": 84.0, "acc_ci": 1.0}}}}}}]}]},
 ]
 
 
@@ -130,9 +148,8 @@ def test_sweep_gathers_experiments(in_tmp):
 def _exp(name: str, alpha: float, temperature: float, kd: float) -> dict:
     return {"rev": name, "name": name, "data": {
         "rev": name, "params": {"params.yaml": {"data": {"loss": {"alpha": alpha, "temperature": temperature}}}},
-        "metrics": {"metrics/summary.json": {"data": {"variants": {
-            "raw": {"test_acc": {"mean": 0.8, "ci_low": 0.79, "ci_high": 0.81}},
-            "kd": {"test_acc": {"mean": kd, "ci_low": kd - 0.01, "ci_high": kd + 0.01}}}}}}}}
+        "metrics": {"metrics/headline.json": {"data": {
+            "raw": {"acc": 80.0, "acc_ci": 1.0}, "kd": {"acc": 100 * kd, "acc_ci": 1.0}}}}}}
 
 
 def test_a_grid_sweep_has_one_row_per_experiment_and_one_curve_per_second_value(in_tmp):
@@ -149,3 +166,37 @@ def test_a_grid_sweep_has_one_row_per_experiment_and_one_curve_per_second_value(
     assert "| loss.alpha | loss.temperature | experiment |" in md
     png = workspace.REPORTS / "sweep_loss.alpha_by_loss.temperature.png"
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_results_is_one_tidy_row_per_run_of_every_question(in_tmp, capsys):
+    from kdlab import pruning, results
+
+    p = params.from_dict({"study": {"seeds": [0, 1]}})
+
+    def write(path, acc):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"test_acc": acc, "val_acc": acc + 0.01, "params": 100, "train_seconds": 1.5}))
+
+    write(in_tmp / "metrics/teacher.json", 0.9)
+    for i, v in enumerate(["raw", "kd", "kd_correct_only"]):
+        for s in (0, 1):
+            write(in_tmp / workspace.run_files(v, s)[1], 0.80 + i / 100 + s / 1000)
+    (in_tmp / workspace.RUNS_JSON).write_text(json.dumps({"kd-1": {"agreement": 0.95, "variant": "kd", "seed": 1}}))
+    write(in_tmp / workspace.run_files("fitnet.layer2", 0, "parts")[1], 0.83)
+    name = pruning.run_name("shape", "activation", 0.5, "raw")
+    write(in_tmp / workspace.run_files(name, 1, "pruned")[1], 0.7)
+    df = results.run_results(p)
+    assert list(df.columns[:6]) == ["study", "question", "run", "group", "variant", "seed"]
+    assert df.groupby("question").size().to_dict() == {1: 7, 2: 1, 3: 1}
+    kd1 = df[df.run == "kd-1"].iloc[0]
+    assert kd1.test_acc == pytest.approx(0.811) and kd1.agreement == 0.95 and kd1["loss.alpha"] == 0.5
+    placed = df[df.question == 2].iloc[0]
+    assert (placed.group, placed.variant, placed["at"], placed.seed) == ("fitnet.layer2", "fitnet", "layer2", 0)
+    pruned = df[df.question == 3].iloc[0]
+    assert (pruned.init, pruned.criterion, pruned["size"], pruned.variant) == ("shape", "activation", 0.5, "raw")
+    assert df.study.nunique() == 1 and len(df.study.iloc[0]) == 12
+    # the CSV reads back as the same table; the runs not trained yet are named, not invented
+    back = pd.read_csv(workspace.REPORTS / "results.csv")
+    assert back.shape == df.shape and back.test_acc.tolist() == pytest.approx(df.test_acc.tolist())
+    assert "not run yet" in capsys.readouterr().out
+    assert str(workspace.run_files("fitnet.layer1", 0, "parts")[1]) in df.attrs["missing"]

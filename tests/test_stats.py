@@ -49,3 +49,11 @@ def test_paired_bootstrap():
     assert r["p"] < 0.01
     same = stats.paired_bootstrap(b, b, resamples=500)
     assert same["diff"] == 0 and same["p"] == 1.0
+
+
+def test_holm_step_down_by_hand():
+    # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04; the last is raised to 0.06 (monotone)
+    adj = stats.holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.005, "none": None})
+    assert adj == pytest.approx({"a": 0.03, "b": 0.06, "c": 0.06, "d": 0.02, "none": None})
+    assert stats.holm({"x": 0.6, "y": 0.7}) == {"x": 1.0, "y": 1.0}  # capped at 1
+    assert stats.holm({"only": 0.02}) == {"only": 0.02}  # a family of one is not adjusted

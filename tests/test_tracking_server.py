@@ -81,16 +81,17 @@ def test_a_stage_logs_to_a_shared_mlflow_server(tmp_path):
         assert tags["mlflow.parentRunId"] == by_role["study"][0][0]["info"]["run_id"]
         metrics = {m["key"]: m["value"] for m in teacher["data"]["metrics"]}
         local = json.loads((study / "metrics/teacher.json").read_text())
-        assert metrics["test_acc"] == local["test_acc"] and metrics["best_epoch"] == 2
+        assert metrics["test_acc"] == local["test_acc"] and tags["best_epoch"] == "2"  # metadata: a tag
 
         run_id = teacher["info"]["run_id"]
         listed = _get(base, "/api/2.0/mlflow/artifacts/list", run_id=run_id)
-        assert [f["path"] for f in listed["files"]] == ["teacher.json"]
+        assert [f["path"] for f in listed["files"]] == ["metrics.json"]  # the same name in every run
         with urllib.request.urlopen(f"{base}/get-artifact?" + urllib.parse.urlencode(
-                {"run_id": run_id, "path": "teacher.json"}), timeout=30) as r:
+                {"run_id": run_id, "path": "metrics.json"}), timeout=30) as r:
             assert json.loads(r.read()) == local
-        # and it is in the server's artifacts directory, not beside the study
-        assert [p.name for p in (tmp_path / "artifacts").rglob("teacher.json")] == ["teacher.json"]
+        # it and the logged model (torch.export's pt2) are in the server's artifacts directory, not beside the study
+        stored = {p.name for p in (tmp_path / "artifacts").rglob("*") if p.is_file()}
+        assert {"metrics.json", "model.pt2", "MLmodel"} <= stored, sorted(stored)
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)

@@ -69,7 +69,16 @@ def _evaluate(p, args):
 
 def _report(p, args):
     from kdlab.report import run_report
-    run_report(p)
+    from kdlab.results import metrics_files, run_results
+    run_report(p, metrics_files(p))
+    run_results(p)  # reports/results.csv: the same stage's table of every run
+
+
+def _results(p, args):
+    from pathlib import Path
+
+    from kdlab.results import run_results
+    run_results(p, Path(args.out))
 
 
 def _sweep(p, args):
@@ -92,7 +101,9 @@ def _readme(p, args):
 TRAINING_COMMANDS = ("teacher", "student", "part", "pruned_student")
 
 STAGES = {"check": _check, "prepare": _prepare, "teacher": _teacher, "cache": _cache, "student": _student, "part": _part,
-          "parts": _parts, "prune_teacher": _prune_teacher, "pruned_student": _pruned_student, "pruning": _pruning, "evaluate": _evaluate, "report": _report, "sweep": _sweep, "readme": _readme, "bench": _bench, "ui": None}
+          "parts": _parts, "prune_teacher": _prune_teacher, "pruned_student": _pruned_student, "pruning": _pruning,
+          "evaluate": _evaluate, "report": _report, "results": _results, "sweep": _sweep, "readme": _readme,
+          "bench": _bench, "ui": None}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -106,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
                     "prune.sizes by each criterion, `pruned_student` trains one student from it (`--size --criterion --init "
                     "prune|shape --variant kd|raw --seed`; defaults: the first size, prune.criterion, prune, kd), "
                     "`pruning` measures that study. Extra commands: "
+                    "`results [-o CSV]` writes every run of every question as one tidy table (pandas); "
                     "`sweep --param KEY [--by KEY2]` gathers DVC experiments into a table and plot; `readme` copies "
                     "metrics/summary.md into README.md; `ui` starts the MLflow UI on the project's store; `bench` times "
                     "the same KD step several ways (kdlab raw / cached / online, DataLoader+PIL, torchdistill).",
@@ -120,6 +132,8 @@ def _parser() -> argparse.ArgumentParser:
                     "freshly initialised); default prune")
     ap.add_argument("--param", default="loss.alpha", help="sweep: the swept param (default loss.alpha)")
     ap.add_argument("--by", help="sweep: a second swept param (a grid): one curve per value, e.g. loss.temperature")
+    ap.add_argument("-o", "--out", default="reports/results.csv", help="results: the CSV to write "
+                    "(default reports/results.csv, which the report stage also writes)")
     ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     ap.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a param, e.g. -S loss.alpha=0.7 (repeatable)")
@@ -184,7 +198,9 @@ def ui(port: int) -> int:
     cmd = [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port),
            "--backend-store-uri", tracking.tracking_uri(),
            "--default-artifact-root", (tracking.root() / "mlartifacts").as_uri()]
-    print(f"MLflow UI on http://127.0.0.1:{port} over {tracking.tracking_uri()}")
+    views, base = tracking.ui_paths(), f"http://127.0.0.1:{port}/"
+    print(f"MLflow UI over {tracking.tracking_uri()}:\n  every training run:  {base}{views['kdlab-runs']}\n"
+          f"  the studies:         {base}{views['kdlab-studies']}", flush=True)
     return subprocess.call(cmd, env=env)
 
 

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from kdlab import io, stats, tracking
 from kdlab.models import count_params
 from kdlab.params import BASELINE, Params
-from kdlab.present import LABELS, ci, color, diff, finish, fmt_p, num, plt, pts, verdict, yerr
+from kdlab.present import (LABELS, ci, color, diff, finish, fmt_p, headline_acc, headline_gain, num, plt, pts, table,
+                           verdict, yerr)
 from kdlab.schema import flatten
 from kdlab.train import predict
 from kdlab.workspace import (ACCURACY_PLOT, CURVES, PREDICTIONS, RUNS_JSON, SUMMARY_JSON, SUMMARY_MD, TEACHER,
@@ -90,6 +91,8 @@ def throughput(model, images, labels, normalize, batch_size: int, precision: str
 # ---------------------------------------------------------------- statistics over seeds
 
 SUMMARIZED = ("test_acc", "test_acc_last", "agreement", "kl_teacher_student", "ece", "test_acc_top5")
+#: logged to each student's MLflow run by the evaluate stage
+FIDELITY = ("agreement", "kl_teacher_student", "ece", "test_acc_top5")
 
 
 def summarize(p: Params, runs: dict[str, dict], predictions: dict[str, torch.Tensor] | None = None,
@@ -97,17 +100,20 @@ def summarize(p: Params, runs: dict[str, dict], predictions: dict[str, torch.Ten
     """``runs["kd-0"] = {test_acc, agreement, ...}`` (plus ``runs["teacher"]``) -> summary.json."""
     out = {"teacher": {k: v for k, v in runs["teacher"].items() if k != "per_class_acc"}, "variants": {},
            "comparisons": {}}
+    import pandas as pd
+
     seeds = p.study.seeds
-    for variant in variants(p):
-        rows = [runs[f"{variant}-{s}"] for s in seeds]
-        out["variants"][variant] = {k: stats.t_interval([r[k] for r in rows]) for k in SUMMARIZED if k in rows[0]}
-        out["variants"][variant]["params"] = rows[0]["params"]
-    acc = {v: [runs[f"{v}-{s}"]["test_acc"] for s in seeds] for v in variants(p)}
+    df = pd.DataFrame([{**runs[f"{v}-{s}"], "variant": v, "seed": s} for v in variants(p) for s in seeds])
+    per_metric = {k: stats.intervals(df, "variant", k) for k in SUMMARIZED if k in df.columns}
+    for variant, rows in df.groupby("variant", sort=False):
+        out["variants"][variant] = {k: per_metric[k][variant] for k in per_metric}
+        out["variants"][variant]["params"] = int(rows["params"].iloc[0])
     pairs = [(v, BASELINE) for v in p.study.variants]
     if "kd" in p.study.variants and "kd_correct_only" in p.study.variants:
         pairs.append(("kd_correct_only", "kd"))
+    welch = stats.welch_pairs(df, "variant", "test_acc", pairs)
     for a, b in pairs:
-        entry = {"test_acc": stats.welch(acc[a], acc[b])}
+        entry = {"test_acc": welch[f"{a}_vs_{b}"]}
         if predictions is not None:
             per_seed = {}
             for s in seeds:
@@ -123,24 +129,37 @@ def summarize(p: Params, runs: dict[str, dict], predictions: dict[str, torch.Ten
 
 def markdown(p: Params, summary: dict) -> str:
     """The founding note's table (teacher, distilled, trained alone) with 95% intervals over seeds."""
+    import pandas as pd
+
     n = len(p.study.seeds)
-    t = summary["teacher"]
-    lines = [
-        f"Test accuracy on {p.data.name}: mean [95% t interval] over {n} seed{'s' if n > 1 else ''} "
-        f"({', '.join(map(str, p.study.seeds))}); checkpoints chosen on the validation split.",
-        "",
-        "| model | arch | test accuracy (%) | last epoch (%) | agreement with teacher (%) | vs raw (points) | p (Welch) |",
-        "|---|---|---|---|---|---|---|",
-        f"| Teacher | {p.teacher.arch} | {num(t['test_acc'])} | - | - | - | - |",
-    ]
+    rows = [["Teacher", p.teacher.arch, num(summary["teacher"]["test_acc"]), "-", "-", "-", "-"]]
     for variant in variants(p):
         e = summary["variants"][variant]
         cmp_ = summary["comparisons"].get(f"{variant}_vs_{BASELINE}", {}).get("test_acc")
         difference, pval = (diff(cmp_), fmt_p(cmp_["p"])) if cmp_ else ("-", "-")
         agree = ci(e["agreement"]) if "agreement" in e else "-"
-        lines.append(f"| {LABELS.get(variant, variant)} | {p.student.arch} | {ci(e['test_acc'])} "
-                     f"| {ci(e['test_acc_last'])} | {agree} | {difference} | {pval} |")
-    return "\n".join(lines) + "\n"
+        rows.append([LABELS.get(variant, variant), p.student.arch, ci(e["test_acc"]), ci(e["test_acc_last"]), agree,
+                     difference, pval])
+    columns = ["model", "arch", "test accuracy (%)", "last epoch (%)", "agreement with teacher (%)", "vs raw (points)",
+               "p (Welch)"]
+    return (f"Test accuracy on {p.data.name}: mean [95% t interval] over {n} seed{'s' if n > 1 else ''} "
+            f"({', '.join(map(str, p.study.seeds))}); checkpoints chosen on the validation split.\n\n"
+            + table(pd.DataFrame(rows, columns=columns)) + "\n")
+
+
+def headline(p: Params, summary: dict) -> dict:
+    """Question 1's part of metrics/headline.json: the teacher, each variant's test accuracy and agreement with
+    the teacher (mean and 95% half-width, %), and each comparison's gain with its Holm-adjusted p."""
+    out = {"teacher": {"acc": round(100 * summary["teacher"]["test_acc"], 2)}}
+    for variant in variants(p):
+        e = summary["variants"][variant]
+        out[variant] = headline_acc(e["test_acc"])
+        if "agreement" in e:
+            out[variant]["agree"] = round(100 * e["agreement"]["mean"], 2)
+    cmp_ = {k: c["test_acc"] for k, c in summary["comparisons"].items()}
+    adjusted = stats.holm({k: w["p"] for k, w in cmp_.items()})
+    out["q1"] = {k: headline_gain(w, adjusted[k]) for k, w in cmp_.items()}
+    return out
 
 
 # ---------------------------------------------------------------- the stage
@@ -194,6 +213,14 @@ def run_evaluate(p: Params) -> dict:
         run.log(flat)
         run.log_to_study(flat)
         run.log_artifact(SUMMARY_MD)
+        # each run's test-split fidelity in its own row of the MLflow runs table
+        run.log_to_runs({n: {k: r[k] for k in FIDELITY if k in r} for n, r in runs.items() if n != "teacher"})
+        # the student a user takes away: the best on the validation split (never test), registered
+        best = max((n for n in runs if n != "teacher"), key=lambda n: runs[n]["val_acc"])
+        if best in (siblings := run.siblings()):
+            run.register_model(siblings[best].run_id, f"kdlab-{p.data.name}-{p.student.arch}",
+                               f"kdlab student {best}: the best validation accuracy ({runs[best]['val_acc']:.4f}) "
+                               f"of question 1's students in study {tracking.study_key(flatten(p))}")
     return summary
 
 
@@ -250,19 +277,25 @@ def pictures(p: Params, summary: dict, runs: dict, curves: dict[str, list]) -> d
             "agreement_vs_accuracy.png": lambda f: plot_agreement(p, runs, f)}
 
 
-def _paired_lines(key: str, cmp_: dict) -> list[str]:
+def _paired_rows(key: str, cmp_: dict) -> list[list[str]]:
     rows = []
     for seed, t in cmp_.get("paired_by_seed", {}).items():
         b = t["bootstrap"]
-        rows.append(f"| {key} | {seed} | {pts(b['diff'])} [{pts(b['ci_low'])}, {pts(b['ci_high'])}] "
-                    f"| {t['mcnemar']['only_a']} / {t['mcnemar']['only_b']} | {fmt_p(t['mcnemar']['p'])} |")
+        rows.append([key, seed, f"{pts(b['diff'])} [{pts(b['ci_low'])}, {pts(b['ci_high'])}]",
+                     f"{t['mcnemar']['only_a']} / {t['mcnemar']['only_b']}", fmt_p(t["mcnemar"]["p"])])
     return rows
 
 
 def report_section(p: Params, summary: dict, runs: dict) -> list[str]:
     """The founding note's table, question 1's answers, fidelity, learning curves and cost."""
+    import pandas as pd
+
     n = len(p.study.seeds)
     comps = summary["comparisons"]
+    student = next(r for k, r in runs.items() if k != "teacher")
+    cost = [("teacher", p.teacher.arch, summary["teacher"]), ("student", p.student.arch, student)]
+    fidelity = [[LABELS.get(v, v), ci(e.get("agreement")), ci(e.get("kl_teacher_student"), 1, 4), ci(e.get("ece"))]
+                for v, e in ((v, summary["variants"][v]) for v in variants(p))]
     lines = [
         "## The founding note's table, with intervals",
         "",
@@ -283,12 +316,9 @@ def report_section(p: Params, summary: dict, runs: dict) -> list[str]:
         "McNemar p-value. These say whether two particular runs differ, not whether the methods do: "
         "that is what the interval over seeds above is for.",
         "",
-        "| comparison | seed | difference (points) | only first / only second | McNemar p |",
-        "|---|---|---|---|---|",
-    ]
-    for key, cmp_ in comps.items():
-        lines += _paired_lines(key.replace("_vs_", " vs "), cmp_)
-    lines += [
+        table(pd.DataFrame([r for key, cmp_ in comps.items() for r in _paired_rows(key.replace("_vs_", " vs "), cmp_)],
+                           columns=["comparison", "seed", "difference (points)", "only first / only second",
+                                    "McNemar p"])),
         "",
         "## Fidelity: do students match their teacher?",
         "",
@@ -296,16 +326,7 @@ def report_section(p: Params, summary: dict, runs: dict) -> list[str]:
         "find that students often do not match their teachers even when they could); expected calibration "
         "error with 15 bins. Mean [95% CI] over seeds.",
         "",
-        "| variant | agreement (%) | KL(teacher \\|\\| student) | ECE (%) |",
-        "|---|---|---|---|",
-    ]
-    for v in variants(p):
-        e = summary["variants"][v]
-        lines.append(f"| {LABELS.get(v, v)} | {ci(e.get('agreement'))} | "
-                     f"{ci(e.get('kl_teacher_student'), 1, 4)} | {ci(e.get('ece'))} |")
-    t = summary["teacher"]
-    student = next(r for k, r in runs.items() if k != "teacher")
-    lines += [
+        table(pd.DataFrame(fidelity, columns=["variant", "agreement (%)", "KL(teacher \\|\\| student)", "ECE (%)"])),
         "",
         "![agreement vs accuracy](agreement_vs_accuracy.png)",
         "",
@@ -318,12 +339,9 @@ def report_section(p: Params, summary: dict, runs: dict) -> list[str]:
         "",
         "## Cost",
         "",
-        "| model | parameters | FLOPs per image | inference images/s (this machine) |",
-        "|---|---|---|---|",
-        f"| teacher `{p.teacher.arch}` | {t['params']:,} | {t['flops_per_image'] / 1e6:.1f} M | "
-        f"{t['images_per_second']:.0f} |",
-        f"| student `{p.student.arch}` | {student['params']:,} | {student['flops_per_image'] / 1e6:.1f} M | "
-        f"{student['images_per_second']:.0f} |",
+        table(pd.DataFrame([[f"{who} `{arch}`", f"{r['params']:,}", f"{r['flops_per_image'] / 1e6:.1f} M",
+                             f"{r['images_per_second']:.0f}"] for who, arch, r in cost],
+                           columns=["model", "parameters", "FLOPs per image", "inference images/s (this machine)"])),
         "",
     ]
     return lines

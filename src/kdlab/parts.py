@@ -17,7 +17,7 @@ from kdlab import io, stats, tracking
 from kdlab.features import features, layers, linear_cka
 from kdlab.models import count_params
 from kdlab.params import BASELINE, Params
-from kdlab.present import COLORS, ci, diff, finish, plt, verdict, yerr
+from kdlab.present import COLORS, ci, diff, finish, headline_gain, plt, table, verdict, yerr
 from kdlab.schema import flatten
 from kdlab.workspace import CKA_PLOT, PARTS_JSON, PARTS_MD, context, load_model, load_teacher, run_files
 
@@ -48,14 +48,18 @@ def cka_profile(teacher_feats: dict, student, images: torch.Tensor, paths: list[
     return {pth: linear_cka(sf[pth], teacher_feats[pth]) for pth in paths}
 
 
-def summarize(p: Params, accs: dict[str, list[float]], params_count: dict[str, int],
-              cka: dict[str, list[dict]], cka_images: int) -> dict:
+def summarize(p: Params, runs, cka_images: int) -> dict:
+    """parts.json from a tidy DataFrame of the runs: one row per (group, seed) with test_acc, params and
+    ``cka.<layer>`` columns."""
+    paths = [c[len("cka."):] for c in runs.columns if c.startswith("cka.")]
+    acc = stats.intervals(runs, "group", "test_acc")
+    cka = {st: stats.intervals(runs, "group", f"cka.{st}") for st in paths}
+    params_count = runs.groupby("group", sort=False)["params"].first()
     out = {"groups": {}, "comparisons": {}, "cka_images": cka_images, "seeds": p.study.seeds}
     for g, _ in groups(p):
-        per_layer = {st: stats.t_interval([c[st] for c in cka[g]]) for st in cka[g][0]}
-        out["groups"][g] = {"test_acc": stats.t_interval(accs[g]), "params": params_count[g], "cka": per_layer}
-    for a, b in comparisons(p):
-        out["comparisons"][f"{a}_vs_{b}"] = {"test_acc": stats.welch(accs[a], accs[b])}
+        out["groups"][g] = {"test_acc": acc[g], "params": int(params_count[g]), "cka": {st: cka[st][g] for st in paths}}
+    for key, w in stats.welch_pairs(runs, "group", "test_acc", comparisons(p)).items():
+        out["comparisons"][key] = {"test_acc": w}
     return out
 
 
@@ -64,6 +68,8 @@ def diff_cell(c: dict | None) -> str:
 
 
 def markdown(p: Params, summary: dict) -> str:
+    import pandas as pd
+
     # in the study's order (raw, kd, placements, carved), whatever order the JSON was written in
     g0 = {g: summary["groups"][g] for g, _ in groups(p) if g in summary["groups"]}
     paths = list(next(iter(g0.values()))["cka"])
@@ -74,43 +80,45 @@ def markdown(p: Params, summary: dict) -> str:
         f"linear CKA with the teacher at each stage on {summary['cka_images']} validation images (mean over seeds). "
         f"`{p.parts.method}.layerN`: {p.parts.method} loss at that stage only{', plus KD' if with_kd else ''}.",
         "",
-        "| run | params | test accuracy (%) | vs raw (points) | vs kd, or vs its control (points) | "
-        + " | ".join(f"CKA {st}" for st in paths) + " |",
-        "|---|---|---|---|---|" + "---|" * len(paths),
     ]
     cmp_ = summary["comparisons"]
     controls = {p.parts.init[0]: c for c in p.parts.init[1:2]}
+    rows = []
     for g, e in g0.items():
         kd_col = diff_cell(cmp_.get(f"{g}_vs_kd"))
         if g in controls:
             kd_col = f"{diff_cell(cmp_.get(f'{g}_vs_{controls[g]}'))} vs {controls[g]}"
-        lines.append(f"| {g} | {e['params']:,} | {ci(e['test_acc'])} | {diff_cell(cmp_.get(f'{g}_vs_{BASELINE}'))} "
-                     f"| {kd_col} | " + " | ".join(f"{e['cka'][st]['mean']:.3f}" for st in paths) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append([g, f"{e['params']:,}", ci(e["test_acc"]), diff_cell(cmp_.get(f"{g}_vs_{BASELINE}")), kd_col,
+                     *(f"{e['cka'][st]['mean']:.3f}" for st in paths)])
+    columns = ["run", "params", "test accuracy (%)", "vs raw (points)", "vs kd, or vs its control (points)",
+               *(f"CKA {st}" for st in paths)]
+    return "\n".join(lines) + "\n" + table(pd.DataFrame(rows, columns=columns)) + "\n"
 
 
 def run_parts(p: Params) -> dict:
+    import pandas as pd
+
     ctx = context(p, 0)
     val = ctx.splits["val"]
     images = ctx.normalize(val["images"][:p.parts.cka_images].to(ctx.device))
     _, teacher = load_teacher(p, ctx)
     paths = layers(teacher)
     teacher_feats = features(teacher, images, paths)
-    accs, params_count, cka = {}, {}, {}
+    rows = []
     for g, in_parts in groups(p):
-        accs[g], cka[g] = [], []
         for seed in p.study.seeds:
             model_path, metrics_path = run_files(g, seed, "parts" if in_parts else "students")
             stage = (f"placement@{g.split('.', 1)[1]}-{seed}" if g.startswith(f"{p.parts.method}.")
                      else f"carve@{g}-{seed}" if in_parts else
                      f"baseline@{g}-{seed}" if g == BASELINE else f"student@{g}-{seed}")
             rebuild = f"dvc repro {stage}"
-            accs[g].append(io.load_json(metrics_path, rebuild)["test_acc"])
+            test_acc = io.load_json(metrics_path, rebuild)["test_acc"]
             student = load_model(model_path, ctx, rebuild)
-            params_count[g] = count_params(student)
-            cka[g].append(cka_profile(teacher_feats, student, images, paths))
-            print(f"{g}-{seed}: CKA " + " ".join(f"{k} {v:.3f}" for k, v in cka[g][-1].items()))
-    summary = summarize(p, accs, params_count, cka, len(images))
+            profile = cka_profile(teacher_feats, student, images, paths)
+            rows.append({"group": g, "seed": seed, "test_acc": test_acc, "params": count_params(student),
+                         **{f"cka.{k}": v for k, v in profile.items()}})
+            print(f"{g}-{seed}: CKA " + " ".join(f"{k} {v:.3f}" for k, v in profile.items()))
+    summary = summarize(p, pd.DataFrame(rows), len(images))
     io.save_json(summary, PARTS_JSON)
     # "stage": the plot's field name in dvc.yaml (a ResNet layer)
     io.save_json([{"run": g, "stage": st, "cka": e["cka"][st]["mean"]} for g, e in summary["groups"].items()
@@ -156,6 +164,15 @@ def plot_parts(p: Params, parts: dict, path: Path) -> None:
     ax1.set_title("accuracy per placement / initialisation")
     finish(fig, ax2, "stage", "linear CKA with the teacher", f"teacher-likeness per stage ({parts['cka_images']} val images)",
            path)
+
+
+def headline(p: Params, parts: dict) -> dict:
+    """Question 2's part of metrics/headline.json: the comparisons the report words a verdict on (placements
+    against kd, carved against its random control), p adjusted by Holm over every question-2 comparison."""
+    adjusted = stats.holm({k: c["test_acc"]["p"] for k, c in parts["comparisons"].items()})
+    keys = [f"{a}_vs_{b}" for a, b in comparisons(p) if b != BASELINE]
+    return {"q2": {k: headline_gain(parts["comparisons"][k]["test_acc"], adjusted[k])
+                   for k in keys if k in parts["comparisons"]}}
 
 
 def pictures(p: Params, parts: dict) -> dict:

@@ -61,6 +61,88 @@ def verdict(name_a: str, name_b: str, cmp_: dict, n_seeds: int) -> str:
             f"interval includes zero ({interval}). More seeds would be needed to separate them, if they differ at all.")
 
 
+def table(df) -> str:
+    """A DataFrame of display strings as a markdown table: the columns as its header, a line per row."""
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in df.itertuples(index=False)])
+
+
+def headline_acc(s: dict, key: str = "acc") -> dict:
+    """A :func:`kdlab.stats.t_interval` of a fraction as the headline metrics show it: the mean in % and the
+    95% interval's half-width in points (t intervals are symmetric), rounded to what a terminal needs."""
+    out = {key: round(100 * s["mean"], 2)}
+    if s.get("ci_high") is not None:
+        out[f"{key}_ci"] = round(100 * (s["ci_high"] - s["mean"]), 2)
+    return out
+
+
+def headline_gain(w: dict, p_adj: float | None) -> dict:
+    """A :func:`kdlab.stats.welch` difference in points, its 95% half-width and its family-adjusted p."""
+    out = {"gain": round(100 * w["diff"], 2)}
+    if w.get("ci_high") is not None:
+        out["ci"] = round(100 * (w["ci_high"] - w["diff"]), 2)
+    if p_adj is not None:
+        out["p_holm"] = round(p_adj, 4)
+    return out
+
+
+# ---------------------------------------------------------------- the report as one HTML page
+
+def _inline(text: str) -> str:
+    import html
+    import re
+
+    out = html.escape(text, quote=False)
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", out)
+
+
+def report_html(markdown: str, images: dict[str, bytes], title: str) -> str:
+    """The report's markdown (headings, paragraphs, lists, tables, pictures) as one self-contained HTML page,
+    the pictures inlined as base64 PNGs: what MLflow's artifact viewer shows with its pictures."""
+    import base64
+    import html
+    import re
+
+    body, table, items = [], [], []
+
+    def flush():
+        if table:
+            rows = [[c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", r.strip().strip("|"))]
+                    for r in table if not re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", r.strip())]
+            head = "".join(f"<th>{_inline(c)}</th>" for c in rows[0])
+            cells = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>")
+            table.clear()
+        if items:
+            body.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in items) + "</ul>")
+            items.clear()
+
+    for line in markdown.splitlines():
+        image = re.fullmatch(r"!\[([^\]]*)\]\(([^)]+)\)", line.strip())
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        if line.startswith("- "):
+            items.append(line[2:])
+            continue
+        flush()
+        if m := re.match(r"(#{1,4}) (.*)", line):
+            body.append(f"<h{len(m.group(1))}>{_inline(m.group(2))}</h{len(m.group(1))}>")
+        elif image and image.group(2) in images:
+            data = base64.b64encode(images[image.group(2)]).decode()
+            body.append(f'<p><img alt="{html.escape(image.group(1))}" src="data:image/png;base64,{data}"></p>')
+        elif line.strip():
+            body.append(f"<p>{_inline(line)}</p>")
+    flush()
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:1em auto;padding:0 1em}"
+             "table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}"
+             "th{background:#f3f3f3}"
+             "img{max-width:100%}code{background:#f3f3f3;padding:0 2px}")
+    return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title><style>{style}"
+            f"</style></head><body>{''.join(body)}</body></html>\n")
+
+
 # ---------------------------------------------------------------- pictures
 
 def plt():

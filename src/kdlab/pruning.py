@@ -17,7 +17,7 @@ from pathlib import Path
 from kdlab import channels, distill, io, stats, tracking
 from kdlab.models import count_params
 from kdlab.params import BASELINE, LossParams, Params
-from kdlab.present import ci, diff, finish, plt, verdict, yerr
+from kdlab.present import ci, diff, finish, headline_gain, plt, table, verdict, yerr
 from kdlab.schema import ParamsError, flatten
 from kdlab.stages import Run, train_run
 from kdlab.surgery import keep_blocks, reinit
@@ -144,10 +144,12 @@ def run_pruned_student(p: Params, size: float, criterion: str, init: str, varian
     method.to(ctx.device)
     name = run_name(init, criterion, size, variant)
     arch = {k: ckpt[k] for k in ("arch", "width", "blocks", "pruning")}
+    start = "with its pruned weights" if init == "prune" else "that shape freshly initialised"
+    about = f"Question 3: the teacher pruned by `{criterion}` to x{size} of the student's parameters, {start}. "
     return train_run(p, ctx, Run(f"{name}-{seed}", "student", p.student, seed, method, batches, model,
                                  run_files(name, seed, "pruned"),
                                  {"variant": name, "init": init, "criterion": criterion, "size": size}, resume_key,
-                                 arch))
+                                 arch, about=about, method_name=variant))
 
 
 # ---------------------------------------------------------------- kdlab pruning
@@ -170,16 +172,20 @@ def comparisons(p: Params) -> list[tuple[str, str]]:
     return list(dict.fromkeys(pairs))
 
 
-def summarize(p: Params, accs: dict[str, list[float]], params_count: dict[str, int], pruned: dict) -> dict:
+def summarize(p: Params, runs, pruned: dict) -> dict:
+    """pruning.json from a tidy DataFrame of the runs (one row per (group, seed): test_acc, params) and the
+    pruned teachers' metrics/prune.json."""
+    acc = stats.intervals(runs, "group", "test_acc")
+    params_count = runs.groupby("group", sort=False)["params"].first()
     out = {"criterion": p.prune.criterion, "sizes": p.prune.sizes, "seeds": p.study.seeds,
            "student_params": pruned["student_params"], "teacher_params": pruned["teacher_params"],
            "groups": {}, "comparisons": {}, "pruned": {}}
     for criterion, size, init, variant in groups(p):
         name = run_name(init, criterion, size, variant)
         out["groups"][name] = {"criterion": criterion, "size": size, "init": init, "variant": variant,
-                               "params": params_count[name], "test_acc": stats.t_interval(accs[name])}
-    for a, b in comparisons(p):
-        out["comparisons"][f"{a}_vs_{b}"] = {"a": a, "b": b, "test_acc": stats.welch(accs[a], accs[b])}
+                               "params": int(params_count[name]), "test_acc": acc[name]}
+    for (a, b), (key, w) in zip(comparisons(p), stats.welch_pairs(runs, "group", "test_acc", comparisons(p)).items()):
+        out["comparisons"][key] = {"a": a, "b": b, "test_acc": w}
     for criterion, size in pruned_models(p):
         e = pruned["models"][model_name(criterion, size)]
         out["pruned"][model_name(criterion, size)] = {k: e[k] for k in ("params", "target_params", "val_acc_pruned", "stages")}
@@ -192,8 +198,21 @@ def layer_order(layers: dict) -> list[str]:
 
 
 def markdown(p: Params, summary: dict) -> str:
+    import pandas as pd
+
     n = len(p.study.seeds)
     c = p.prune.criterion
+    arms = pd.DataFrame([[f"x{g['size']}", g["init"], g["variant"], g["criterion"], f"{g['params']:,}",
+                          ci(g["test_acc"])] for g in summary["groups"].values()],
+                        columns=["size", "init", "trained", "criterion", "params", "test accuracy (%)"])
+    tests = pd.DataFrame([[f"{e['a']} vs {e['b']}", diff(e["test_acc"], with_p=True)]
+                          for e in summary["comparisons"].values()],
+                         columns=["comparison", "difference (points) [95% CI] (Welch p)"])
+    layers = layer_order(next(iter(summary["pruned"].values()))["stages"])
+    teachers = pd.DataFrame([[name, f"{e['params']:,}", f"{100 * e['val_acc_pruned']:.2f}",
+                              *(f"{100 * e['stages'][s]:.0f}%" for s in layers)]
+                             for name, e in summary["pruned"].items()],
+                            columns=["pruned model", "params", "val accuracy (%)", *(f"kept {s}" for s in layers)])
     lines = [
         f"Question 3 on {p.data.name}: the teacher ({summary['teacher_params']:,} parameters) pruned by channel "
         f"importance to multiples of the student's size ({summary['student_params']:,} parameters), then trained "
@@ -201,38 +220,32 @@ def markdown(p: Params, summary: dict) -> str:
         f"{'s' if n > 1 else ''}. `prune`: the pruned weights; `shape`: the same shape, freshly initialised; "
         f"`kd`: distilled; `raw`: labels only.",
         "",
-        "| size | init | trained | criterion | params | test accuracy (%) |",
-        "|---|---|---|---|---|---|",
+        table(arms),
+        "",
+        table(tests),
+        "",
+        f"Each pruned teacher before any training: parameters, validation accuracy, and the fraction of output "
+        f"channels each stage keeps (criterion {c} at every size; the others at x{p.prune.sizes[0]}).",
+        "",
+        table(teachers),
     ]
-    for name, g in summary["groups"].items():
-        lines.append(f"| x{g['size']} | {g['init']} | {g['variant']} | {g['criterion']} | {g['params']:,} | "
-                     f"{ci(g['test_acc'])} |")
-    lines += ["", "| comparison | difference (points) [95% CI] (Welch p) |", "|---|---|"]
-    lines += [f"| {e['a']} vs {e['b']} | {diff(e['test_acc'], with_p=True)} |" for e in summary["comparisons"].values()]
-    layers = layer_order(next(iter(summary["pruned"].values()))["stages"])
-    lines += ["", f"Each pruned teacher before any training: parameters, validation accuracy, and the fraction of "
-              f"output channels each stage keeps (criterion {c} at every size; the others at x{p.prune.sizes[0]}).",
-              "", "| pruned model | params | val accuracy (%) | " + " | ".join(f"kept {s}" for s in layers) + " |",
-              "|---|---|---|" + "---|" * len(layers)]
-    for name, e in summary["pruned"].items():
-        lines.append(f"| {name} | {e['params']:,} | {100 * e['val_acc_pruned']:.2f} | "
-                     + " | ".join(f"{100 * e['stages'][s]:.0f}%" for s in layers) + " |")
     return "\n".join(lines) + "\n"
 
 
 def run_pruning(p: Params) -> dict:
     pruned = io.load_json(PRUNE_JSON, "dvc repro prune_teacher")
-    accs, params_count = {}, {}
+    import pandas as pd
+
+    rows = []
     for criterion, size, init, variant in groups(p):
         name = run_name(init, criterion, size, variant)
-        accs[name] = []
         for seed in p.study.seeds:
             _, metrics_path = run_files(name, seed, "pruned")
             rebuild = f"dvc repro {stage_of(p, criterion, size, init, variant, seed)}"
             metrics = io.load_json(metrics_path, rebuild)
-            accs[name].append(metrics["test_acc"])
-            params_count[name] = metrics["params"]  # counted by the training stage on the saved model
-    summary = summarize(p, accs, params_count, pruned)
+            # params: counted by the training stage on the saved model
+            rows.append({"group": name, "seed": seed, "test_acc": metrics["test_acc"], "params": metrics["params"]})
+    summary = summarize(p, pd.DataFrame(rows), pruned)
     io.save_json(summary, PRUNING_JSON)
     table = markdown(p, summary)
     io.save_text(table, PRUNING_MD)
@@ -266,6 +279,24 @@ def plot_pruning(p: Params, pruning: dict, path: Path) -> None:
                  label=f"{name} ({e['params']:,} params)")
         ax2.set_xticks(range(len(layers)), layers)
     finish(fig, ax2, "stage", "output channels kept (%)", "where each criterion prunes", path)
+
+
+def headline(p: Params, pruning: dict) -> dict:
+    """Question 3's part of metrics/headline.json, under short names: at each size, KD against labels and pruned
+    against fresh weights (both from the pruned shape, under KD), and the criterion against random at the first
+    size; p adjusted by Holm over every question-3 comparison."""
+    adjusted = stats.holm({k: c["test_acc"]["p"] for k, c in pruning["comparisons"].items()})
+    c, first = p.prune.criterion, p.prune.sizes[0]
+    picks = {}
+    for s in p.prune.sizes:
+        picks[f"x{s}.kd_vs_raw"] = (run_name("prune", c, s, "kd"), run_name("prune", c, s, BASELINE))
+        picks[f"x{s}.prune_vs_shape"] = (run_name("prune", c, s, "kd"), run_name("shape", c, s, "kd"))
+    picks[f"x{first}.{c}_vs_random"] = (run_name("prune", c, first, "kd"), run_name("prune", "random", first, "kd"))
+    out = {}
+    for short, (a, b) in picks.items():
+        if (key := f"{a}_vs_{b}") in pruning["comparisons"]:
+            out[short] = headline_gain(pruning["comparisons"][key]["test_acc"], adjusted[key])
+    return {"q3": out}
 
 
 def pictures(p: Params, pruning: dict) -> dict:

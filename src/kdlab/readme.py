@@ -4,10 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from kdlab import io
-from kdlab.workspace import BENCH_MD, PARTS_MD, PRUNING_MD, SUMMARY_MD
+from kdlab.workspace import BENCH_MD, FINDINGS_MD, PARTS_MD, PRUNING_MD, SUMMARY_MD
 
 #: README blocks that `kdlab readme` fills: name -> the pipeline file copied between its markers
-README_BLOCKS = {"results": SUMMARY_MD, "parts": PARTS_MD, "pruning": PRUNING_MD, "bench": BENCH_MD}
+README_BLOCKS = {"findings": FINDINGS_MD, "results": SUMMARY_MD, "parts": PARTS_MD, "pruning": PRUNING_MD,
+                 "bench": BENCH_MD}
 
 
 def markers(block: str) -> tuple[str, str]:

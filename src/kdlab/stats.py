@@ -1,5 +1,6 @@
-"""How sure is each claim: intervals over seeds, Welch's test against the baseline, and paired tests on
-the test images for single-seed comparisons. Values that need more samples than given are None."""
+"""How sure is each claim: intervals over seeds, Welch's test against the baseline, paired tests on
+the test images for single-seed comparisons, and Holm's adjustment for a family of them. Values that need more
+samples than given are None."""
 from __future__ import annotations
 
 import math
@@ -62,3 +63,28 @@ def paired_bootstrap(correct_a: Sequence[bool], correct_b: Sequence[bool], resam
     # two-sided: how often the resampled difference lands on the other side of zero
     p = min(1.0, 2 * min((boots <= 0).mean(), (boots >= 0).mean()))
     return {"diff": float(d.mean()), "ci_low": float(lo), "ci_high": float(hi), "p": float(p)}
+
+
+def holm(pvalues: dict[str, float | None]) -> dict[str, float | None]:
+    """Holm's step-down adjustment of a family of p-values (family-wise error rate); None stays None and is not
+    counted in the family."""
+    tested = sorted((p, k) for k, p in pvalues.items() if p is not None)
+    m, out, running = len(tested), {k: None for k in pvalues}, 0.0
+    for i, (p, k) in enumerate(tested):
+        running = max(running, min(1.0, (m - i) * p))
+        out[k] = running
+    return out
+
+
+# ---------------------------------------------------------------- over a tidy table of runs (kdlab.results)
+
+def intervals(df, by: str, value: str, confidence: float = 0.95) -> dict[str, dict]:
+    """:func:`t_interval` of column ``value`` for each ``by`` group of a tidy DataFrame (one row per run), in
+    the order the groups first appear."""
+    return {g: t_interval(x.to_numpy(float), confidence) for g, x in df.groupby(by, sort=False)[value]}
+
+
+def welch_pairs(df, by: str, value: str, pairs, confidence: float = 0.95) -> dict[str, dict]:
+    """``{"a_vs_b": welch(a's values, b's values)}`` for each (a, b) of ``pairs``, groups being ``by``'s."""
+    groups = {g: x.to_numpy(float) for g, x in df.groupby(by, sort=False)[value]}
+    return {f"{a}_vs_{b}": welch(groups[a], groups[b], confidence) for a, b in pairs}

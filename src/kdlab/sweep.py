@@ -1,7 +1,7 @@
 """``kdlab sweep --param loss.alpha [--by loss.temperature]``: gather DVC experiments into one table and plot.
 
 Run the sweep first (``make sweep``, or e.g. ``dvc exp run --queue -S 'loss.alpha=0.1,0.5,0.9' && dvc queue
-start``). This reads ``dvc exp show --json`` (every experiment's params.yaml and metrics/summary.json), groups
+start``). This reads ``dvc exp show --json`` (every experiment's params.yaml and metrics/headline.json), groups
 the experiments by the swept param and writes reports/sweep_<param>.md and .png: each variant's test
 accuracy (mean and 95% interval over seeds) against the param's value. With ``--by`` (a grid over two params)
 there is one curve per variant and value of the second param, in reports/sweep_<param>_by_<by>.md/.png.
@@ -15,7 +15,7 @@ from pathlib import Path
 from kdlab import io
 from kdlab.params import BASELINE
 from kdlab.present import LABELS, ci, color, finish, plt, yerr
-from kdlab.workspace import REPORTS, SUMMARY_JSON
+from kdlab.workspace import HEADLINE_JSON, REPORTS
 
 
 def _get(tree: dict, dotted: str):
@@ -26,8 +26,20 @@ def _get(tree: dict, dotted: str):
     return tree
 
 
+def accuracies(headline: dict) -> dict[str, dict]:
+    """{variant: test accuracy as a :func:`kdlab.stats.t_interval`-like dict of fractions} from a headline.json
+    (``acc`` and its 95% half-width ``acc_ci`` in %); the teacher and the comparisons are left out."""
+    out = {}
+    for name, e in headline.items():
+        if name != "teacher" and isinstance(e, dict) and "acc" in e:
+            mean, half = e["acc"] / 100, e.get("acc_ci")
+            out[name] = {"mean": mean, "ci_low": None if half is None else mean - half / 100,
+                         "ci_high": None if half is None else mean + half / 100}
+    return out
+
+
 def experiments(exp_show: list) -> list[dict]:
-    """Flatten ``dvc exp show --json`` into [{"name", "rev", "params", "summary"}]. Records with the same
+    """Flatten ``dvc exp show --json`` into [{"name", "rev", "params", "accs"}]. Records with the same
     params and metrics (the workspace after ``dvc exp run`` and that experiment) appear once, under the
     name that comes last (the experiment's)."""
     found: dict[str, dict] = {}
@@ -42,11 +54,11 @@ def experiments(exp_show: list) -> list[dict]:
                 rev = data.get("rev") or node.get("rev")
                 params = _get(data, "params") or {}
                 params = (params.get("params.yaml") or {}).get("data")
-                summary = ((data.get("metrics") or {}).get(str(SUMMARY_JSON)) or {}).get("data")
-                if params and summary:
-                    key = json.dumps([params, summary], sort_keys=True)
+                headline = ((data.get("metrics") or {}).get(str(HEADLINE_JSON)) or {}).get("data")
+                if params and headline:
+                    key = json.dumps([params, headline], sort_keys=True)
                     found[key] = {"name": node.get("name") or data.get("name") or rev, "rev": rev,
-                                  "params": params, "summary": summary}
+                                  "params": params, "accs": accuracies(headline)}
             for k in ("experiments", "revs"):
                 if k in node:
                     walk(node[k])
@@ -64,7 +76,7 @@ def table(exps: list[dict], param: str, by: str | None = None) -> tuple[list[str
         other = _get(e["params"], by) if by else None
         if value is None or (by and other is None):
             continue
-        rows.append((value, other, e["name"], {v: s["test_acc"] for v, s in e["summary"]["variants"].items()}))
+        rows.append((value, other, e["name"], e["accs"]))
     rows.sort(key=lambda r: (str(r[1]), r[0], r[2]))
     names = sorted({v for r in rows for v in r[3]}, key=lambda v: (v != "raw", v))
     return names, rows
@@ -117,7 +129,7 @@ def run_sweep(param: str, exp_show_json: str | None = None, by: str | None = Non
     names, rows = table(experiments(json.loads(exp_show_json)), param, by)
     if not rows:
         keys = f"{param} and {by}" if by else param
-        raise RuntimeError(f"no experiment with {keys} and {SUMMARY_JSON} found in `dvc exp show`; run the sweep "
+        raise RuntimeError(f"no experiment with {keys} and {HEADLINE_JSON} found in `dvc exp show`; run the sweep "
                            f"first, e.g. dvc exp run --queue -S '{param}=0.1,0.5,0.9' && dvc queue start")
     REPORTS.mkdir(exist_ok=True)
     stem = f"sweep_{param}" + (f"_by_{by}" if by else "")

@@ -180,13 +180,15 @@ def _all_finite(finite: torch.Tensor, world: int) -> bool:
 def fit(model: nn.Module, method: nn.Module, batches: TrainBatches,
         val: tuple[torch.Tensor, torch.Tensor], epochs: int, lr: float, tp, desc: str,
         on_epoch: Optional[Callable[[dict], None]] = None, checkpoint: Path | None = None,
-        fingerprint: str = "") -> FitResult:
+        fingerprint: str = "", on_steps: Optional[Callable[[int, list[float]], None]] = None) -> FitResult:
     """Train ``model`` with ``method`` (a :mod:`kdlab.distill` method: ``method(model, batch) -> (logits,
     terms)``; its own parameters, e.g. FitNet's regressors, are trained too) and return the best-on-val state.
 
     With ``checkpoint``, the full training state is written there (atomically) after every epoch, and a
     checkpoint with the same ``fingerprint`` found at the start is resumed: an interrupted run ends with
     exactly the metrics of an uninterrupted one. ``on_epoch`` also sees the rows of resumed epochs.
+    ``on_steps(epoch, losses)``: each step's training loss of an epoch trained here, after that epoch (read
+    back once per epoch, so the step loop never waits for the device).
     """
     device = batches.normalize.mean.device
     opt = make_optimizer([*model.parameters(), *method.parameters()], lr, tp)
@@ -223,6 +225,7 @@ def fit(model: nn.Module, method: nn.Module, batches: TrainBatches,
         method.train()
         method.begin_epoch(epoch)
         sums: dict[str, torch.Tensor] = {}
+        step_losses: list[torch.Tensor] = []
         seen = 0
         finite = torch.ones((), dtype=torch.bool, device=device)
         bar = tqdm(batches.epoch(epoch), total=len(batches), desc=f"{desc} epoch {epoch}/{epochs}",
@@ -249,6 +252,8 @@ def fit(model: nn.Module, method: nn.Module, batches: TrainBatches,
             seen += n
             for k, v in terms.items():  # summed on the device: no host sync inside the step loop
                 sums[k] = sums.get(k, 0) + v.detach().float() * n
+            if on_steps is not None:
+                step_losses.append(sum(v.detach().float() for v in terms.values()))
         if world > 1:  # the epoch's mean terms over every rank's samples
             keys = sorted(sums)
             total = distributed.all_reduce_sum(torch.stack([*(sums[k] for k in keys),
@@ -270,6 +275,8 @@ def fit(model: nn.Module, method: nn.Module, batches: TrainBatches,
                        f"({row['seconds']:.0f}s)")
         if on_epoch:
             on_epoch(row)
+        if on_steps is not None and step_losses:
+            on_steps(epoch, torch.stack(step_losses).tolist())
     return FitResult(best_state=best[2], best_epoch=best[1], best_val_acc=best[0], last_val_acc=history[-1]["val_acc"],
                      last_state=copy.deepcopy(model.state_dict()), history=history,
                      train_seconds=time.perf_counter() - start, compiled=compiled,

@@ -20,9 +20,10 @@ from kdlab.warm import recv, send
 #: imported by the server once, before it serves: what a stage would otherwise import itself
 PRELOAD = ("torch", "torch._dynamo", "torch.optim", "torchvision", "numpy", "yaml", "mlflow", "mlflow.tracking",
            "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.db.utils", "sqlalchemy", "alembic",
-           "torch_pruning", "matplotlib", "scipy.stats",
+           "torch_pruning", "matplotlib", "scipy.stats", "pandas",
            "kdlab.check", "kdlab.data", "kdlab.stages", "kdlab.cache", "kdlab.parts", "kdlab.pruning",
-           "kdlab.evaluate", "kdlab.report", "kdlab.sweep", "kdlab.readme", "kdlab.tracking", "kdlab.features",
+           "kdlab.evaluate", "kdlab.report", "kdlab.results", "kdlab.sweep", "kdlab.readme", "kdlab.tracking",
+           "kdlab.features",
            "kdlab.surgery", "kdlab.channels", "kdlab.stats", "kdlab.present", "kdlab.distill")
 
 

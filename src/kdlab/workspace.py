@@ -54,6 +54,10 @@ PRUNING_MD = METRICS / "pruning.md"
 PROFILE_PLOT = Path("plots/prune_profile.json")
 #: kdlab.report and kdlab.sweep
 REPORTS = Path("reports")
+#: the only DVC metrics file: each question's headline numbers (kdlab.report); the files above are plain outputs
+HEADLINE_JSON = METRICS / "headline.json"
+#: the README's opening, worded from the headline numbers (kdlab.report; kdlab readme copies it)
+FINDINGS_MD = REPORTS / "findings.md"
 #: kdlab.bench
 BENCH_JSON = METRICS / "bench.json"
 BENCH_MD = METRICS / "bench.md"
