@@ -113,7 +113,9 @@ def main() -> None:
     try:
         a.out.mkdir(parents=True, exist_ok=True)
         for name, url in pages(study, port, views).items():
-            shoot(url, a.out / name, "2000,2400" if name == "mlflow_run_charts.png" else "2000,1200")
+            # the charts and the comparison's params and metrics tables run long
+            tall = name in ("mlflow_run_charts.png", "mlflow_compare.png")
+            shoot(url, a.out / name, "2000,2400" if tall else "2000,1200")
             print(f"{a.out / name}  <- {url}")
     finally:
         stop(proc)
