@@ -204,6 +204,33 @@ def test_an_artifact_store_failure_keeps_the_checkpoint_and_closes_the_run(tmp_p
     assert _statuses(tmp_path) == ["FAILED", "FINISHED"]
 
 
+def test_a_rerun_supersedes_the_finished_run_and_keeps_the_failed_attempt_by_name(in_tmp):
+    """A study shows each run once: a finished re-run deletes (restorably) the earlier finished run of its name,
+    a failed attempt stays under its own name, and the study's status follows the last attempts."""
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+    from kdlab import tracking
+
+    with pytest.raises(RuntimeError):
+        with tracking.run("teacher", "teacher", {"loss.alpha": 0.5}):
+            raise RuntimeError("the first attempt fails")
+    client = MlflowClient(tracking_uri=tracking.tracking_uri())
+    exp = client.get_experiment_by_name("kdlab").experiment_id
+    study = lambda: client.search_runs([exp], "tags.`kdlab.role` = 'study'")[0]  # noqa: E731
+    assert study().info.status == "FAILED"
+    ids = []
+    for _ in range(2):
+        with tracking.run("teacher", "teacher", {"loss.alpha": 0.5}) as run:
+            ids.append(run.run_id)
+    active = client.search_runs([exp], "tags.`kdlab.role` = 'teacher'")
+    assert sorted((r.info.run_name, r.info.status) for r in active) == [
+        ("teacher", "FINISHED"), ("teacher (failed attempt)", "FAILED")]
+    assert next(r for r in active if r.info.status == "FINISHED").info.run_id == ids[1]
+    deleted = client.search_runs([exp], "tags.`kdlab.role` = 'teacher'", run_view_type=ViewType.DELETED_ONLY)
+    assert [(r.info.run_id, r.data.tags["kdlab.superseded_by"]) for r in deleted] == [(ids[0], ids[1])]
+    assert study().info.status == "FINISHED" and study().info.end_time == max(r.info.end_time for r in active)
+
+
 @pytest.mark.parametrize("failing_call", [1, 2], ids=["study's params", "run's params"])
 def test_a_failure_while_logging_params_leaves_no_run_running(in_tmp, monkeypatch, failing_call):
     from mlflow.tracking import MlflowClient

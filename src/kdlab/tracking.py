@@ -481,8 +481,15 @@ def _supersede(client, exp_id: str, key: str, run_name: str, run_id: str) -> Non
 def _follow_children(client, exp_id: str, key: str, parent: str) -> None:
     """The study's status and end follow its children: RUNNING while one runs, else the worst final status
     (FAILED, KILLED, FINISHED) and the last child's end, so the runs table shows the study's real duration."""
-    children = client.search_runs([exp_id], f"tags.`{STUDY}` = '{key}' and tags.`{ROLE}` != 'study'", max_results=5000)
-    statuses = {r.info.status for r in children}
+    children = client.search_runs([exp_id], f"tags.`{STUDY}` = '{key}' and tags.`{ROLE}` != 'study'", max_results=5000,
+                                  order_by=["attributes.start_time ASC"])
+    latest = {}  # a run name's last attempt speaks for it: a failed attempt that a re-run replaced does not
+    for r in children:
+        name = r.info.run_name
+        for suffix in _ATTEMPT.values():
+            name = name.removesuffix(f" ({suffix})")
+        latest[name] = r
+    statuses = {r.info.status for r in latest.values()}
     if "RUNNING" in statuses:
         client.update_run(parent, status="RUNNING")
         return
