@@ -184,8 +184,10 @@ def summarize(p: Params, runs, pruned: dict) -> dict:
         name = run_name(init, criterion, size, variant)
         out["groups"][name] = {"criterion": criterion, "size": size, "init": init, "variant": variant,
                                "params": int(params_count[name]), "test_acc": acc[name]}
-    for (a, b), (key, w) in zip(comparisons(p), stats.welch_pairs(runs, "group", "test_acc", comparisons(p)).items()):
-        out["comparisons"][key] = {"a": a, "b": b, "test_acc": w}
+    pairs = comparisons(p)
+    welch = stats.welch_pairs(runs, "group", "test_acc", pairs)
+    for a, b in pairs:
+        out["comparisons"][f"{a}_vs_{b}"] = {"a": a, "b": b, "test_acc": welch[f"{a}_vs_{b}"]}
     for criterion, size in pruned_models(p):
         e = pruned["models"][model_name(criterion, size)]
         out["pruned"][model_name(criterion, size)] = {k: e[k] for k in ("params", "target_params", "val_acc_pruned", "stages")}

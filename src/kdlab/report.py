@@ -13,7 +13,7 @@ import re
 from kdlab import evaluate, io, parts, pruning, tracking
 from kdlab.params import Params
 from kdlab.present import report_html
-from kdlab.schema import flatten
+from kdlab.schema import flatten, flatten_dict
 from kdlab.workspace import (CURVES, CURVES_PLOT, FINDINGS_MD, HEADLINE_JSON, PARTS_JSON, PRUNING_JSON, REPORTS,
                              RUNS_JSON, SUMMARY_JSON)
 
@@ -58,9 +58,7 @@ def _call(g: dict) -> str:
     """What a comparison allows saying at the 5% family-wise level, no more."""
     if g.get("p_holm") is None:
         return "not tested"
-    if g["p_holm"] < 0.05:
-        return "detectable at the 5% family-wise level" if g["gain"] else "not separable from zero"
-    return "not separable from zero"
+    return "detectable at the 5% family-wise level" if g["p_holm"] < 0.05 else "not separable from zero"
 
 
 def findings(p: Params, numbers: dict) -> str:
@@ -96,16 +94,6 @@ def findings(p: Params, numbers: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _flat(tree: dict, prefix: str = "") -> dict[str, float]:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        elif isinstance(v, (int, float)):
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def load_curves(names) -> dict[str, list]:
     return {n: io.load_json(CURVES / f"{n}.json", "dvc repro evaluate") for n in names}
 
@@ -134,12 +122,13 @@ def run_report(p: Params, metrics_files: dict | None = None):
     io.save_json(numbers, HEADLINE_JSON)
     io.save_text(findings(p, numbers), FINDINGS_MD)
     report = REPORTS / "report.md"
-    io.save_text(render(p, summary, runs, parts_summary, pruning_summary), report)
-    page = report_html(report.read_text(), {n: (REPORTS / n).read_bytes() for n in pictures}, "kdlab report")
+    text = render(p, summary, runs, parts_summary, pruning_summary)
+    io.save_text(text, report)
+    page = report_html(text, {n: (REPORTS / n).read_bytes() for n in pictures}, "kdlab report")
     with tracking.run("report", "report", flatten(p), description="The study's report: report.html (with its "
                       "pictures), report.md and the pictures apart; the headline numbers as metrics.") as run:
         linked = run.link_reused(metrics_files or {})
-        flat = _flat(numbers)  # kd.acc, q1.kd_vs_raw.p_holm...: the study row's columns in the runs table
+        flat = flatten_dict(numbers)  # kd.acc, q1.kd_vs_raw.p_holm...: the study row's columns in the runs table
         run.log(flat)
         run.log_to_study(flat)
         run.log_text(page, "report.html")

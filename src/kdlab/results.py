@@ -91,7 +91,7 @@ def frame(p: Params):
         measured = dict(io.load_json(path, "dvc repro"))
         if ident["question"] == 1:  # evaluate's test metrics: agreement, KL, ECE, FLOPs, images/s
             measured.update({k: v for k, v in tested.get(ident["run"], {}).items()
-                             if isinstance(v, (int, float)) and k not in ("seed",)})
+                             if isinstance(v, (int, float)) and k != "seed"})
         records.append({**study, **ident, **{k: v for k, v in measured.items() if isinstance(v, (int, float))}})
     df = pd.DataFrame.from_records(records)
     if len(df):

@@ -146,16 +146,17 @@ def flatten(obj, prefix: str = "") -> dict[str, object]:
         if dataclasses.is_dataclass(v):
             out.update(flatten(v, k + "."))
         elif isinstance(v, dict):
-            out.update(_flatten_dict(v, k + "."))
+            out.update(flatten_dict(v, k + "."))
         else:
             out[k] = v
     return out
 
 
-def _flatten_dict(d: dict, prefix: str) -> dict[str, object]:
+def flatten_dict(d: dict, prefix: str = "") -> dict[str, object]:
+    """Nested dict -> {"q1.kd_vs_raw.gain": ...}."""
     out = {}
     for k, v in d.items():
-        out.update(_flatten_dict(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        out.update(flatten_dict(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
     return out
 
 

@@ -66,7 +66,7 @@ def describe(p: Params, run: Run) -> str:
             f"`{arch['arch']}` at width {arch['width']}, {spec.epochs} epochs at lr {spec.lr}, seed {run.seed}, "
             f"trained {how} on {p.data.name}. {run.about}The kept checkpoint is the best epoch on the validation "
             f"split (tag `best_epoch`); `test_acc` is that checkpoint's, measured once. Per-epoch curves: "
-            f"`val_acc`, `loss`, `loss/*`; per step: `train_loss`.").replace("  ", " ")
+            f"`val_acc`, `loss`, `loss/*`; per step: `train_loss`.")
 
 
 def fingerprint(p: Params, ctx: Context, run: Run) -> str:

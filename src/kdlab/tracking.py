@@ -345,10 +345,7 @@ class Run:
     def siblings(self) -> dict[str, "Run"]:
         """The study's other runs by name (the newest of each name)."""
         run = self.client.get_run(self.run_id)
-        key = run.data.tags.get(STUDY)
-        found = self.client.search_runs([run.info.experiment_id],
-                                        f"tags.`{STUDY}` = '{key}' and tags.`{ROLE}` != 'study'",
-                                        max_results=5000, order_by=["attributes.start_time ASC"])
+        found = _children(self.client, run.info.experiment_id, run.data.tags.get(STUDY))
         return {r.info.run_name: Run(self.client, r.info.run_id) for r in found if r.info.run_id != self.run_id}
 
     def log_to_runs(self, metrics_by_run: dict[str, dict]) -> None:
@@ -478,11 +475,16 @@ def _supersede(client, exp_id: str, key: str, run_name: str, run_id: str) -> Non
             client.update_run(r.info.run_id, name=f"{run_name} ({_ATTEMPT[r.info.status]})")
 
 
+def _children(client, exp_id: str, key: str) -> list:
+    """The runs of study ``key`` other than its parent, oldest first."""
+    return client.search_runs([exp_id], f"tags.`{STUDY}` = '{key}' and tags.`{ROLE}` != 'study'", max_results=5000,
+                              order_by=["attributes.start_time ASC"])
+
+
 def _follow_children(client, exp_id: str, key: str, parent: str) -> None:
     """The study's status and end follow its children: RUNNING while one runs, else the worst final status
     (FAILED, KILLED, FINISHED) and the last child's end, so the runs table shows the study's real duration."""
-    children = client.search_runs([exp_id], f"tags.`{STUDY}` = '{key}' and tags.`{ROLE}` != 'study'", max_results=5000,
-                                  order_by=["attributes.start_time ASC"])
+    children = _children(client, exp_id, key)
     latest = {}  # a run name's last attempt speaks for it: a failed attempt that a re-run replaced does not
     for r in children:
         name = r.info.run_name
