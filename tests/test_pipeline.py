@@ -234,6 +234,64 @@ def test_stages_list_every_source_file_they_run(studied):
     assert not missing, f"stages run src/ files their deps do not list: {missing}"
 
 
+#: question 1 in depth at its smallest: one seed, one budget, a teacher with one snapshot, one control
+Q1_TINY = {"q1": {
+    "train_images": 200, "val_images": 60, "subset_seed": 0, "seeds": [0],
+    "teachers": {"main": {"arch": "resnet8", "width": 0.5, "epochs": 2, "lr": 0.1, "seed": 0, "snapshots": [1]}},
+    "teacher": "main", "cached": ["main", "main_e1"], "student": {"arch": "resnet8", "width": 0.25, "lr": 0.1},
+    "budgets": [1], "variants": ["kd", "kd_correct_only"], "converged": 1, "widths": [0.5],
+    "quality": ["main_e1"], "quality_epochs": 1, "control_teacher": "main_e1", "controls": ["kd_correct_clean"]}}
+Q1_STAGES = {"q1_teacher@main", "q1_cache@main", "q1_cache@main_e1", "q1_raw@1-0", "q1_kd@kd-1-0",
+             "q1_kd@kd_correct_only-1-0", "q1_capacity_raw@0.5-0", "q1_capacity_kd@0.5-0", "q1_quality@main_e1-0",
+             "q1_controls@kd_correct_clean-0", "q1_report"}
+
+
+def test_question_1_in_depth_is_its_own_pipeline(repo, tmp_path):
+    """studies/q1/dvc.yaml on the default study's prepared data: `dvc repro` (the default) never runs it;
+    `dvc repro studies/q1/dvc.yaml` runs every stage of it and none of the default's, each stage listing the src/
+    files it ran; its report, headline metrics and MLflow study come out, and a second repro has nothing to do."""
+    root, env = repo
+    (root / "studies/q1").mkdir(parents=True)
+    shutil.copy(REPO / "studies/q1/dvc.yaml", root / "studies/q1/dvc.yaml")  # not the committed study's lock
+    (root / "studies/q1/params.yaml").write_text(yaml.safe_dump(Q1_TINY, sort_keys=False))
+    assert not _ran(_run(["dvc", "repro"], root, env))
+    imports = tmp_path / "q1_imports.jsonl"
+    out = _run(["dvc", "repro", "studies/q1/dvc.yaml"], root, dict(env, KDLAB_IMPORTS_LOG=str(imports)))
+    assert _ran(out) == {f"studies/q1/dvc.yaml:{s}" for s in Q1_STAGES}, out[-3000:]
+    stages = yaml.safe_load((REPO / "studies/q1/dvc.yaml").read_text())["stages"]
+    missing = {}
+    for line in imports.read_text().splitlines():
+        rec = json.loads(line)
+        stage = rec["stage"].split(":")[-1].split("@")[0]
+        spec = stages[stage].get("do", stages[stage])
+        deps = [d for d in spec["deps"] if d.startswith("src/")]
+        files = {Path(f).resolve().relative_to(root).as_posix() for f in rec["files"]}
+        unlisted = sorted(f for f in files if not any(f == d or f.startswith(d + "/") for d in deps))
+        if unlisted:
+            missing[rec["stage"]] = unlisted
+    assert len(imports.read_text().splitlines()) == len(Q1_STAGES) and not missing, missing
+    head = json.loads((root / "metrics/q1/headline.json").read_text())
+    assert set(head) == {"teacher", "budget", "capacity", "quality", "controls"}
+    assert {"raw", "kd_vs_raw", "kd_correct_only_vs_raw", "kd_correct_only_vs_kd"} <= set(head["budget"]["e1"])
+    cache = json.loads((root / "metrics/q1/caches/main_e1.json").read_text())
+    assert 0 <= cache["train_views_wrong"] <= 1 and 0 <= cache["train_images_wrong"] <= 1
+    report = (root / "reports/q1/report.md").read_text()
+    assert "## 4. Question 1b" in report and "kd_correct_clean" in report
+    assert "Does the KD gain survive a converged student?" in (root / "reports/q1/findings.md").read_text()
+    shown = json.loads(_run(["dvc", "metrics", "show", "--json"], root, env))
+    assert any("metrics/q1/headline.json" in str(v) for v in shown.values()), shown
+    assert not _ran(_run(["dvc", "repro", "studies/q1/dvc.yaml"], root, env))
+    # its runs form their own MLflow study (the q1 params are part of the key), apart from the default study's
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("kdlab").experiment_id], max_results=500)
+    q1_runs = [r for r in runs if "q1.budgets" in r.data.params]
+    parents = {r.data.tags.get("mlflow.parentRunId") for r in q1_runs if r.data.tags.get("kdlab.role") != "study"}
+    # 8 training runs (the teacher, 7 students) and the report's, under one parent: the caches log no run
+    assert len(parents) == 1 and len(q1_runs) == 8 + 1 + 1, [r.info.run_name for r in q1_runs]
+
+
 def test_alpha_experiments_in_a_parallel_queue(repo):
     """dvc exp run --queue -S loss.alpha=... x2, dvc queue start -j 2: each experiment re-runs only what reads
     loss, every run lands in the repo's sqlite store once, and the sweep gathers them with the baseline."""

@@ -42,6 +42,12 @@ def study(in_tmp):
     return p, summary, runs
 
 
+def _frame(runs):
+    """kdlab.results.frame's shape for question 1: a row per run (the teacher aside)."""
+    return pd.DataFrame([{"question": 1, "group": r["variant"], "seed": r["seed"], "test_acc": r["test_acc"]}
+                         for n, r in runs.items() if n != "teacher"])
+
+
 def test_summary_intervals_and_comparisons(study):
     p, s, _ = study
     kd = s["variants"]["kd"]["test_acc"]
@@ -69,13 +75,22 @@ def test_verdicts_do_not_overstate():
     assert "includes zero" in present.verdict("A", "B", unclear, 3)
     assert "worse" in present.verdict("A", "B", worse, 3)
     assert "one seed" in present.verdict("A", "B", single, 1)
+    # paired with a family-adjusted p: the adjusted p decides, even where the unadjusted interval excludes zero
+    paired = {"test_acc": {"diff": 0.02, "ci_low": 0.01, "ci_high": 0.03, "p": 0.01, "p_holm": 0.06}}
+    assert "No difference detectable" in present.verdict("A", "B", paired, 3)
+    assert "Holm-adjusted p = 0.060" in present.verdict("A", "B", paired, 3)
+    paired["test_acc"]["p_holm"] = 0.03
+    assert "**A beat B**" in present.verdict("A", "B", paired, 3)
+    paired["test_acc"].update(diff=-0.02, ci_low=-0.03, ci_high=-0.01)
+    assert "**A was worse than B**" in present.verdict("A", "B", paired, 3)
 
 
 def test_report_renders_every_variant_and_valid_pngs(study, monkeypatch):
-    p, _, _ = study
+    p, _, runs = study
     monkeypatch.setattr(report.tracking, "run", _no_tracking)
-    path = report.run_report(p)
+    path = report.run_report(p, None, _frame(runs))
     text = path.read_text()
+    assert "p (paired t; Holm)" in text and "Welch" not in text  # the report's comparisons are paired
     for label in ("Trained alone (raw)", "Distilled (kd)", "Distilled, teacher-correct only"):
         assert f"| {label} | resnet8 |" in text
     assert "Question 1" in text and "beat" in text
@@ -86,17 +101,22 @@ def test_report_renders_every_variant_and_valid_pngs(study, monkeypatch):
 
 
 def test_headline_is_few_rounded_numbers_with_holm_adjusted_p(study, monkeypatch):
-    p, s, _ = study
+    p, s, runs = study
     monkeypatch.setattr(report.tracking, "run", _no_tracking)
-    report.run_report(p)
+    report.run_report(p, None, _frame(runs))
     h = json.loads((workspace.HEADLINE_JSON).read_text())
     assert set(h) == {"teacher", "raw", "kd", "kd_correct_only", "q1"}  # no parts or pruning files here
     # kd: 85.00 +- 4.302653 x 0.01 / sqrt(3) = 2.48 points; agreement = accuracy + 2 points in the fixture
     assert h["kd"] == {"acc": 85.0, "acc_ci": 2.48, "agree": 87.0} and h["teacher"] == {"acc": 90.0}
-    raw_p = {k: c["test_acc"]["p"] for k, c in s["comparisons"].items()}
-    smallest = min(raw_p, key=raw_p.get)
-    assert h["q1"][smallest]["p_holm"] == round(3 * raw_p[smallest], 4)  # the smallest of 3 p-values, times 3
-    assert h["q1"]["kd_vs_raw"]["gain"] == 4.0 and h["q1"]["kd_vs_raw"]["ci"] == 2.27
+    # paired over seeds: kd - raw is +4 points at every seed (no spread: p 0); kd_correct_only - raw is
+    # (3, 5, 2.5) points: mean 3.5, sd 1.3229, t = 4.5826 on 2 df, p 0.04447, half-width 4.302653 x 0.76376
+    assert h["q1"]["kd_vs_raw"] == {"gain": 4.0, "ci": 0.0, "p_holm": 0.0}
+    assert h["q1"]["kd_correct_only_vs_raw"]["gain"] == 3.5 and h["q1"]["kd_correct_only_vs_raw"]["ci"] == 3.29
+    # Holm over the 3: 0 x 3; 0.04447 x 2 = 0.0889; kd_correct_only - kd's p 0.5799 x 1, as it is the largest
+    assert h["q1"]["kd_correct_only_vs_raw"]["p_holm"] == pytest.approx(0.0889, abs=1e-4)
+    assert h["q1"]["kd_correct_only_vs_kd"]["p_holm"] == pytest.approx(0.5799, abs=1e-4)
+    # the question stage's own file keeps Welch's unpaired test
+    assert s["comparisons"]["kd_vs_raw"]["test_acc"]["p"] == pytest.approx(0.0080499, rel=1e-4)
     leaves = [v for e in h.values()
               for v in (e.values() if "acc" in e else (x for c in e.values() for x in c.values()))]
     assert all(isinstance(v, (int, float)) for v in leaves) and len(leaves) == 19

@@ -69,8 +69,8 @@ def _evaluate(p, args):
 
 def _report(p, args):
     from kdlab.report import run_report
-    from kdlab.results import metrics_files, run_results
-    run_report(p, metrics_files(p))
+    from kdlab.results import frame, metrics_files, run_results
+    run_report(p, metrics_files(p), frame(p))
     run_results(p)  # reports/results.csv: the same stage's table of every run
 
 
@@ -79,6 +79,27 @@ def _results(p, args):
 
     from kdlab.results import run_results
     run_results(p, Path(args.out))
+
+
+def _q1(stage):
+    """A stage of question 1's study (studies/q1): its params file is --study."""
+    def call(p, args):
+        from kdlab import q1
+
+        q = q1.load(args.study)
+        if stage == "teacher":
+            q1.run_q1_teacher(p, q, args.teacher)
+        elif stage == "cache":
+            q1.run_q1_cache(p, q, args.teacher)
+        else:
+            q1.run_q1_student(p, q, args.variant, args.teacher, args.width, args.epochs, args.seed)
+    return call
+
+
+def _q1_report(p, args):
+    from kdlab import q1
+    from kdlab.q1_report import run_q1_report
+    run_q1_report(p, q1.load(args.study))
 
 
 def _sweep(p, args):
@@ -98,11 +119,12 @@ def _readme(p, args):
 
 
 #: the commands that train, and so run under torchrun when train.nproc > 1 (see kdlab.distributed)
-TRAINING_COMMANDS = ("teacher", "student", "part", "pruned_student")
+TRAINING_COMMANDS = ("teacher", "student", "part", "pruned_student", "q1_teacher", "q1_student")
 
 STAGES = {"check": _check, "prepare": _prepare, "teacher": _teacher, "cache": _cache, "student": _student, "part": _part,
           "parts": _parts, "prune_teacher": _prune_teacher, "pruned_student": _pruned_student, "pruning": _pruning,
-          "evaluate": _evaluate, "report": _report, "results": _results, "sweep": _sweep, "readme": _readme,
+          "evaluate": _evaluate, "report": _report, "q1_teacher": _q1("teacher"), "q1_cache": _q1("cache"),
+          "q1_student": _q1("student"), "q1_report": _q1_report, "results": _results, "sweep": _sweep, "readme": _readme,
           "bench": _bench, "ui": None}
 
 
@@ -116,7 +138,9 @@ def _parser() -> argparse.ArgumentParser:
                     "parts.init) and `parts` measures that study. Question 3: `prune_teacher` prunes the teacher to "
                     "prune.sizes by each criterion, `pruned_student` trains one student from it (`--size --criterion --init "
                     "prune|shape --variant kd|raw --seed`; defaults: the first size, prune.criterion, prune, kd), "
-                    "`pruning` measures that study. Extra commands: "
+                    "`pruning` measures that study. Question 1 in depth (studies/q1/dvc.yaml): `q1_teacher --teacher RUN`, "
+                    "`q1_cache --teacher T`, `q1_student --variant V [--teacher T] --width W --epochs E --seed S`, "
+                    "`q1_report`, reading `--study` (studies/q1/params.yaml). Extra commands: "
                     "`results [-o CSV]` writes every run of every question as one tidy table (pandas); "
                     "`sweep --param KEY [--by KEY2]` gathers DVC experiments into a table and plot; `readme` copies "
                     "metrics/summary.md into README.md; `ui` starts the MLflow UI on the project's store; `bench` times "
@@ -130,6 +154,11 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--criterion", help="pruned: the pruning criterion (default prune.criterion)")
     ap.add_argument("--init", default="prune", help="pruned_student: prune (the pruned weights) or shape (that shape, "
                     "freshly initialised); default prune")
+    ap.add_argument("--teacher", help="q1_*: a teacher run of q1.teachers (q1_teacher), or one of q1.cached")
+    ap.add_argument("--width", type=float, help="q1_student: the student's width (q1.student.width or one of q1.widths)")
+    ap.add_argument("--epochs", type=int, help="q1_student: the student's epochs (one of q1.budgets)")
+    ap.add_argument("--study", default="studies/q1/params.yaml", help="q1_*: the study's params file "
+                    "(default studies/q1/params.yaml)")
     ap.add_argument("--param", default="loss.alpha", help="sweep: the swept param (default loss.alpha)")
     ap.add_argument("--by", help="sweep: a second swept param (a grid): one curve per value, e.g. loss.temperature")
     ap.add_argument("-o", "--out", default="reports/results.csv", help="results: the CSV to write "
@@ -167,10 +196,36 @@ def _check_pruned_args(p, args) -> str | None:
     return None
 
 
+def _check_q1_args(args) -> str | None:
+    from kdlab import q1
+    from kdlab.schema import ParamsError
+
+    try:
+        q = q1.load(args.study)
+    except ParamsError as e:
+        return str(e)
+    if args.stage == "q1_teacher" and args.teacher not in q.teachers:
+        return f"--teacher {args.teacher!r} is not in q1.teachers {sorted(q.teachers)}"
+    if args.stage == "q1_cache" and args.teacher not in q.cached:
+        return f"--teacher {args.teacher!r} is not in q1.cached {q.cached}"
+    if args.stage != "q1_student":
+        return None
+    allowed = {"variant": ["raw", *q.variants, *q.controls], "width": [q.student.width, *q.widths],
+               "epochs": q.budgets, "seed": q.seeds}
+    for key, values in allowed.items():
+        if getattr(args, key) not in values:
+            return f"--{key} {getattr(args, key)!r}: the study's are {values}"
+    if args.teacher is not None and args.teacher not in q.cached:
+        return f"--teacher {args.teacher!r} is not in q1.cached {q.cached}"
+    return None
+
+
 def _check_run_args(p, args, baseline: str) -> str | None:
     """What is wrong with ``--variant/--at/--seed`` (and pruned_student's options), if anything."""
     if args.stage == "pruned_student":
         return _check_pruned_args(p, args)
+    if args.stage.startswith("q1_"):
+        return _check_q1_args(args)
     if args.stage not in ("student", "part"):
         return None
     if args.stage == "student":

@@ -18,7 +18,7 @@ from kdlab import io, stats, tracking
 from kdlab.models import count_params
 from kdlab.params import BASELINE, Params
 from kdlab.present import (LABELS, ci, color, diff, finish, fmt_p, headline_acc, headline_gain, num, plt, pts, table,
-                           verdict, yerr)
+                           test_name, verdict, yerr)
 from kdlab.schema import flatten
 from kdlab.train import predict
 from kdlab.workspace import (ACCURACY_PLOT, CURVES, PREDICTIONS, RUNS_JSON, SUMMARY_JSON, SUMMARY_MD, TEACHER,
@@ -132,16 +132,19 @@ def markdown(p: Params, summary: dict) -> str:
     import pandas as pd
 
     n = len(p.study.seeds)
+    test = test_name(summary["comparisons"])
     rows = [["Teacher", p.teacher.arch, num(summary["teacher"]["test_acc"]), "-", "-", "-", "-"]]
     for variant in variants(p):
         e = summary["variants"][variant]
         cmp_ = summary["comparisons"].get(f"{variant}_vs_{BASELINE}", {}).get("test_acc")
         difference, pval = (diff(cmp_), fmt_p(cmp_["p"])) if cmp_ else ("-", "-")
+        if cmp_ and "p_holm" in cmp_:
+            pval += f" (Holm {fmt_p(cmp_['p_holm'])})"
         agree = ci(e["agreement"]) if "agreement" in e else "-"
         rows.append([LABELS.get(variant, variant), p.student.arch, ci(e["test_acc"]), ci(e["test_acc_last"]), agree,
                      difference, pval])
     columns = ["model", "arch", "test accuracy (%)", "last epoch (%)", "agreement with teacher (%)", "vs raw (points)",
-               "p (Welch)"]
+               f"p ({test})"]
     return (f"Test accuracy on {p.data.name}: mean [95% t interval] over {n} seed{'s' if n > 1 else ''} "
             f"({', '.join(map(str, p.study.seeds))}); checkpoints chosen on the validation split.\n\n"
             + table(pd.DataFrame(rows, columns=columns)) + "\n")

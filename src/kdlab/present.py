@@ -38,16 +38,27 @@ def ci(s: dict | None, scale: float = 100, digits: int = 2) -> str:
 
 
 def diff(w: dict, with_p: bool = False) -> str:
-    """``+d [lo, hi]`` points of a :func:`kdlab.stats.welch` comparison, with its p-value when ``with_p``."""
+    """``+d [lo, hi]`` points of a :func:`kdlab.stats.welch` or :func:`kdlab.stats.paired` comparison, with its
+    p-value when ``with_p`` (and its family-adjusted p where the comparison carries ``p_holm``)."""
     out = pts(w["diff"])
     if w.get("ci_low") is not None:
-        out += f" [{pts(w['ci_low'])}, {pts(w['ci_high'])}]" + (f" (p {fmt_p(w['p'])})" if with_p else "")
+        holm = f", Holm {fmt_p(w['p_holm'])}" if "p_holm" in w else ""
+        out += f" [{pts(w['ci_low'])}, {pts(w['ci_high'])}]" + (f" (p {fmt_p(w['p'])}{holm})" if with_p else "")
     return out
 
 
+def test_name(comparisons: dict) -> str:
+    """How a question's comparisons were tested: ``paired t; Holm`` (each carries ``p_holm``: see
+    :func:`kdlab.report.paired_families`) or ``Welch``."""
+    return "paired t; Holm" if any("p_holm" in c["test_acc"] for c in comparisons.values()) else "Welch"
+
+
 def verdict(name_a: str, name_b: str, cmp_: dict, n_seeds: int) -> str:
-    """One sentence on a - b in test accuracy that says no more than the interval does."""
+    """One sentence on a - b in test accuracy that says no more than the interval does: for a paired comparison
+    with a family-adjusted p (``p_holm``), no more than that p does at the 5% family-wise level."""
     w = cmp_["test_acc"]
+    if "p_holm" in w:
+        return _paired_verdict(name_a, name_b, w, n_seeds)
     if w["ci_low"] is None:
         return (f"{name_a} vs {name_b}: {pts(w['diff'])} points with one seed per variant; no interval over "
                 f"seeds is possible, so only the paired test below speaks to it.")
@@ -59,6 +70,19 @@ def verdict(name_a: str, name_b: str, cmp_: dict, n_seeds: int) -> str:
         return f"**{name_a} was worse than {name_b}** by {pts(-w['diff'])} points ({interval})."
     return (f"**No detectable difference** between {name_a} and {name_b}: {pts(w['diff'])} points, but the "
             f"interval includes zero ({interval}). More seeds would be needed to separate them, if they differ at all.")
+
+
+def _paired_verdict(name_a: str, name_b: str, w: dict, n_seeds: int) -> str:
+    if w.get("ci_low") is None or w.get("p_holm") is None:
+        return f"{name_a} vs {name_b}: {pts(w['diff'])} points; no paired test is possible with one seed (or no variation)."
+    interval = (f"paired over {n_seeds} seeds: 95% CI [{pts(w['ci_low'])}, {pts(w['ci_high'])}] points, p = "
+                f"{fmt_p(w['p'])}, Holm-adjusted p = {fmt_p(w['p_holm'])}")
+    if w["p_holm"] < 0.05:
+        better = w["diff"] > 0
+        return (f"**{name_a} {'beat' if better else 'was worse than'} {name_b}** by {pts(abs(w['diff']))} points "
+                f"({interval}).")
+    return (f"**No difference detectable** at the 5% family-wise level between {name_a} and {name_b}: "
+            f"{pts(w['diff'])} points ({interval}).")
 
 
 def table(df) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 from kdlab import channels, distill, io, stats, tracking
 from kdlab.models import count_params
 from kdlab.params import BASELINE, LossParams, Params
-from kdlab.present import ci, diff, finish, headline_gain, plt, table, verdict, yerr
+from kdlab.present import ci, diff, finish, headline_gain, plt, table, test_name, verdict, yerr
 from kdlab.schema import ParamsError, flatten
 from kdlab.stages import Run, train_run
 from kdlab.surgery import keep_blocks, reinit
@@ -209,7 +209,7 @@ def markdown(p: Params, summary: dict) -> str:
                         columns=["size", "init", "trained", "criterion", "params", "test accuracy (%)"])
     tests = pd.DataFrame([[f"{e['a']} vs {e['b']}", diff(e["test_acc"], with_p=True)]
                           for e in summary["comparisons"].values()],
-                         columns=["comparison", "difference (points) [95% CI] (Welch p)"])
+                         columns=["comparison", f"difference (points) [95% CI] ({test_name(summary['comparisons'])} p)"])
     layers = layer_order(next(iter(summary["pruned"].values()))["stages"])
     teachers = pd.DataFrame([[name, f"{e['params']:,}", f"{100 * e['val_acc_pruned']:.2f}",
                               *(f"{100 * e['stages'][s]:.0f}%" for s in layers)]

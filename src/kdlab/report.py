@@ -8,14 +8,40 @@ and pictures, in words that never claim more than the intervals do.
 """
 from __future__ import annotations
 
+import copy
 import re
 
-from kdlab import evaluate, io, parts, pruning, tracking
+from kdlab import evaluate, io, parts, pruning, stats, tracking
 from kdlab.params import Params
 from kdlab.present import report_html
 from kdlab.schema import flatten, flatten_dict
 from kdlab.workspace import (CURVES, CURVES_PLOT, FINDINGS_MD, HEADLINE_JSON, PARTS_JSON, PRUNING_JSON, REPORTS,
                              RUNS_JSON, SUMMARY_JSON)
+
+
+def paired_families(p: Params, frame, summary: dict, parts_summary: dict | None, pruning_summary: dict | None):
+    """Copies of the three questions' summaries whose comparisons are paired over seeds instead of Welch's: the
+    same seed gives both arms the same batch order and views (and, for arms of the same shape, the same initial
+    weights), so each comparison is the mean per-seed difference with its t interval and paired p
+    (:func:`kdlab.stats.paired`), plus ``p_holm``, Holm-adjusted over that question's comparisons (the family the
+    report and the headline draw conclusions from). ``frame``: every run's metrics (:func:`kdlab.results.frame`),
+    so the report stage needs no model; the question stages' own files keep Welch."""
+    out = []
+    for question, s in ((1, summary), (2, parts_summary), (3, pruning_summary)):
+        if s is None:
+            out.append(None)
+            continue
+        s = copy.deepcopy(s)
+        runs = frame[frame.question == question]
+        if question == 2:  # placements and the carved students are compared with raw and kd of question 1
+            runs = frame[frame.question.isin([1, 2])]
+        pairs = [tuple(k.split("_vs_")) if "a" not in c else (c["a"], c["b"]) for k, c in s["comparisons"].items()]
+        tested = stats.paired_pairs(runs, "group", "test_acc", pairs)
+        adjusted = stats.holm({k: c["p"] for k, c in tested.items()})
+        for (a, b), (key, c) in zip(pairs, s["comparisons"].items()):
+            c["test_acc"] = {**tested[f"{a}_vs_{b}"], "p_holm": adjusted[f"{a}_vs_{b}"]}
+        out.append(s)
+    return tuple(out)
 
 
 def render(p: Params, summary: dict, runs: dict, parts_summary: dict | None = None,
@@ -88,9 +114,10 @@ def findings(p: Params, numbers: dict) -> str:
             (a, b), f"channels chosen by `{a}` against `{b}`, distilled")
         lines.append(f"- **Question 3** (the teacher pruned to {size} the student's size): {what}: {_gain(g)}, "
                      f"{_call(g)}.")
-    lines += ["", f"Students train {p.student.epochs} epochs here, the teacher {p.teacher.epochs}: whether KD helps or "
-              f"caps a student trained to convergence is not what this study tests. Details, tables and pictures: "
-              f"`reports/report.md`."]
+    lines += ["", f"Differences are paired over seeds (the same seed gives both arms the same batch order and views). "
+              f"Students train {p.student.epochs} epochs here, the teacher {p.teacher.epochs}: whether KD helps or "
+              f"caps a student trained to convergence is what question 1 in depth (below) tests. Details, tables and "
+              f"pictures: `reports/report.md`."]
     return "\n".join(lines) + "\n"
 
 
@@ -98,15 +125,16 @@ def load_curves(names) -> dict[str, list]:
     return {n: io.load_json(CURVES / f"{n}.json", "dvc repro evaluate") for n in names}
 
 
-def run_report(p: Params, metrics_files: dict | None = None):
+def run_report(p: Params, metrics_files: dict | None = None, runs_frame=None):
     """Write the report, its pictures and the headline metrics, and log them to MLflow (the report as one
     HTML page with its pictures, which the UI shows); ``metrics_files`` ({run name: its metrics file}, from
     :func:`kdlab.results.metrics_files`): the study's runs, so that those DVC reused link into this study."""
-    summary = io.load_json(SUMMARY_JSON, "dvc repro evaluate")
     runs = io.load_json(RUNS_JSON, "dvc repro evaluate")
     curves = load_curves(runs)
-    parts_summary = io.load_json(PARTS_JSON, "dvc repro parts") if PARTS_JSON.exists() else None
-    pruning_summary = io.load_json(PRUNING_JSON, "dvc repro pruning") if PRUNING_JSON.exists() else None
+    summary, parts_summary, pruning_summary = paired_families(
+        p, runs_frame, io.load_json(SUMMARY_JSON, "dvc repro evaluate"),
+        io.load_json(PARTS_JSON, "dvc repro parts") if PARTS_JSON.exists() else None,
+        io.load_json(PRUNING_JSON, "dvc repro pruning") if PRUNING_JSON.exists() else None)
     REPORTS.mkdir(exist_ok=True)
     pictures = evaluate.pictures(p, summary, runs, curves)
     if parts_summary is not None:

@@ -48,6 +48,8 @@ class Run:
     about: str = ""
     #: the distillation method's name when ``tags["variant"]`` is a longer run name (question 3)
     method_name: str | None = None
+    #: a named study's own params (question 1's ``q1.*``): logged with the run's, and part of its study's key
+    extra: dict = field(default_factory=dict)
 
 
 #: the prepared splits as the MLflow datasets every training run reads
@@ -71,7 +73,7 @@ def describe(p: Params, run: Run) -> str:
 
 def fingerprint(p: Params, ctx: Context, run: Run) -> str:
     """What a checkpoint must match to be resumed: params, run, data, tags, input hashes and the code."""
-    blob = json.dumps({"params": flatten(p), "run": run.name, "data": ctx.meta["sha256"], "code": io.code_digest(),
+    blob = json.dumps({"params": {**flatten(p), **run.extra}, "run": run.name, "data": ctx.meta["sha256"], "code": io.code_digest(),
                        **run.tags, **run.resume_key},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -87,7 +89,7 @@ def train_run(p: Params, ctx: Context, run: Run) -> dict:
     val = (ctx.splits["val"]["images"], ctx.splits["val"]["labels"])
     test = (ctx.splits["test"]["images"], ctx.splits["test"]["labels"])
     start = time.perf_counter()
-    with tracking.run(run.role, run.name, flatten(p), {**run.tags, "seed": run.seed}, describe(p, run)) as logged:
+    with tracking.run(run.role, run.name, {**flatten(p), **run.extra}, {**run.tags, "seed": run.seed}, describe(p, run)) as logged:
         logged.log_dataset(ctx.meta, DATASET_CONTEXTS)
         steps_per_epoch = len(run.batches)
 

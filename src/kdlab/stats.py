@@ -1,5 +1,6 @@
-"""How sure is each claim: intervals over seeds, Welch's test against the baseline, paired tests on
-the test images for single-seed comparisons, and Holm's adjustment for a family of them. Values that need more
+"""How sure is each claim: intervals over seeds, paired t-tests over seeds where two arms share their seeds
+(Welch's test where they do not), paired tests on the test images for single-seed comparisons, and Holm's
+adjustment for a family of them. Values that need more
 samples than given are None."""
 from __future__ import annotations
 
@@ -40,6 +41,22 @@ def welch(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> d
     half = sps.t.ppf(0.5 + confidence / 2, df) * se
     p = 2 * sps.t.sf(abs(diff) / se, df)
     return {"diff": diff, "ci_low": diff - half, "ci_high": diff + half, "p": _clean(p), "df": _clean(df)}
+
+
+def paired(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> dict:
+    """mean(a - b) over pairs (the same seed in both arms) with its t interval on n - 1 degrees of freedom and
+    the two-sided paired t-test p-value."""
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    n, diff = len(d), float(d.mean())
+    if n < 2:
+        return {"diff": diff, "ci_low": None, "ci_high": None, "p": None, "n": n}
+    sd = float(d.std(ddof=1))
+    if sd == 0:
+        return {"diff": diff, "ci_low": diff, "ci_high": diff, "p": None if diff == 0 else 0.0, "n": n}
+    se = sd / math.sqrt(n)
+    half = float(sps.t.ppf(0.5 + confidence / 2, n - 1)) * se
+    return {"diff": diff, "ci_low": diff - half, "ci_high": diff + half, "p": _clean(2 * sps.t.sf(abs(diff) / se, n - 1)),
+            "n": n}
 
 
 def mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict:
@@ -88,3 +105,14 @@ def welch_pairs(df, by: str, value: str, pairs, confidence: float = 0.95) -> dic
     """``{"a_vs_b": welch(a's values, b's values)}`` for each (a, b) of ``pairs``, groups being ``by``'s."""
     groups = {g: x.to_numpy(float) for g, x in df.groupby(by, sort=False)[value]}
     return {f"{a}_vs_{b}": welch(groups[a], groups[b], confidence) for a, b in pairs}
+
+
+def paired_pairs(df, by: str, value: str, pairs, pair_on: str = "seed", confidence: float = 0.95) -> dict[str, dict]:
+    """``{"a_vs_b": paired(a's values, b's values)}`` for each (a, b) of ``pairs``, matched on ``pair_on`` (the
+    seeds both groups have; an unmatched run is left out)."""
+    wide = df.pivot_table(index=pair_on, columns=by, values=value, aggfunc="first")
+    out = {}
+    for a, b in pairs:
+        both = wide[[a, b]].dropna()
+        out[f"{a}_vs_{b}"] = paired(both[a].to_numpy(float), both[b].to_numpy(float), confidence)
+    return out
