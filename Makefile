@@ -8,7 +8,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup data-package browser plots smoke repro test test-fast bench sweep ui clean-venv
+.PHONY: setup data-package browser plots smoke repro q1 q1-gpu test test-fast bench sweep ui clean-venv
 
 setup: $(STAMP) data-package
 
@@ -57,6 +57,20 @@ repro: setup
 	$(BIN)/python -m kdlab.warm start >/dev/null
 	dvc repro
 	$(BIN)/kdlab readme
+
+# question 1 in depth (studies/q1/dvc.yaml, its own pipeline: `make repro` never runs it), about an hour here
+q1: setup
+	$(BIN)/python -m kdlab.warm start >/dev/null
+	dvc repro studies/q1/dvc.yaml
+	$(BIN)/kdlab readme
+
+# the same study at the founding note's setting (CIFAR-10, ResNet-50 -> ResNet-18; needs a GPU and the CIFAR-10
+# download): studies/q1/params.gpu.yaml in place of params.yaml for one DVC experiment, then restored
+q1-gpu: setup
+	cp studies/q1/params.gpu.yaml studies/q1/params.yaml
+	status=0; dvc exp run -n q1-cifar10-r50-r18 studies/q1/dvc.yaml -S data.name=cifar10 -S cache.views=all \
+	  -S train.batch_size=256 -S train.eval_batch_size=1000 || status=$$?; \
+	  git checkout -- studies/q1/params.yaml; exit $$status
 
 # two workers (one per core; each test process and the stages it starts use one torch thread): the
 # end-to-end study runs in one of them while the rest of the suite runs in the other

@@ -11,7 +11,9 @@ it. Prints:
    seconds per 50k-image epoch and the fraction of the GPU's peak dense bf16 FLOP/s;
 2. a short real training run on the prepared Fashion-MNIST tensors (data/prepared, carried into the working
    tree), resnet20 teacher and resnet8 student, seconds per epoch and test accuracy;
-3. the founding note's study (ResNet-50 teacher, every variant, 3 seeds) projected from the measured rates;
+3. the teachers' own training steps (ResNet-50, and each other architecture of ``--q1``'s teachers), compiled;
+   the founding note's study (ResNet-50 teacher, every variant, 3 seeds) and question 1 in depth at that setting
+   (``--q1``, studies/q1/params.gpu.yaml: every teacher, cache and student of it) projected from the measured rates;
 4. first, before this process touches CUDA: whether a child forked from it trains on the GPU, as kdlab's warm
    server (kdlab.warm) forks every stage from a process that imported torch and never used the device.
 """
@@ -139,6 +141,34 @@ def throughput(args, device) -> dict:
     flops = step_flops(teacher, (3, 32, 32), device, train=False)
     out["teacher_forward"] = {"images_per_s": r, "mfu": r * flops / peak if peak else None}
     print(f"{args.teacher} forward: {r:,.0f} img/s" + (f", {100 * r * flops / peak:.1f}% of peak bf16" if peak else ""))
+    out["train"] = {}
+    for arch in dict.fromkeys([args.teacher, *args.extra_archs]):  # the teachers' own (labels-only) steps
+        torch.manual_seed(0)
+        model = models.build(arch, 3, 10).to(device, memory_format=mf)
+        if arch != args.teacher:
+            fwd = models.build(arch, 3, 10).to(device, memory_format=mf).eval().requires_grad_(False)
+
+            @torch.no_grad()
+            def forward_step(b, fwd=fwd):
+                with amp:
+                    fwd(b.images)
+
+            r, _ = rate(forward_step, cycle(batches.epoch), args.steps, bs, device)
+            out["forward_" + arch] = {"images_per_s": r}
+            print(f"{arch} forward: {r:,.0f} img/s")
+        model.train()
+        m = method("raw", model, None, norm(images[:8]))
+        forward = torch.compile(m, dynamic=False) if args.compile else m
+        opt = make_optimizer(model.parameters(), 0.05, TrainParams())
+
+        def train_step(b, forward=forward, model=model, opt=opt):
+            step(lambda b: forward(model, b), b, opt, device=device, precision=precision)
+
+        r, warm = rate(train_step, cycle(batches.epoch), args.steps, bs, device)
+        out["train"][arch] = {"images_per_s": r, "compiled": args.compile, "warmup_seconds": warm}
+        print(f"{arch} training step (labels, {'compiled' if args.compile else 'eager'}): {r:,.0f} img/s, "
+              f"{50_000 / r:.2f} s per 50k epoch")
+        del model, m, forward, opt
     student_flops = None
     for compiled in (False, True) if args.compile else (False,):
         for variant in ("raw", "kd", "kd_online"):
@@ -214,18 +244,59 @@ def real_run(args, device) -> dict | None:
 def project(tp: dict) -> dict:
     """Minutes for the founding note's study on this GPU from the measured rates: teacher 30 epochs, a cache
     of every view (50 per image), students 30 epochs x (raw, kd, kd_correct_only) x 3 seeds."""
-    teacher_train = tp["raw"]["images_per_s"] / 3  # a ResNet-50 training step is ~3x ResNet-18's in FLOPs
-    teacher_train_s = 30 * 50_000 / teacher_train
+    teacher_train_s = 30 * 50_000 / next(iter(tp["train"].values()))["images_per_s"]  # measured: --teacher's step
     cache_s = 50 * 50_000 / tp["teacher_forward"]["images_per_s"]
     best = max((k for k in tp if k.startswith("kd") and isinstance(tp[k], dict) and "epoch_seconds_50k" in tp[k]
                 and not k.startswith("kd_online")), key=lambda k: tp[k]["images_per_s"])
     students_s = 30 * 3 * 3 * tp[best]["epoch_seconds_50k"]
     total = (teacher_train_s + cache_s + students_s) / 60
-    print(f"founding-note study projected: teacher {teacher_train_s / 60:.1f} min (estimated at 1/3 of the "
-          f"ResNet-18 rate), cache {cache_s / 60:.1f} min, 9 students {students_s / 60:.1f} min ({best}): "
+    print(f"founding-note study projected: teacher {teacher_train_s / 60:.1f} min (its measured step), cache {cache_s / 60:.1f} min, 9 students {students_s / 60:.1f} min ({best}): "
           f"{total:.1f} min")
     return {"teacher_min": teacher_train_s / 60, "cache_min": cache_s / 60, "students_min": students_s / 60,
             "total_min": total, "student_rate_from": best}
+
+
+def project_q1(tp: dict, preset: Path, args) -> dict | None:
+    """Minutes for question 1 in depth at the GPU preset (studies/q1/params.gpu.yaml) from the measured rates:
+    each teacher run (its architecture's training step), each cache (every view of every training image through
+    that teacher), each student run (raw at the raw rate, the KD variants at the best cached-KD rate), over seeds.
+    Per-epoch validation and the test pass are left out (inference on 5k and 10k images)."""
+    import yaml
+
+    if not preset.exists():
+        print(f"no {preset}: skipping question 1's projection")
+        return None
+    q = yaml.safe_load(preset.read_text())["q1"]
+    n, seeds = q["train_images"], len(q["seeds"])
+    v = yaml.safe_load(Path("params.yaml").read_text())["views"] if Path("params.yaml").exists() else {"pad": 2, "flip": True}
+    n_views = views.num_views(v["pad"], v["flip"])  # the preset caches every view
+    train = {a: r["images_per_s"] for a, r in tp["train"].items()}
+    forward = {args.teacher: tp["teacher_forward"]["images_per_s"],
+               **{k[len("forward_"):]: r["images_per_s"] for k, r in tp.items() if k.startswith("forward_")}}
+    missing = {t["arch"] for t in q["teachers"].values()} - set(train)
+    if missing:
+        print(f"question 1's projection needs the training rate of {sorted(missing)}: pass --extra-archs")
+        return None
+    kd_rate = max(tp[k]["images_per_s"] for k in tp if k.startswith("kd") and not k.startswith("kd_online")
+                  and isinstance(tp[k], dict) and "images_per_s" in tp[k])
+    raw_rate = max(tp[k]["images_per_s"] for k in ("raw", "raw_compiled") if k in tp)
+    teachers_s = sum(t["epochs"] * n / train[t["arch"]] for t in q["teachers"].values())
+
+    def arch_of(name):
+        return q["teachers"][name.split("_e")[0]]["arch"]
+
+    caches_s = sum(n * n_views / forward.get(arch_of(t), forward[args.teacher]) for t in q["cached"])
+    budgets, variants, controls = q["budgets"], q["variants"], q["controls"]
+    raw_epochs = sum(budgets) + len(q["widths"]) * q["converged"]
+    kd_epochs = (len(variants) * sum(budgets) + len(q["widths"]) * q["converged"]
+                 + (len(q["quality"]) + len(controls)) * q["quality_epochs"])
+    students_s = seeds * n * (raw_epochs / raw_rate + kd_epochs / kd_rate)
+    total = (teachers_s + caches_s + students_s) / 60
+    print(f"question 1 in depth at {preset.name} projected: teachers {teachers_s / 60:.1f} min, caches "
+          f"{caches_s / 60:.1f} min ({n_views} views), students {students_s / 60:.1f} min ({seeds} seeds x "
+          f"{raw_epochs} raw + {kd_epochs} KD epochs of {n:,} images): {total:.1f} min")
+    return {"teachers_min": teachers_s / 60, "caches_min": caches_s / 60, "students_min": students_s / 60,
+            "total_min": total, "student_epochs": seeds * (raw_epochs + kd_epochs)}
 
 
 def main() -> None:
@@ -239,12 +310,16 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3, help="epochs of the real run")
     ap.add_argument("--no-compile", dest="compile", action="store_false")
     ap.add_argument("--prepared", default="data/prepared")
+    ap.add_argument("--extra-archs", nargs="*", default=["resnet34"],
+                    help="other teachers' architectures whose training step (and forward) is timed too")
+    ap.add_argument("--q1", type=Path, default=Path("studies/q1/params.gpu.yaml"),
+                    help="question 1's GPU preset to project (default studies/q1/params.gpu.yaml)")
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     args = ap.parse_args()
     args.images = 50_000
     if args.smoke:
         args.images, args.batch, args.steps, args.epochs = 64, 8, 2, 1
-        args.teacher, args.student = "resnet8", "resnet8"
+        args.teacher, args.student, args.extra_archs = "resnet8", "resnet8", ["resnet14"]
     start = time.perf_counter()
     result = {"warm_fork": warm_fork()}  # before this process uses the device
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -252,6 +327,7 @@ def main() -> None:
     result["throughput"] = throughput(args, device)
     result["real_run"] = real_run(args, device)
     result["projection"] = project(result["throughput"])
+    result["projection_q1"] = project_q1(result["throughput"], args.q1, args)
     result["seconds"] = time.perf_counter() - start
     print(f"total {result['seconds']:.0f} s")
     if args.out:

@@ -32,8 +32,12 @@ def test_bench_quick_measures_every_row(in_tmp, capsys):
 def test_gpu_script_smoke_run_on_the_cpu(in_tmp):
     data.prepare(params.from_dict(TINY).data, workspace.PREPARED)  # data/prepared, as the GPU machine gets it carried over
     out = in_tmp / "gpu.json"
+    # question 1's preset with the smoke run's architectures (resnet8 teacher, resnet14 the other teacher)
+    preset = yaml.safe_load((REPO / "studies/q1/params.gpu.yaml").read_text())
+    preset["q1"]["teachers"]["main"]["arch"], preset["q1"]["teachers"]["r34"]["arch"] = "resnet8", "resnet14"
+    (in_tmp / "q1.yaml").write_text(yaml.safe_dump(preset))
     res = subprocess.run([sys.executable, str(REPO / "scripts/gpu_bench.py"), "--smoke", "--no-compile",
-                          "--prepared", str(in_tmp / "data/prepared"), "--out", str(out)],
+                          "--prepared", str(in_tmp / "data/prepared"), "--out", str(out), "--q1", str(in_tmp / "q1.yaml")],
                          capture_output=True, text=True, env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"},
                          timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -41,5 +45,9 @@ def test_gpu_script_smoke_run_on_the_cpu(in_tmp):
     assert figures["warm_fork"]["ok"], res.stdout  # a child forked before any device use trained
     assert {"raw", "kd", "kd_online", "teacher_forward"} <= set(figures["throughput"])
     assert figures["projection"]["total_min"] > 0
+    assert set(figures["throughput"]["train"]) == {"resnet8", "resnet14"}  # the teachers' measured steps
+    q1 = figures["projection_q1"]
+    # 3 seeds x (raw 10+30+100; kd 2 x 140 + 3 teachers x 30 + 4 controls x 30) student epochs; no capacity arms
+    assert q1["student_epochs"] == 3 * (140 + 280 + 90 + 120) and q1["total_min"] > q1["students_min"] > 0
     run = figures["real_run"]
     assert 0 <= run["teacher"]["test_acc"] <= 1 and run["student_kd_online"]["seconds_per_epoch"] > 0
