@@ -282,8 +282,8 @@ def project_q1(tp: dict, preset: Path, args) -> dict | None:
     raw_rate = max(tp[k]["images_per_s"] for k in ("raw", "raw_compiled") if k in tp)
     teachers_s = sum(t["epochs"] * n / train[t["arch"]] for t in q["teachers"].values())
 
-    def arch_of(name):
-        return q["teachers"][name.split("_e")[0]]["arch"]
+    def arch_of(name):  # a cached teacher's run (q1.cached maps each to it)
+        return q["teachers"][q["cached"][name]]["arch"]
 
     caches_s = sum(n * n_views / forward.get(arch_of(t), forward[args.teacher]) for t in q["cached"])
     budgets, variants, controls = q["budgets"], q["variants"], q["controls"]

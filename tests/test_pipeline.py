@@ -238,7 +238,7 @@ def test_stages_list_every_source_file_they_run(studied):
 Q1_TINY = {"q1": {
     "train_images": 200, "val_images": 60, "subset_seed": 0, "seeds": [0],
     "teachers": {"main": {"arch": "resnet8", "width": 0.5, "epochs": 2, "lr": 0.1, "seed": 0, "snapshots": [1]}},
-    "teacher": "main", "cached": ["main", "main_e1"], "student": {"arch": "resnet8", "width": 0.25, "lr": 0.1},
+    "teacher": "main", "cached": {"main": "main", "main_e1": "main"}, "student": {"arch": "resnet8", "width": 0.25, "lr": 0.1},
     "budgets": [1], "variants": ["kd", "kd_correct_only"], "converged": 1, "widths": [0.5],
     "quality": ["main_e1"], "quality_epochs": 1, "control_teacher": "main_e1", "controls": ["kd_correct_clean"]}}
 Q1_STAGES = {"q1_teacher@main", "q1_cache@main", "q1_cache@main_e1", "q1_raw@1-0", "q1_kd@kd-1-0",

@@ -16,7 +16,7 @@ from kdlab.schema import ParamsError
 SMALL = {"q1": {
     "train_images": 100, "val_images": 50, "subset_seed": 0, "seeds": [0, 1],
     "teachers": {"main": {"arch": "resnet8", "width": 0.5, "epochs": 3, "lr": 0.1, "seed": 0, "snapshots": [1]}},
-    "teacher": "main", "cached": ["main", "main_e1"], "student": {"arch": "resnet8", "width": 0.25, "lr": 0.1},
+    "teacher": "main", "cached": {"main": "main", "main_e1": "main"}, "student": {"arch": "resnet8", "width": 0.25, "lr": 0.1},
     "budgets": [1, 2], "variants": ["kd", "kd_correct_only"], "converged": 2, "widths": [0.5],
     "quality": ["main_e1"], "quality_epochs": 1, "control_teacher": "main_e1",
     "controls": ["kd_correct_clean", "kd_wrong_only"]}}
@@ -39,7 +39,8 @@ def test_the_shipped_study_params_load_and_name_every_arm():
 
 
 @pytest.mark.parametrize("change, key", [
-    ({"cached": ["main", "main_e2"]}, "q1.cached"),            # no such snapshot
+    ({"cached": {"main": "main", "main_e2": "main"}}, "q1.cached"),   # no such snapshot
+    ({"cached": {"main": "main", "main_e1": "other"}}, "q1.cached.main_e1"),   # not its run
     ({"quality": ["main"]}, "q1.quality"),                     # the converged teacher's arms are the budget arms
     ({"converged": 3}, "q1.converged"),                        # not a budget
     ({"controls": ["no_such_method"]}, "q1.controls"),

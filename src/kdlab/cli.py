@@ -207,7 +207,7 @@ def _check_q1_args(args) -> str | None:
     if args.stage == "q1_teacher" and args.teacher not in q.teachers:
         return f"--teacher {args.teacher!r} is not in q1.teachers {sorted(q.teachers)}"
     if args.stage == "q1_cache" and args.teacher not in q.cached:
-        return f"--teacher {args.teacher!r} is not in q1.cached {q.cached}"
+        return f"--teacher {args.teacher!r} is not in q1.cached {list(q.cached)}"
     if args.stage != "q1_student":
         return None
     allowed = {"variant": ["raw", *q.variants, *q.controls], "width": [q.student.width, *q.widths],
@@ -216,7 +216,7 @@ def _check_q1_args(args) -> str | None:
         if getattr(args, key) not in values:
             return f"--{key} {getattr(args, key)!r}: the study's are {values}"
     if args.teacher is not None and args.teacher not in q.cached:
-        return f"--teacher {args.teacher!r} is not in q1.cached {q.cached}"
+        return f"--teacher {args.teacher!r} is not in q1.cached {list(q.cached)}"
     return None
 
 

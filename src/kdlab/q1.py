@@ -78,8 +78,9 @@ class Q1:
     teachers: dict[str, TeacherRun] = dataclasses.field(default_factory=dict)
     #: the converged teacher of the budget and capacity arms
     teacher: str = "main"
-    #: every teacher with a logit cache: runs and snapshots
-    cached: list[str] = dataclasses.field(default_factory=list)
+    #: every teacher with a logit cache (a run, or a snapshot ``<run>_e<k>``) -> the run it comes from, so that
+    #: its cache stage depends on that run's directory alone (dvc.yaml)
+    cached: dict[str, str] = dataclasses.field(default_factory=dict)
     student: StudentSpec = StudentSpec()
     #: student epochs: raw and every one of ``variants`` at each
     budgets: list[int] = dataclasses.field(default_factory=list)
@@ -115,11 +116,14 @@ class Q1:
         choice("q1.student.arch", self.student.arch, ARCHS)
         for key in ("teacher", "control_teacher"):
             if getattr(self, key) not in self.cached:
-                raise ParamsError(f"q1.{key}", f"{getattr(self, key)!r} is not in q1.cached {self.cached}")
-        for t in [*self.cached, *self.quality]:
+                raise ParamsError(f"q1.{key}", f"{getattr(self, key)!r} is not in q1.cached {list(self.cached)}")
+        for t, run in self.cached.items():
+            if teacher_source(self, t)[0] != run:
+                raise ParamsError(f"q1.cached.{t}", f"comes from teacher run {teacher_source(self, t)[0]!r}, not {run!r}")
+        for t in self.quality:
             teacher_source(self, t)
             if t not in self.cached:
-                raise ParamsError("q1.quality", f"{t!r} is not in q1.cached {self.cached}")
+                raise ParamsError("q1.quality", f"{t!r} is not in q1.cached {list(self.cached)}")
         if not self.budgets or any(b < 1 for b in self.budgets) or sorted(self.budgets) != self.budgets:
             raise ParamsError("q1.budgets", f"increasing epochs, at least one: {self.budgets}")
         if self.converged not in self.budgets:
