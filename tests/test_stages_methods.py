@@ -25,7 +25,13 @@ def study(tmp_path_factory):
     mp.undo()
 
 
-@pytest.mark.parametrize("variant", [m for m in distill.names() if m != "raw"])
+def _needs_question_1s_cache(name: str) -> bool:
+    """kd_correct_clean reads the teacher's correctness per clean training image, which only studies/q1's cache
+    records (kdlab q1_cache); its training is tested there (tests/test_pipeline.py)."""
+    return getattr(distill.method_class(name), "reads_clean_correct", False)
+
+
+@pytest.mark.parametrize("variant", [m for m in distill.names() if m != "raw" and not _needs_question_1s_cache(m)])
 def test_every_method_trains_through_the_student_stage(study, variant):
     metrics = stages.run_student(study, variant, 0)
     assert 0 <= metrics["test_acc"] <= 1 and metrics["epochs"] == 1
@@ -38,6 +44,16 @@ def test_every_method_trains_through_the_student_stage(study, variant):
     teacher = workspace.load_model(workspace.TEACHER, ctx, "rerun")
     # a carved student has the teacher's width (one block per stage of a resnet8: the teacher's shape)
     assert (sum(t.numel() for t in model.parameters()) == sum(t.numel() for t in teacher.parameters())) == carved
+
+
+def test_a_method_that_needs_question_1s_cache_is_refused_by_the_default_stage_before_training(study):
+    from kdlab.io import StageError
+
+    names = [m for m in distill.names() if _needs_question_1s_cache(m)]
+    assert names == ["kd_correct_clean"]
+    with pytest.raises(StageError, match="only question 1's study records"):
+        stages.run_student(study, names[0], 0)
+    assert not workspace.run_files(names[0], 0)[1].exists()
 
 
 def test_question_3_prunes_the_teacher_trains_every_arm_and_gathers_them(study):
