@@ -8,7 +8,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup data-package browser plots smoke repro q1 q1-gpu test test-fast bench sweep ui clean-venv
+.PHONY: setup data-package browser plots smoke repro q1 q1-gpu q23 test test-fast bench sweep ui clean-venv
 
 setup: $(STAMP) data-package
 
@@ -62,6 +62,12 @@ repro: setup
 q1: setup
 	$(BIN)/python -m kdlab.warm start >/dev/null
 	dvc repro studies/q1/dvc.yaml
+	$(BIN)/kdlab readme
+
+# questions 2 and 3 with their controls: their own pipeline (studies/q23/dvc.yaml), about an hour here
+q23: setup
+	$(BIN)/python -m kdlab.warm start >/dev/null
+	dvc repro studies/q23/dvc.yaml
 	$(BIN)/kdlab readme
 
 # the same study at the founding note's setting (CIFAR-10, ResNet-50 -> ResNet-18; needs a GPU and the CIFAR-10

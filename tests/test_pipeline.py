@@ -235,6 +235,23 @@ def test_stages_list_every_source_file_they_run(studied):
 
 
 #: question 1 in depth at its smallest: one seed, one budget, a teacher with one snapshot, one control
+def _unlisted_imports(imports: Path, dvc_yaml: Path, root: Path) -> dict[str, list[str]]:
+    """Per stage run (a line of the KDLAB_IMPORTS_LOG file), the src/ files it imported that its deps in
+    ``dvc_yaml`` do not list."""
+    stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
+    missing = {}
+    for line in imports.read_text().splitlines():
+        rec = json.loads(line)
+        stage = rec["stage"].split(":")[-1].split("@")[0]
+        spec = stages[stage].get("do", stages[stage])
+        deps = [d for d in spec["deps"] if d.startswith("src/")]
+        files = {Path(f).resolve().relative_to(root).as_posix() for f in rec["files"]}
+        unlisted = sorted(f for f in files if not any(f == d or f.startswith(d + "/") for d in deps))
+        if unlisted:
+            missing[rec["stage"]] = unlisted
+    return missing
+
+
 Q1_TINY = {"q1": {
     "train_images": 200, "val_images": 60, "subset_seed": 0, "seeds": [0],
     "teachers": {"main": {"arch": "resnet8", "width": 0.5, "epochs": 2, "lr": 0.1, "seed": 0, "snapshots": [1]}},
@@ -258,17 +275,7 @@ def test_question_1_in_depth_is_its_own_pipeline(repo, tmp_path):
     imports = tmp_path / "q1_imports.jsonl"
     out = _run(["dvc", "repro", "studies/q1/dvc.yaml"], root, dict(env, KDLAB_IMPORTS_LOG=str(imports)))
     assert _ran(out) == {f"studies/q1/dvc.yaml:{s}" for s in Q1_STAGES}, out[-3000:]
-    stages = yaml.safe_load((REPO / "studies/q1/dvc.yaml").read_text())["stages"]
-    missing = {}
-    for line in imports.read_text().splitlines():
-        rec = json.loads(line)
-        stage = rec["stage"].split(":")[-1].split("@")[0]
-        spec = stages[stage].get("do", stages[stage])
-        deps = [d for d in spec["deps"] if d.startswith("src/")]
-        files = {Path(f).resolve().relative_to(root).as_posix() for f in rec["files"]}
-        unlisted = sorted(f for f in files if not any(f == d or f.startswith(d + "/") for d in deps))
-        if unlisted:
-            missing[rec["stage"]] = unlisted
+    missing = _unlisted_imports(imports, REPO / "studies/q1/dvc.yaml", root)
     assert len(imports.read_text().splitlines()) == len(Q1_STAGES) and not missing, missing
     head = json.loads((root / "metrics/q1/headline.json").read_text())
     assert set(head) == {"teacher", "budget", "capacity", "quality", "controls"}
@@ -290,6 +297,63 @@ def test_question_1_in_depth_is_its_own_pipeline(repo, tmp_path):
     parents = {r.data.tags.get("mlflow.parentRunId") for r in q1_runs if r.data.tags.get("kdlab.role") != "study"}
     # 8 training runs (the teacher, 7 students) and the report's, under one parent: the caches log no run
     assert len(parents) == 1 and len(q1_runs) == 8 + 1 + 1, [r.info.run_name for r in q1_runs]
+
+
+Q23_TINY = {"q23": {
+    "train_images": 200, "val_images": 60, "subset_seed": 0, "seeds": [0],
+    "teachers": {"a": {"arch": "resnet14", "width": 0.25, "epochs": 2, "lr": 0.1, "seed": 0},
+                 "b": {"arch": "resnet14", "width": 0.25, "epochs": 2, "lr": 0.1, "seed": 1}},
+    "teacher": "a", "reference": "b", "student": {"arch": "resnet8", "width": 0.25, "lr": 0.1}, "epochs": 2,
+    "arms": {"raw": {"method": "raw"}, "kd": {"method": "kd"}, "fitnet": {"method": "fitnet", "options": {"kd": False}},
+             "rkd": {"method": "rkd", "options": {"kd": False}},
+             "top_k": {"method": "fitnet_select", "options": {"kd": False, "select": "top", "k": 0.25}},
+             "random_k": {"method": "fitnet_select", "options": {"kd": False, "select": "random", "k": 0.25}}},
+    "transfer": ["raw", "kd", "fitnet", "rkd"], "selective": ["top_k", "random_k"], "carved": ["kd", "raw"],
+    "keep": [[0], [0], [0]], "matched_epochs": 3, "pruned": ["kd"],
+    "prune": {"size": 1.5, "small": 0.95, "criteria": ["l1", "random"], "iterative": "l1", "steps": 2,
+              "finetune_steps": 2, "calibration_images": 32, "recalibration_images": 100, "max_ratio": 0.95},
+    "snapshots": [0, 1], "cka_images": 40, "calibration_images": 32}}
+Q23_STAGES = {"q23_teacher@a", "q23_teacher@b", "q23_cache", *(f"q23_transfer@{a}-0" for a in ("raw", "kd", "fitnet", "rkd")),
+              "q23_selective@top_k-0", "q23_selective@random_k-0", "q23_carved@kd-0", "q23_carved@raw-0",
+              "q23_matched@0", "q23_prune", "q23_pruned@kd-pruned-0", "q23_pruned@kd-shape-0", "q23_cka", "q23_report"}
+
+
+def test_questions_2_and_3_with_controls_are_their_own_pipeline(repo, tmp_path):
+    """studies/q23/dvc.yaml on the default study's prepared data: the default repro runs none of it; its repro
+    runs exactly its stages, each listing the src/ files it ran; the carved student has the student's shape, the
+    pruning diagnosis, CKA (with its reference and snapshots) and the report come out, and a second repro has
+    nothing to do."""
+    root, env = repo
+    (root / "studies/q23").mkdir(parents=True)
+    shutil.copy(REPO / "studies/q23/dvc.yaml", root / "studies/q23/dvc.yaml")
+    (root / "studies/q23/params.yaml").write_text(yaml.safe_dump(Q23_TINY, sort_keys=False))
+    assert not _ran(_run(["dvc", "repro"], root, env))
+    imports = tmp_path / "q23_imports.jsonl"
+    out = _run(["dvc", "repro", "studies/q23/dvc.yaml"], root, dict(env, KDLAB_IMPORTS_LOG=str(imports)))
+    assert _ran(out) == {f"studies/q23/dvc.yaml:{s}" for s in Q23_STAGES}, out[-3000:]
+    missing = _unlisted_imports(imports, REPO / "studies/q23/dvc.yaml", root)
+    assert len(imports.read_text().splitlines()) == len(Q23_STAGES) and not missing, missing
+    carved = json.loads((root / "metrics/q23/students/kd.carved-e2-s0.json").read_text())
+    scratch = json.loads((root / "metrics/q23/students/kd.random-e2-s0.json").read_text())
+    assert carved["params"] == scratch["params"]  # resnet14 with one block a layer is resnet8
+    assert sorted(p.name for p in (root / "models/q23/snapshots/kd.carved-e2-s0").iterdir()) == ["e0.pt", "e1.pt"]
+    prune = json.loads((root / "metrics/q23/prune.json").read_text())
+    assert set(prune["models"]) == {"teacher", "blocks", "iterative.l1", *(f"{r}.{c}" for c in ("l1", "random") for r in
+                                    ("channels", "blocks+channels", "channels+blocks"))}
+    assert all(m["params"] <= prune["small_target"] for k, m in prune["models"].items() if "+" in k)
+    assert prune["chosen"] in {"channels.l1", "channels.random", "iterative.l1"}
+    cka = json.loads((root / "metrics/q23/cka.json").read_text())
+    assert set(cka["training"]) == {"kd.carved-e2-s0", "kd.random-e2-s0", "raw.carved-e2-s0", "raw.random-e2-s0"}
+    assert list(cka["training"]["kd.carved-e2-s0"]) == ["0", "1", "kept"]
+    assert set(cka["reference"]) == {"layer1", "layer2", "layer3"} and all(
+        set(v) == {"biased", "unbiased"} and -1.01 <= v["unbiased"] <= 1.01 for v in cka["reference"].values())
+    head = json.loads((root / "metrics/q23/headline.json").read_text())
+    assert set(head) == {"teacher", "transfer", "init", "selective", "pruned", "cka_unbiased"}
+    assert {"kd_vs_raw", "rkd_vs_kd", "acc"} <= set(head["transfer"]) and "interaction" in head["init"]
+    report = (root / "reports/q23/report.md").read_text()
+    assert "## 5. Why pruned teachers start at chance" in report and "channels+blocks.l1" in report
+    assert "Which knowledge transfers best?" in (root / "reports/q23/findings.md").read_text()
+    assert not _ran(_run(["dvc", "repro", "studies/q23/dvc.yaml"], root, env))
 
 
 def test_alpha_experiments_in_a_parallel_queue(repo):

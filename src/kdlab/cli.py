@@ -102,6 +102,28 @@ def _q1_report(p, args):
     run_q1_report(p, q1.load(args.study))
 
 
+def _q23(stage):
+    """A stage of the question-2/3 study with controls (studies/q23): its params file is --study."""
+    def call(p, args):
+        from kdlab import q23
+
+        q = q23.load(args.study)
+        if stage == "teacher":
+            q23.run_q23_teacher(p, q, args.teacher)
+        elif stage == "cache":
+            q23.run_q23_cache(p, q)
+        elif stage == "student":
+            q23.run_q23_student(p, q, args.arm, args.init, args.epochs, args.seed)
+        elif stage == "prune":
+            q23.run_q23_prune(p, q)
+        elif stage == "cka":
+            q23.run_q23_cka(p, q)
+        else:
+            from kdlab.q23_report import run_q23_report
+            run_q23_report(p, q, q23.report_inputs(q))
+    return call
+
+
 def _sweep(p, args):
     from kdlab.sweep import run_sweep
     run_sweep(args.param, by=args.by)
@@ -118,13 +140,17 @@ def _readme(p, args):
     run_readme()
 
 
+#: the question-2/3 study's stages (kdlab q23_<stage>)
+Q23_STAGES = ("teacher", "cache", "student", "prune", "cka", "report")
 #: the commands that train, and so run under torchrun when train.nproc > 1 (see kdlab.distributed)
-TRAINING_COMMANDS = ("teacher", "student", "part", "pruned_student", "q1_teacher", "q1_student")
+TRAINING_COMMANDS = ("teacher", "student", "part", "pruned_student", "q1_teacher", "q1_student", "q23_teacher",
+                     "q23_student")
 
 STAGES = {"check": _check, "prepare": _prepare, "teacher": _teacher, "cache": _cache, "student": _student, "part": _part,
           "parts": _parts, "prune_teacher": _prune_teacher, "pruned_student": _pruned_student, "pruning": _pruning,
           "evaluate": _evaluate, "report": _report, "q1_teacher": _q1("teacher"), "q1_cache": _q1("cache"),
-          "q1_student": _q1("student"), "q1_report": _q1_report, "results": _results, "sweep": _sweep, "readme": _readme,
+          "q1_student": _q1("student"), "q1_report": _q1_report, **{f"q23_{s}": _q23(s) for s in Q23_STAGES},
+          "results": _results, "sweep": _sweep, "readme": _readme,
           "bench": _bench, "ui": None}
 
 
@@ -140,7 +166,9 @@ def _parser() -> argparse.ArgumentParser:
                     "prune|shape --variant kd|raw --seed`; defaults: the first size, prune.criterion, prune, kd), "
                     "`pruning` measures that study. Question 1 in depth (studies/q1/dvc.yaml): `q1_teacher --teacher RUN`, "
                     "`q1_cache --teacher T`, `q1_student --variant V [--teacher T] --width W --epochs E --seed S`, "
-                    "`q1_report`, reading `--study` (studies/q1/params.yaml). Extra commands: "
+                    "`q1_report`, reading `--study` (studies/q1/params.yaml). Questions 2 and 3 with controls (studies/q23/dvc.yaml): "
+                    "`q23_teacher --teacher RUN`, `q23_cache`, `q23_student --arm A --init I --epochs E --seed S`, "
+                    "`q23_prune`, `q23_cka`, `q23_report`, reading `--study` (studies/q23/params.yaml). Extra commands: "
                     "`results [-o CSV]` writes every run of every question as one tidy table (pandas); "
                     "`sweep --param KEY [--by KEY2]` gathers DVC experiments into a table and plot; `readme` copies "
                     "metrics/summary.md into README.md; `ui` starts the MLflow UI on the project's store; `bench` times "
@@ -152,13 +180,17 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--at", help="part: the ResNet layer to place parts.method's feature loss at (one of parts.layers)")
     ap.add_argument("--size", type=float, help="pruned: the target size (one of prune.sizes; default the first)")
     ap.add_argument("--criterion", help="pruned: the pruning criterion (default prune.criterion)")
-    ap.add_argument("--init", default="prune", help="pruned_student: prune (the pruned weights) or shape (that shape, "
+    ap.add_argument("--init", default="prune", help="q23_student: random, carved, pruned or shape; pruned_student: "
+                    "prune (the pruned weights) or shape (that shape, "
                     "freshly initialised); default prune")
-    ap.add_argument("--teacher", help="q1_*: a teacher run of q1.teachers (q1_teacher), or one of q1.cached")
+    ap.add_argument("--teacher", help="q1_*: a teacher run of q1.teachers (q1_teacher), or one of q1.cached; "
+                    "q23_teacher: a run of q23.teachers")
+    ap.add_argument("--arm", help="q23_student: one of q23.arms")
     ap.add_argument("--width", type=float, help="q1_student: the student's width (q1.student.width or one of q1.widths)")
-    ap.add_argument("--epochs", type=int, help="q1_student: the student's epochs (one of q1.budgets)")
-    ap.add_argument("--study", default="studies/q1/params.yaml", help="q1_*: the study's params file "
-                    "(default studies/q1/params.yaml)")
+    ap.add_argument("--epochs", type=int, help="q1_student: the student's epochs (one of q1.budgets); q23_student: "
+                    "q23.epochs or q23.matched_epochs")
+    ap.add_argument("--study", help="q1_*, q23_*: the study's params file (default studies/q1/params.yaml, "
+                    "studies/q23/params.yaml)")
     ap.add_argument("--param", default="loss.alpha", help="sweep: the swept param (default loss.alpha)")
     ap.add_argument("--by", help="sweep: a second swept param (a grid): one curve per value, e.g. loss.temperature")
     ap.add_argument("-o", "--out", default="reports/results.csv", help="results: the CSV to write "
@@ -220,12 +252,33 @@ def _check_q1_args(args) -> str | None:
     return None
 
 
+def _check_q23_args(args) -> str | None:
+    from kdlab import q23
+    from kdlab.schema import ParamsError
+
+    try:
+        q = q23.load(args.study)
+    except ParamsError as e:
+        return str(e)
+    if args.stage == "q23_teacher" and args.teacher not in q.teachers:
+        return f"--teacher {args.teacher!r} is not in q23.teachers {sorted(q.teachers)}"
+    if args.stage != "q23_student":
+        return None
+    if (args.arm, args.init, args.epochs) not in q23.expected_students(q):
+        return (f"--arm {args.arm!r} --init {args.init!r} --epochs {args.epochs!r} is no student group of the study: "
+                f"{', '.join(f'{a} {i} {e}' for a, i, e in q23.expected_students(q))}")
+    if args.seed not in q.seeds:
+        return f"--seed {args.seed!r}: the study's are {q.seeds}"
+    return None
+
+
 def _check_run_args(p, args, baseline: str) -> str | None:
     """What is wrong with ``--variant/--at/--seed`` (and pruned_student's options), if anything."""
     if args.stage == "pruned_student":
         return _check_pruned_args(p, args)
-    if args.stage.startswith("q1_"):
-        return _check_q1_args(args)
+    if args.stage.startswith(("q1_", "q23_")):
+        args.study = args.study or f"studies/{args.stage.split('_')[0]}/params.yaml"
+        return _check_q1_args(args) if args.stage.startswith("q1_") else _check_q23_args(args)
     if args.stage not in ("student", "part"):
         return None
     if args.stage == "student":

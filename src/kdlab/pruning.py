@@ -58,18 +58,12 @@ def stage_of(p: Params, criterion: str, size: float, init: str, variant: str, se
 
 # ---------------------------------------------------------------- kdlab prune_teacher
 
-def _finetuner(p: Params, ctx, seed: int):
-    """``between(model, pruning_step)`` for iterative pruning: ``prune.finetune_steps`` KD steps from the cached logits
-    (student.lr, warm-up and decay as in training) with ``prune.finetune_alpha`` and ``finetune_temperature``,
-    not ``loss.*``: the pruned teachers do not depend on the students' loss."""
-    loss = LossParams(alpha=p.prune.finetune_alpha, temperature=p.prune.finetune_temperature)
-    kd = distill.build("kd", replace(p, loss=loss))
-    batches = train_batches(p, ctx, kd, seed, {})
-
+def kd_finetuner(kd, batches, steps: int, lr: float, tp, ctx):
+    """``between(model, pruning_step)`` for iterative pruning: ``steps`` training steps of the KD method ``kd`` on
+    ``batches`` (cached logits) at ``lr``, warm-up and decay as in training (``tp``: the train params)."""
     def between(model, pruning_step: int) -> None:
-        steps = p.prune.finetune_steps
-        opt = make_optimizer(model.parameters(), p.student.lr, p.train)
-        sched = make_schedule(opt, steps, p.train)
+        opt = make_optimizer(model.parameters(), lr, tp)
+        sched = make_schedule(opt, steps, tp)
         model.train()
         done, epoch = 0, 1000 * pruning_step  # fresh permutations, apart from training's epochs
         while done < steps:
@@ -81,6 +75,15 @@ def _finetuner(p: Params, ctx, seed: int):
             epoch += 1
         model.eval()
     return between
+
+
+def _finetuner(p: Params, ctx, seed: int):
+    """The default study's fine-tuner: ``prune.finetune_steps`` KD steps from the cached logits at student.lr, with
+    ``prune.finetune_alpha`` and ``finetune_temperature``, not ``loss.*``: the pruned teachers do not depend on the
+    students' loss."""
+    loss = LossParams(alpha=p.prune.finetune_alpha, temperature=p.prune.finetune_temperature)
+    kd = distill.build("kd", replace(p, loss=loss))
+    return kd_finetuner(kd, train_batches(p, ctx, kd, seed, {}), p.prune.finetune_steps, p.student.lr, p.train, ctx)
 
 
 def run_prune_teacher(p: Params) -> dict:

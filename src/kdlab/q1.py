@@ -180,8 +180,9 @@ def subset(n_total: int, n: int, seed: int) -> torch.Tensor:
     return torch.randperm(n_total, generator=g)[:n].sort().values
 
 
-def _context(p: Params, q: Q1, seed: int):
-    """The default study's context with the training and validation splits cut to the study's subsets."""
+def subset_context(p: Params, q, seed: int):
+    """The default study's context with the training and validation splits cut to the study's subsets (``q``: a
+    named study's params with ``train_images``, ``val_images`` and ``subset_seed``)."""
     ctx = context(p, seed)
     for split, n, offset in (("train", q.train_images, 0), ("val", q.val_images, 1)):
         s = ctx.splits[split]
@@ -220,12 +221,14 @@ def _model_file(spec, ctx, state: dict, seed: int, **extra) -> dict:
             **extra}
 
 
-def run_q1_teacher(p: Params, q: Q1, name: str) -> dict:
+def train_teacher(p: Params, q, name: str, out: Path, metrics_dir: Path, study: str, extra: dict) -> dict:
+    """Train the named study ``q``'s teacher run ``q.teachers[name]`` on the labels into ``out`` (``final.pt``,
+    and ``e<k>.pt`` for each of its snapshots) and ``metrics_dir/<name>.json`` (with ``<name>.curve.json``: its
+    validation curve); ``study``: the study's name in run names and tags (``q1``)."""
     t = q.teachers[name]
-    ctx = _context(p, q, t.seed)
+    ctx = subset_context(p, q, t.seed)
     spec = ModelParams(t.arch, t.width, t.epochs, t.lr, t.seed, "auto")
     model = build_model(spec, ctx)
-    out = TEACHERS / name
 
     def save(epoch, state):
         io.save_torch(_model_file(spec, ctx, state, t.seed, epoch=epoch), out / f"e{epoch}.pt")
@@ -236,15 +239,19 @@ def run_q1_teacher(p: Params, q: Q1, name: str) -> dict:
     table = views.view_table(len(train["labels"]), p.views.pad, p.views.flip, "all", 0)
     batches = TrainBatches(train["images"], train["labels"], ctx.normalize, p.train.batch_size, p.views.pad, table,
                            seed=t.seed, rank=distributed.rank(), world=distributed.world())
-    about = (f"Question 1's teacher `{name}` ({q.train_images} training images), with snapshots at epochs "
-             f"{t.snapshots}. ")
-    metrics = train_run(p, ctx, Run(f"q1-teacher-{name}", "teacher", spec, t.seed, method, batches, model,
-                                    (out / "final.pt", METRICS / "teachers" / f"{name}.json"), {"q1_teacher": name},
-                                    about=about, extra=_study_params(q)))
+    about = (f"The {study} study's teacher `{name}` ({q.train_images} training images)"
+             + (f", with snapshots at epochs {t.snapshots}. " if t.snapshots else ". "))
+    metrics = train_run(p, ctx, Run(f"{study}-teacher-{name}", "teacher", spec, t.seed, method, batches, model,
+                                    (out / "final.pt", metrics_dir / f"{name}.json"), {f"{study}_teacher": name},
+                                    about=about, extra=extra))
     if distributed.is_main():  # its validation curve, to show where it plateaus
         io.save_json({"teacher": name, "val_curve": [row["val_acc"] for row in res_history(out / "final.pt")]},
-                     METRICS / "teachers" / f"{name}.curve.json")
+                     metrics_dir / f"{name}.curve.json")
     return metrics
+
+
+def run_q1_teacher(p: Params, q: Q1, name: str) -> dict:
+    return train_teacher(p, q, name, TEACHERS / name, METRICS / "teachers", "q1", _study_params(q))
 
 
 # ---------------------------------------------------------------- caches
@@ -257,9 +264,15 @@ def _digits(pred: torch.Tensor) -> str:
 
 
 def run_q1_cache(p: Params, q: Q1, name: str) -> dict:
-    ctx = _context(p, q, p.cache.seed)
-    path = teacher_file(name, q)
-    teacher = model_from_checkpoint(io.load_torch(path, f"dvc repro {STUDY.parent / 'dvc.yaml'}"), ctx)
+    return write_cache(p, q, name, teacher_file(name, q), CACHES / f"{name}.pt", CACHE_METRICS / f"{name}.json",
+                       TESTS / f"teacher.{name}.json", f"dvc repro {STUDY.parent / 'dvc.yaml'}")
+
+
+def write_cache(p: Params, q, name: str, path: Path, cache: Path, metrics_file: Path, tests: Path, rebuild: str) -> dict:
+    """The named study ``q``'s logit cache of the teacher file ``path`` into ``cache``, with its accuracies and
+    wrong fractions (``metrics_file``) and its test predictions (``tests``)."""
+    ctx = subset_context(p, q, p.cache.seed)
+    teacher = model_from_checkpoint(io.load_torch(path, rebuild), ctx)
     train = ctx.splits["train"]
     n = len(train["labels"])
     table = views.view_table(n, p.views.pad, p.views.flip, p.cache.views, p.cache.seed)
@@ -277,7 +290,7 @@ def run_q1_cache(p: Params, q: Q1, name: str) -> dict:
     clean_right = clean.argmax(1) == labels
     stamp = {"teacher_sha256": io.sha256(path), "pad": p.views.pad, "flip": p.views.flip, "views": p.cache.views,
              "seed": p.cache.seed, "images": n}
-    io.save_torch({"view_ids": table, "logits": logits, "clean_correct": clean_right, **stamp}, CACHES / f"{name}.pt")
+    io.save_torch({"view_ids": table, "logits": logits, "clean_correct": clean_right, **stamp}, cache)
     metrics = {
         "teacher": name, "val_acc": accuracy(val, ctx.splits["val"]["labels"]), "test_acc": accuracy(test, test_labels),
         "train_view_acc": view_right.float().mean().item(), "train_clean_acc": clean_right.float().mean().item(),
@@ -287,22 +300,26 @@ def run_q1_cache(p: Params, q: Q1, name: str) -> dict:
         "train_images_any_view_wrong": (~view_right).any(1).float().mean().item(),
         "train_views_wrong_clean_right": (~view_right & clean_right[:, None]).float().mean().item(),
     }
-    io.save_json(metrics, CACHE_METRICS / f"{name}.json")
+    io.save_json(metrics, metrics_file)
     probs = test.softmax(1)
     io.save_json({"teacher": name, "test_acc": metrics["test_acc"], "pred": _digits(probs.argmax(1)),
                   "labels": _digits(test_labels),
-                  "confidence": [round(v, 4) for v in probs.max(1).values.tolist()]}, TESTS / f"teacher.{name}.json")
-    print(f"q1 cache {name}: teacher val {metrics['val_acc']:.4f} test {metrics['test_acc']:.4f}; wrong on "
+                  "confidence": [round(v, 4) for v in probs.max(1).values.tolist()]}, tests)
+    print(f"cache {name}: teacher val {metrics['val_acc']:.4f} test {metrics['test_acc']:.4f}; wrong on "
           f"{metrics['train_views_wrong']:.4f} of cached training views, {metrics['train_images_wrong']:.4f} of "
           f"clean training images")
     return metrics
 
 
 def load_q1_cache(p: Params, q: Q1, name: str) -> dict:
-    path, rebuild = CACHES / f"{name}.pt", f"dvc repro {STUDY.parent / 'dvc.yaml'}"
+    return read_cache(p, q, CACHES / f"{name}.pt", teacher_file(name, q), f"dvc repro {STUDY.parent / 'dvc.yaml'}")
+
+
+def read_cache(p: Params, q, path: Path, teacher: Path, rebuild: str) -> dict:
+    """A cache :func:`write_cache` wrote, checked against the views, the subset and the teacher file it must match."""
     c = io.load_torch(path, rebuild)
     expected = {"pad": p.views.pad, "flip": p.views.flip, "views": p.cache.views, "seed": p.cache.seed,
-                "images": q.train_images, "teacher_sha256": io.sha256(teacher_file(name, q))}
+                "images": q.train_images, "teacher_sha256": io.sha256(teacher)}
     got = {k: c.get(k) for k in expected}
     if got != expected:
         raise io.StageError(f"{path} was built with {got} but the study asks for {expected}; rebuild it with `{rebuild}`")
@@ -323,7 +340,7 @@ def run_q1_student(p: Params, q: Q1, variant: str, teacher: str | None, width: f
         raise io.StageError(f"question 1's study distils from cached logits; {variant!r} runs the teacher model")
     if method.uses_teacher_logits == (teacher is None):
         raise io.StageError(f"--variant {variant}: {'give' if teacher is None else 'no'} --teacher")
-    ctx = _context(p, q, seed)
+    ctx = subset_context(p, q, seed)
     train = ctx.splits["train"]
     resume_key, logits = {}, None
     if teacher is not None:

@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kdlab import io, stats, tracking
+from kdlab import io, stats
 from kdlab.params import Params
-from kdlab.present import fmt_p, headline_gain, plt, report_html, table
+from kdlab.present import headline_gain, plt, table
 from kdlab.q1 import CACHE_METRICS, METRICS, STUDY, TESTS, Q1, student_name
-from kdlab.schema import flatten, flatten_dict
+from kdlab.schema import flatten_dict
+from kdlab.study_report import call, errorbar, family, gain, interval, pct, publish, said, short
 
 REPORT_DIR = Path("reports/q1")
 REPORT_MD = REPORT_DIR / "report.md"
@@ -88,20 +89,6 @@ def load_teachers(q: Q1) -> dict[str, dict]:
 
 
 # ---------------------------------------------------------------- statistics
-
-def interval(values) -> dict:
-    """:func:`kdlab.stats.t_interval` of accuracies (fractions), the interval clipped to [0, 1]."""
-    s = stats.t_interval(values)
-    if s["ci_low"] is not None:
-        s["ci_low"], s["ci_high"] = max(0.0, s["ci_low"]), min(1.0, s["ci_high"])
-    return s
-
-
-def family(comparisons: dict[str, dict]) -> dict[str, dict]:
-    """The comparisons with ``p_holm``: Holm's adjustment over exactly this family."""
-    adjusted = stats.holm({k: c["p"] for k, c in comparisons.items()})
-    return {k: {**c, "p_holm": adjusted[k]} for k, c in comparisons.items()}
-
 
 def compare(df: pd.DataFrame, a: str, b: str, value: str = "test_acc") -> dict:
     """Arm ``a`` minus arm ``b``, paired on the seed."""
@@ -221,31 +208,6 @@ def analyse(p: Params, q: Q1, df: pd.DataFrame, teachers: dict) -> dict:
 
 # ---------------------------------------------------------------- words
 
-def pct(s: dict) -> str:
-    """``88.10 [87.62, 88.58]``: an accuracy interval in %, clipped to [0, 100]."""
-    if s.get("ci_low") is None:
-        return f"{100 * s['mean']:.2f}"
-    return f"{100 * s['mean']:.2f} [{100 * s['ci_low']:.2f}, {100 * s['ci_high']:.2f}]"
-
-
-def gain(c: dict) -> str:
-    """``+0.42 [-0.10, +0.94] (p 0.081, Holm 0.240)``: a paired difference in points."""
-    if c.get("ci_low") is None:
-        return f"{100 * c['diff']:+.2f} (one seed)"
-    return (f"{100 * c['diff']:+.2f} [{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}] "
-            f"(p {fmt_p(c['p'])}, Holm {fmt_p(c.get('p_holm'))})")
-
-
-def call(a: str, b: str, c: dict) -> str:
-    """What a comparison allows saying at the 5% family-wise level, no more."""
-    if c.get("p_holm") is None:
-        return f"{a} against {b}: not testable ({gain(c)})"
-    if c["p_holm"] < 0.05:
-        word = "above" if c["diff"] > 0 else "below"
-        return f"{a} is **{word}** {b} by {abs(100 * c['diff']):.2f} points ({gain(c)})"
-    return f"{a} against {b}: **no difference detectable** at the 5% family-wise level ({gain(c)})"
-
-
 def render(p: Params, q: Q1, a: dict) -> str:
     b, cap, qual, ctl, br = a["budget"], a["capacity"], a["quality"], a["controls"], a["breakdown"]
     v0 = q.variants
@@ -345,21 +307,6 @@ def render(p: Params, q: Q1, a: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def short(c: dict) -> str:
-    """``+0.42 [-0.10, +0.94], Holm p 0.240``: a paired difference in points, for the README."""
-    if c.get("ci_low") is None:
-        return f"{100 * c['diff']:+.2f} (no interval)"
-    return (f"{100 * c['diff']:+.2f} [{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}], "
-            f"Holm p {fmt_p(c.get('p_holm'))}")
-
-
-def said(c: dict) -> str:
-    """The verdict a comparison allows at the 5% family-wise level, in two words."""
-    if c.get("p_holm") is None or c["p_holm"] >= 0.05:
-        return "not detectable"
-    return "above" if c["diff"] > 0 else "below"
-
-
 def findings(p: Params, q: Q1, a: dict) -> str:
     """The README's question-1 answers, worded from the analysis: each number a paired difference in points."""
     b, cap, qual, ctl = a["budget"], a["capacity"], a["quality"], a["controls"]
@@ -424,14 +371,6 @@ def headline(q: Q1, a: dict) -> dict:
 
 # ---------------------------------------------------------------- pictures
 
-def _errorbar(ax, x, c: dict, **kw):
-    """A point with its 95% interval: an accuracy interval (``mean``) or a difference (``diff``), in %."""
-    mid = c["diff"] if "diff" in c else c["mean"]
-    lo = mid if c.get("ci_low") is None else c["ci_low"]
-    hi = mid if c.get("ci_high") is None else c["ci_high"]
-    ax.errorbar(x, 100 * mid, yerr=[[100 * (mid - lo)], [100 * (hi - mid)]], fmt="o", capsize=3, **kw)
-
-
 def pictures(q: Q1, a: dict) -> dict:
     pyplot = plt()
     b, cap, qual = a["budget"], a["capacity"], a["quality"]
@@ -441,7 +380,7 @@ def pictures(q: Q1, a: dict) -> dict:
         arms = ["raw", *[f"{v}.{q.teacher}" for v in q.variants]]
         for i, arm in enumerate(arms):
             for j, e in enumerate(q.budgets):
-                _errorbar(left, e * (1 + 0.04 * (i - 1)), b["acc"][e][arm], color=f"C{i}",
+                errorbar(left, e * (1 + 0.04 * (i - 1)), b["acc"][e][arm], color=f"C{i}",
                           label=arm.split(".")[0] if j == 0 else None)
         left.axhline(100 * b["teacher_acc"], color="black", ls="--", lw=1, label=f"teacher {q.teacher}")
         left.set_xscale("log")
@@ -451,7 +390,7 @@ def pictures(q: Q1, a: dict) -> dict:
         left.legend(fontsize=7)
         for i, v in enumerate(q.variants):
             for j, e in enumerate(q.budgets):
-                _errorbar(right, e * (1 + 0.04 * (i - 0.5)), b["comparisons"][f"e{e}.{v}_vs_raw"], color=f"C{i + 1}",
+                errorbar(right, e * (1 + 0.04 * (i - 0.5)), b["comparisons"][f"e{e}.{v}_vs_raw"], color=f"C{i + 1}",
                           label=f"{v} - raw" if j == 0 else None)
         right.axhline(0, color="gray", lw=1)
         right.set_xscale("log")
@@ -466,7 +405,7 @@ def pictures(q: Q1, a: dict) -> dict:
     def gain_vs_teacher(path):
         fig, ax = pyplot.subplots(figsize=(6, 4))
         for t, r in qual["teachers"].items():
-            _errorbar(ax, 100 * r["teacher_acc"], qual["comparisons"][t], color="C1")
+            errorbar(ax, 100 * r["teacher_acc"], qual["comparisons"][t], color="C1")
             ax.annotate(t, (100 * r["teacher_acc"], 100 * qual["comparisons"][t]["diff"]), fontsize=7,
                         xytext=(4, 4), textcoords="offset points")
         ax.axhline(0, color="gray", lw=1)
@@ -480,7 +419,7 @@ def pictures(q: Q1, a: dict) -> dict:
         fig, ax = pyplot.subplots(figsize=(6, 4))
         for i, arm in enumerate(("raw", "kd")):
             for j, (w, r) in enumerate(cap["widths"].items()):
-                _errorbar(ax, r["params"] * (1 + 0.05 * (i - 0.5)), r[arm], color=f"C{i}",
+                errorbar(ax, r["params"] * (1 + 0.05 * (i - 0.5)), r[arm], color=f"C{i}",
                           label=arm if j == 0 else None)
         ax.axhline(100 * cap["teacher_acc"], color="black", ls="--", lw=1, label=f"teacher {q.teacher}")
         ax.set_xscale("log")
@@ -513,42 +452,11 @@ def pictures(q: Q1, a: dict) -> dict:
 
 # ---------------------------------------------------------------- the stage
 
-def _plain(x):
-    """JSON-ready: numpy scalars as Python numbers, int keys as strings."""
-    if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    if isinstance(x, np.generic):
-        return x.item()
-    return x
-
-
 def run_q1_report(p: Params, q: Q1) -> dict:
     df = load_runs(q)
     teachers = load_teachers(q)
     a = analyse(p, q, df, teachers)
-    REPORT_DIR.mkdir(parents=True, exist_ok=True)
-    drawn = pictures(q, a)
-    for name, draw in drawn.items():
-        tmp = REPORT_DIR / f".{name}.tmp.png"
-        draw(tmp)
-        tmp.replace(REPORT_DIR / name)
-    text = render(p, q, a)
-    io.save_text(text, REPORT_MD)
-    io.save_text(findings(p, q, a), FINDINGS_MD)
-    io.save_json(_plain(a), ANALYSIS_JSON)
-    numbers = headline(q, a)
-    io.save_json(numbers, HEADLINE_JSON)
-    page = report_html(text, {n: (REPORT_DIR / n).read_bytes() for n in drawn}, "kdlab question 1 in depth")
     study = flatten_dict(dataclasses.asdict(q), "q1.")  # as the study's training runs log it: the same MLflow study
-    with tracking.run("report", "q1-report", {**flatten(p), **study},
-                      description="Question 1 in depth: report.html (with its pictures) and the headline numbers.") as run:
-        flat = flatten_dict(numbers)
-        run.log(flat)
-        run.log_to_study(flat)
-        run.log_text(page, "report.html")
-        run.log_artifact(REPORT_MD)
-        run.log_study_text(page, "report.html")
-    print(f"wrote {REPORT_MD}, {len(drawn)} pictures, {HEADLINE_JSON}")
+    publish(p, study, "q1", "question 1 in depth", REPORT_DIR, pictures(q, a), render(p, q, a), findings(p, q, a), a,
+            headline(q, a), METRICS)
     return a

@@ -9,9 +9,12 @@ from kdlab.workspace import BENCH_MD, FINDINGS_MD, PARTS_MD, PRUNING_MD, SUMMARY
 #: question 1 in depth's answers (kdlab.q1_report.FINDINGS_MD, written by studies/q1's q1_report stage)
 Q1_FINDINGS_MD = Path("reports/q1/findings.md")
 
+#: questions 2 and 3 with their controls (kdlab.q23_report.FINDINGS_MD, written by studies/q23's q23_report stage)
+Q23_FINDINGS_MD = Path("reports/q23/findings.md")
+
 #: README blocks that `kdlab readme` fills: name -> the pipeline file copied between its markers
 README_BLOCKS = {"findings": FINDINGS_MD, "results": SUMMARY_MD, "parts": PARTS_MD, "pruning": PRUNING_MD,
-                 "bench": BENCH_MD, "q1": Q1_FINDINGS_MD}
+                 "bench": BENCH_MD, "q1": Q1_FINDINGS_MD, "q23": Q23_FINDINGS_MD}
 
 
 def markers(block: str) -> tuple[str, str]:

@@ -48,7 +48,7 @@ from kdlab import io
 #: commands worth a warm start: the pipeline's stages and the gathering commands (not bench: it times itself)
 COMMANDS = ("check", "prepare", "teacher", "cache", "student", "part", "parts", "prune_teacher", "pruned_student",
             "pruning", "evaluate", "report", "results", "sweep", "readme", "q1_teacher", "q1_cache", "q1_student",
-            "q1_report")
+            "q1_report", "q23_teacher", "q23_cache", "q23_student", "q23_prune", "q23_cka", "q23_report")
 #: environment variables that matter when a module is imported or a thread pool is created: a client whose
 #: values differ gets its own server
 ENV_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "PYTHONPATH",
