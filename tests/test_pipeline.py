@@ -235,21 +235,30 @@ def test_stages_list_every_source_file_they_run(studied):
 
 
 #: question 1 in depth at its smallest: one seed, one budget, a teacher with one snapshot, one control
-def _unlisted_imports(imports: Path, dvc_yaml: Path, root: Path) -> dict[str, list[str]]:
-    """Per stage run (a line of the KDLAB_IMPORTS_LOG file), the src/ files it imported that its deps in
-    ``dvc_yaml`` do not list."""
-    stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
+def _run_named_study(root: Path, env: dict, tmp_path: Path, name: str, params: dict, stages: set[str]) -> None:
+    """studies/<name>/dvc.yaml (this checkout's, not its lock) with ``params`` on the default study's prepared data:
+    the default `dvc repro` runs none of it; its own repro runs exactly ``stages``, and every src/ file a stage
+    imported (the KDLAB_IMPORTS_LOG file) is one its deps list."""
+    dvc_yaml = REPO / f"studies/{name}/dvc.yaml"
+    (root / f"studies/{name}").mkdir(parents=True)
+    shutil.copy(dvc_yaml, root / f"studies/{name}/dvc.yaml")
+    (root / f"studies/{name}/params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert not _ran(_run(["dvc", "repro"], root, env))
+    imports = tmp_path / f"{name}_imports.jsonl"
+    out = _run(["dvc", "repro", f"studies/{name}/dvc.yaml"], root, dict(env, KDLAB_IMPORTS_LOG=str(imports)))
+    assert _ran(out) == {f"studies/{name}/dvc.yaml:{s}" for s in stages}, out[-3000:]
+    declared = yaml.safe_load(dvc_yaml.read_text())["stages"]
     missing = {}
     for line in imports.read_text().splitlines():
         rec = json.loads(line)
         stage = rec["stage"].split(":")[-1].split("@")[0]
-        spec = stages[stage].get("do", stages[stage])
+        spec = declared[stage].get("do", declared[stage])
         deps = [d for d in spec["deps"] if d.startswith("src/")]
         files = {Path(f).resolve().relative_to(root).as_posix() for f in rec["files"]}
         unlisted = sorted(f for f in files if not any(f == d or f.startswith(d + "/") for d in deps))
         if unlisted:
             missing[rec["stage"]] = unlisted
-    return missing
+    assert len(imports.read_text().splitlines()) == len(stages) and not missing, missing
 
 
 Q1_TINY = {"q1": {
@@ -268,15 +277,7 @@ def test_question_1_in_depth_is_its_own_pipeline(repo, tmp_path):
     `dvc repro studies/q1/dvc.yaml` runs every stage of it and none of the default's, each stage listing the src/
     files it ran; its report, headline metrics and MLflow study come out, and a second repro has nothing to do."""
     root, env = repo
-    (root / "studies/q1").mkdir(parents=True)
-    shutil.copy(REPO / "studies/q1/dvc.yaml", root / "studies/q1/dvc.yaml")  # not the committed study's lock
-    (root / "studies/q1/params.yaml").write_text(yaml.safe_dump(Q1_TINY, sort_keys=False))
-    assert not _ran(_run(["dvc", "repro"], root, env))
-    imports = tmp_path / "q1_imports.jsonl"
-    out = _run(["dvc", "repro", "studies/q1/dvc.yaml"], root, dict(env, KDLAB_IMPORTS_LOG=str(imports)))
-    assert _ran(out) == {f"studies/q1/dvc.yaml:{s}" for s in Q1_STAGES}, out[-3000:]
-    missing = _unlisted_imports(imports, REPO / "studies/q1/dvc.yaml", root)
-    assert len(imports.read_text().splitlines()) == len(Q1_STAGES) and not missing, missing
+    _run_named_study(root, env, tmp_path, "q1", Q1_TINY, Q1_STAGES)
     head = json.loads((root / "metrics/q1/headline.json").read_text())
     assert set(head) == {"teacher", "budget", "capacity", "quality", "controls"}
     assert {"raw", "kd_vs_raw", "kd_correct_only_vs_raw", "kd_correct_only_vs_kd"} <= set(head["budget"]["e1"])
@@ -324,15 +325,7 @@ def test_questions_2_and_3_with_controls_are_their_own_pipeline(repo, tmp_path):
     pruning diagnosis, CKA (with its reference and snapshots) and the report come out, and a second repro has
     nothing to do."""
     root, env = repo
-    (root / "studies/q23").mkdir(parents=True)
-    shutil.copy(REPO / "studies/q23/dvc.yaml", root / "studies/q23/dvc.yaml")
-    (root / "studies/q23/params.yaml").write_text(yaml.safe_dump(Q23_TINY, sort_keys=False))
-    assert not _ran(_run(["dvc", "repro"], root, env))
-    imports = tmp_path / "q23_imports.jsonl"
-    out = _run(["dvc", "repro", "studies/q23/dvc.yaml"], root, dict(env, KDLAB_IMPORTS_LOG=str(imports)))
-    assert _ran(out) == {f"studies/q23/dvc.yaml:{s}" for s in Q23_STAGES}, out[-3000:]
-    missing = _unlisted_imports(imports, REPO / "studies/q23/dvc.yaml", root)
-    assert len(imports.read_text().splitlines()) == len(Q23_STAGES) and not missing, missing
+    _run_named_study(root, env, tmp_path, "q23", Q23_TINY, Q23_STAGES)
     carved = json.loads((root / "metrics/q23/students/kd.carved-e2-s0.json").read_text())
     scratch = json.loads((root / "metrics/q23/students/kd.random-e2-s0.json").read_text())
     assert carved["params"] == scratch["params"]  # resnet14 with one block a layer is resnet8

@@ -20,10 +20,11 @@ import pandas as pd
 
 from kdlab import io, stats
 from kdlab.params import Params
-from kdlab.present import headline_gain, plt, table
+from kdlab.present import plt, table
 from kdlab.q1 import CACHE_METRICS, METRICS, STUDY, TESTS, Q1, student_name
 from kdlab.schema import flatten_dict
-from kdlab.study_report import call, errorbar, family, gain, interval, pct, publish, said, short
+from kdlab.study_report import (call, errorbar, family, gain, holm_gain, interval, paired_on, pct, publish, said,
+                                 short)
 
 REPORT_DIR = Path("reports/q1")
 REPORT_MD = REPORT_DIR / "report.md"
@@ -90,9 +91,9 @@ def load_teachers(q: Q1) -> dict[str, dict]:
 
 # ---------------------------------------------------------------- statistics
 
-def compare(df: pd.DataFrame, a: str, b: str, value: str = "test_acc") -> dict:
-    """Arm ``a`` minus arm ``b``, paired on the seed."""
-    return stats.paired_pairs(df, "arm", value, [(a, b)])[f"{a}_vs_{b}"]
+def compare(df: pd.DataFrame, a: str, b: str) -> dict:
+    """Arm ``a`` minus arm ``b`` in test accuracy, paired on the seed."""
+    return paired_on(df, "arm", a, b)
 
 
 def budget(q: Q1, df: pd.DataFrame, teacher_acc: float) -> dict:
@@ -345,9 +346,6 @@ def headline(q: Q1, a: dict) -> dict:
     """metrics/q1/headline.json: the study's DVC metrics (accuracies in %, gains in points, Holm p)."""
     b, cap, qual, ctl = a["budget"], a["capacity"], a["quality"], a["controls"]
 
-    def g(c):
-        return headline_gain(c, c.get("p_holm"))
-
     def acc(s):
         out = {"acc": round(100 * s["mean"], 2)}
         if s.get("ci_high") is not None:
@@ -358,14 +356,15 @@ def headline(q: Q1, a: dict) -> dict:
            "controls": {}}
     for e in q.budgets:
         row = {"raw": acc(b["acc"][e]["raw"])}
-        row.update({k.split(".", 1)[1]: g(c) for k, c in b["comparisons"].items() if k.startswith(f"e{e}.")})
+        row.update({k.split(".", 1)[1]: holm_gain(c) for k, c in b["comparisons"].items() if k.startswith(f"e{e}.")})
         out["budget"][f"e{e}"] = row
     for w in cap["widths"]:
-        out["capacity"][f"w{w}"] = {k.split(".", 1)[1]: g(c) for k, c in cap["comparisons"].items()
+        out["capacity"][f"w{w}"] = {k.split(".", 1)[1]: holm_gain(c) for k, c in cap["comparisons"].items()
                                     if k.startswith(f"w{w}.")}
     for t, r in qual["teachers"].items():
-        out["quality"][t] = {"teacher_acc": round(100 * r["teacher_acc"], 2), "kd_vs_raw": g(qual["comparisons"][t])}
-    out["controls"] = {k: g(c) for k, c in ctl["comparisons"].items()}
+        out["quality"][t] = {"teacher_acc": round(100 * r["teacher_acc"], 2),
+                             "kd_vs_raw": holm_gain(qual["comparisons"][t])}
+    out["controls"] = {k: holm_gain(c) for k, c in ctl["comparisons"].items()}
     return out
 
 
@@ -381,7 +380,7 @@ def pictures(q: Q1, a: dict) -> dict:
         for i, arm in enumerate(arms):
             for j, e in enumerate(q.budgets):
                 errorbar(left, e * (1 + 0.04 * (i - 1)), b["acc"][e][arm], color=f"C{i}",
-                          label=arm.split(".")[0] if j == 0 else None)
+                         label=arm.split(".")[0] if j == 0 else None)
         left.axhline(100 * b["teacher_acc"], color="black", ls="--", lw=1, label=f"teacher {q.teacher}")
         left.set_xscale("log")
         left.minorticks_off()
@@ -391,7 +390,7 @@ def pictures(q: Q1, a: dict) -> dict:
         for i, v in enumerate(q.variants):
             for j, e in enumerate(q.budgets):
                 errorbar(right, e * (1 + 0.04 * (i - 0.5)), b["comparisons"][f"e{e}.{v}_vs_raw"], color=f"C{i + 1}",
-                          label=f"{v} - raw" if j == 0 else None)
+                         label=f"{v} - raw" if j == 0 else None)
         right.axhline(0, color="gray", lw=1)
         right.set_xscale("log")
         right.minorticks_off()
@@ -420,7 +419,7 @@ def pictures(q: Q1, a: dict) -> dict:
         for i, arm in enumerate(("raw", "kd")):
             for j, (w, r) in enumerate(cap["widths"].items()):
                 errorbar(ax, r["params"] * (1 + 0.05 * (i - 0.5)), r[arm], color=f"C{i}",
-                          label=arm if j == 0 else None)
+                         label=arm if j == 0 else None)
         ax.axhline(100 * cap["teacher_acc"], color="black", ls="--", lw=1, label=f"teacher {q.teacher}")
         ax.set_xscale("log")
         ax.minorticks_off()

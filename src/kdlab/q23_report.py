@@ -20,8 +20,8 @@ import pandas as pd
 
 from kdlab import io, stats
 from kdlab.params import Params
-from kdlab.present import headline_gain, plt, table
-from kdlab.study_report import call, errorbar, family, gain, interval, pct, publish, said, short
+from kdlab.present import plt, table
+from kdlab.study_report import call, errorbar, family, gain, holm_gain, interval, paired_on, pct, publish, said, short
 from kdlab.schema import flatten_dict
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def load_runs(inputs: dict) -> pd.DataFrame:
 
 def compare(df: pd.DataFrame, a: str, b: str) -> dict:
     """Group ``a`` minus group ``b`` in test accuracy, paired on the seed."""
-    return stats.paired_pairs(df, "group", "test_acc", [(a, b)])[f"{a}_vs_{b}"]
+    return paired_on(df, "group", a, b)
 
 
 def accuracies(df: pd.DataFrame, groups: list[str]) -> dict:
@@ -57,7 +57,7 @@ def accuracies(df: pd.DataFrame, groups: list[str]) -> dict:
 
 def transfer(q: Q23, df: pd.DataFrame) -> dict:
     """Item 1: every arm against labels only and against logit KD."""
-    g = {a: group(a, "random", q.epochs) for a in q.transfer + q.selective}
+    g = {a: group(a, "random", q.epochs) for a in q.transfer}
     cmp_ = {f"{a}_vs_raw": compare(df, g[a], g["raw"]) for a in q.transfer if a != "raw"}
     cmp_.update({f"{a}_vs_kd": compare(df, g[a], g["kd"]) for a in q.transfer if a not in ("raw", "kd")})
     return {"acc": accuracies(df, [g[a] for a in q.transfer]), "comparisons": family(cmp_)}
@@ -270,13 +270,10 @@ def findings(p: Params, q: Q23, a: dict) -> str:
 
 def headline(q: Q23, a: dict) -> dict:
     """metrics/q23/headline.json: the study's DVC metrics (accuracies in %, gains in points, Holm p)."""
-    def g(c):
-        return headline_gain(c, c.get("p_holm"))
-
     out = {"teacher": {"acc": round(100 * a["teacher"]["test_acc"], 2)}}
     for part in ("transfer", "init", "selective", "pruned"):
         out[part] = {"acc": {k: round(100 * v["mean"], 2) for k, v in a[part]["acc"].items()},
-                     **{k: g(c) for k, c in a[part]["comparisons"].items()}}
+                     **{k: holm_gain(c) for k, c in a[part]["comparisons"].items()}}
     ck = a["cka"]
     out["cka_unbiased"] = {"reference": {st: round(ck["reference"][st]["unbiased"], 3) for st in ck["stages"]},
                            **{grp: {st: round(e[st]["unbiased"], 3) for st in ck["stages"]}

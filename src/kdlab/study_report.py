@@ -9,7 +9,7 @@ import numpy as np
 
 from kdlab import io, stats, tracking
 from kdlab.params import Params
-from kdlab.present import fmt_p, report_html
+from kdlab.present import fmt_p, headline_gain, report_html
 from kdlab.schema import flatten, flatten_dict
 
 
@@ -19,6 +19,16 @@ def interval(values) -> dict:
     if s["ci_low"] is not None:
         s["ci_low"], s["ci_high"] = max(0.0, s["ci_low"]), min(1.0, s["ci_high"])
     return s
+
+
+def paired_on(df, by: str, a: str, b: str, value: str = "test_acc") -> dict:
+    """Group ``a`` minus group ``b`` of column ``by`` in ``value``, paired on the seed."""
+    return stats.paired_pairs(df, by, value, [(a, b)])[f"{a}_vs_{b}"]
+
+
+def holm_gain(c: dict) -> dict:
+    """A comparison of a :func:`family` as the headline metrics hold it (gain, ci, its Holm p)."""
+    return headline_gain(c, c.get("p_holm"))
 
 
 def family(comparisons: dict[str, dict]) -> dict[str, dict]:
