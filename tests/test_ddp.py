@@ -79,7 +79,11 @@ def test_two_processes_train_what_one_does(tmp_path):
         (two / "data/teacher_logits" / f.name).write_bytes(f.read_bytes())
     _kdlab(one, env1, "student", "--variant", "kd", "--seed", "0")
     _kdlab(two, env2, "student", "--variant", "kd", "--seed", "0")
-    assert _max_diff(one / "models/students/kd-0.pt", two / "models/students/kd-0.pt") < 1e-4
+    # fp32 on every CPU kind, but the same sums split over two processes round differently and 94 steps
+    # amplify it: 4.6e-4 measured on an AVX512-BF16 AMD EPYC (oneDNN's kernels block a half batch otherwise),
+    # under 1e-4 on the AMX and AVX2 CPUs. Rank 1 taking the teacher's logits of another view of its images
+    # moved the weights by 1.4e-2 (measured on the AVX512-BF16 EPYC), 7x this bound
+    assert _max_diff(one / "models/students/kd-0.pt", two / "models/students/kd-0.pt") < 2e-3
     m1 = yaml.safe_load((one / "metrics/students/kd-0.json").read_text())
     m2 = yaml.safe_load((two / "metrics/students/kd-0.json").read_text())
     assert m2["val_acc"] == pytest.approx(m1["val_acc"], abs=0.011)
