@@ -14,6 +14,9 @@ import yaml
 
 from conftest import REPO, shipped_with, tiny
 
+sys.path.insert(0, str(REPO / "scripts"))
+import stage_deps  # noqa: E402
+
 TINY = tiny({
     "data": {"synthetic": {"n_train": 400}},
     "views": {"flip": True},
@@ -25,7 +28,8 @@ TINY = tiny({
     "cache": {"views": 3},
     "study": {"seeds": [0]},
     "parts": {"layers": ["layer2", "layer3"], "cka_images": 64},   # question 2 with two placements
-    "prune": {"sizes": [1.0], "compare": ["random"], "calibration_images": 32},   # question 3, one size
+    # question 3, one size, pruned in two steps with KD between them (so prune_teacher imports what it does then)
+    "prune": {"sizes": [1.0], "compare": ["random"], "calibration_images": 32, "steps": 2, "finetune_steps": 3},
 })
 PARTS_STAGES = {"placement@layer2-0", "placement@layer3-0", "carve@init_teacher-0", "carve@init_random-0", "parts"}
 PRUNED_KD = {"pruned_student@1.0-prune-0", "pruned_student@1.0-shape-0", "criteria@random-0"}
@@ -217,23 +221,21 @@ def test_repro_runs_every_stage_into_metrics_report_and_mlflow(studied):
 
 
 def test_stages_list_every_source_file_they_run(studied):
-    """Each stage's deps in dvc.yaml cover every kdlab file its process imported (recorded by tests/probe)."""
+    """Each stage's src/ deps in dvc.yaml are exactly the kdlab files its process imported (recorded by
+    tests/probe): none missing, none extra, the launcher (kdlab.warm, kdlab.warm_server) not among them."""
     root, _, _ = studied
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    seen = {}
-    for line in (root.parent / "imports.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if rec["stage"]:
-            seen.setdefault(rec["stage"], set()).update(
-                Path(f).resolve().relative_to(root).as_posix() for f in rec["files"])
-    assert set(seen) >= {"teacher", "cache", "baseline@raw-0", "student@kd-0", "evaluate", "report", "prune_teacher"}, seen
-    missing = {}
-    for stage, files in seen.items():
-        deps = [d for d in stages[stage.split("@")[0]].get("deps", []) if d.startswith("src/")]
-        unlisted = sorted(f for f in files if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps))
-        if unlisted:
-            missing[stage] = unlisted
-    assert not missing, f"stages run src/ files their deps do not list: {missing}"
+    records = stage_deps.read_records([root.parent / "imports.jsonl"], root)
+    assert {r["stage"] for r in records} >= {"teacher", "cache", "baseline", "student", "evaluate", "report",
+                                             "prune_teacher"}, records
+    _assert_exact_deps((REPO / "dvc.yaml").read_text(), "dvc.yaml", records)
+
+
+def _assert_exact_deps(text: str, pipeline: str, records: list[dict]) -> None:
+    res = stage_deps.check(text, pipeline, records)
+    assert not res["missing"], f"stages run src/ files their deps do not list: {res['missing']}"
+    assert not res["extra"], f"stages list src/ files they never import (or the launcher): {res['extra']}"
+    assert not res["unrun"], f"no stage of {res['unrun']} ran: their deps are not checked"
+    assert not any(f in text for f in stage_deps.LAUNCHER)
 
 
 #: question 1 in depth at its smallest: one seed, one budget, a teacher with one snapshot, one control
@@ -249,18 +251,9 @@ def _run_named_study(root: Path, env: dict, tmp_path: Path, name: str, params: d
     imports = tmp_path / f"{name}_imports.jsonl"
     out = _run(["dvc", "repro", f"studies/{name}/dvc.yaml"], root, dict(env, KDLAB_IMPORTS_LOG=str(imports)))
     assert _ran(out) == {f"studies/{name}/dvc.yaml:{s}" for s in stages}, out[-3000:]
-    declared = yaml.safe_load(dvc_yaml.read_text())["stages"]
-    missing = {}
-    for line in imports.read_text().splitlines():
-        rec = json.loads(line)
-        stage = rec["stage"].split(":")[-1].split("@")[0]
-        spec = declared[stage].get("do", declared[stage])
-        deps = [d for d in spec["deps"] if d.startswith("src/")]
-        files = {Path(f).resolve().relative_to(root).as_posix() for f in rec["files"]}
-        unlisted = sorted(f for f in files if not any(f == d or f.startswith(d + "/") for d in deps))
-        if unlisted:
-            missing[rec["stage"]] = unlisted
-    assert len(imports.read_text().splitlines()) == len(stages) and not missing, missing
+    records = stage_deps.read_records([imports], root)
+    assert len(records) == len(stages)
+    _assert_exact_deps(dvc_yaml.read_text(), f"studies/{name}/dvc.yaml", records)
 
 
 Q1_TINY = {"q1": {
