@@ -29,7 +29,8 @@ SETTINGS = {
 def child(arch: str, width: float, batch: int, steps: int, size: int) -> None:
     import torch
 
-    from kdlab import models, runtime
+    from kdlab.core import models
+    from kdlab.infra import runtime
 
     runtime.tune_allocator()
     torch.manual_seed(0)

@@ -22,7 +22,7 @@ def step_rate(arch: str, width: float, bf16: bool, channels_last: bool, steps: i
               compiled: bool = False) -> float:
     import torch
 
-    from kdlab import models
+    from kdlab.core import models
 
     torch.manual_seed(0)
     model = models.build(arch, 1, 10, width)
@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--models", default="resnet20:1.0,resnet8:0.5,resnet8:1.0",
                     help="arch:width[:cl|:contiguous] list; with a format, only that memory format is measured")
     a = ap.parse_args()
-    from kdlab import runtime
+    from kdlab.infra import runtime
 
     runtime.tune_allocator()
     steps = {"resnet20": 20, "resnet8": 60}  # about the same seconds per measurement

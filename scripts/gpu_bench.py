@@ -4,7 +4,7 @@
     PYTHONPATH=src python3 scripts/gpu_bench.py --smoke       # tiny sizes on the CPU: checks the script runs
 
 Imports torch, torchvision, tqdm, PyYAML and kdlab (no dvc, mlflow or network: the GPU machine has these). Every
-training step is kdlab's own :func:`kdlab.train.step` with kdlab's methods (raw, kd, kd_online), as training runs
+training step is kdlab's own :func:`kdlab.core.train.step` with kdlab's methods (raw, kd, kd_online), as training runs
 it. Prints:
 1. CIFAR-shaped data (50,000 uint8 images generated on the device): ResNet-50 teacher forward and ResNet-18
    student steps (raw, cached KD, online KD), eager and torch.compile'd (compile time apart), images/s,
@@ -27,10 +27,11 @@ from types import SimpleNamespace
 
 import torch
 
-from kdlab import distill, models, views
-from kdlab.loader import Batch, Normalize, TrainBatches
-from kdlab.params import LossParams, TrainParams
-from kdlab.train import make_optimizer, make_schedule, step
+from kdlab import distill
+from kdlab.core import models, views
+from kdlab.core.loader import Batch, Normalize, TrainBatches
+from kdlab.core.train import make_optimizer, make_schedule, step
+from kdlab.pipeline.params import LossParams, TrainParams
 
 #: peak dense bf16 tensor FLOP/s by device name fragment (vendor data sheets)
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
@@ -177,7 +178,7 @@ def throughput(args, device) -> dict:
             student_flops = student_flops or step_flops(student, (3, 32, 32), device, train=True)
             student.train()
             m = method(variant, student, teacher, norm(images[:8]))
-            forward = torch.compile(m, dynamic=False) if compiled else m  # as kdlab.train.fit compiles
+            forward = torch.compile(m, dynamic=False) if compiled else m  # as kdlab.core.train.fit compiles
             opt = make_optimizer(student.parameters(), 0.05, TrainParams())
 
             def one_step(b, forward=forward, student=student, opt=opt):

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
-from kdlab import models
+from kdlab.core import models
 
 
 def main() -> None:

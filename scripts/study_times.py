@@ -32,7 +32,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import yaml
-
 from smoke import TINY, merge  # the tiny study of make smoke (this directory is on sys.path)
 
 REPO = Path(__file__).resolve().parent.parent

@@ -83,8 +83,9 @@ def fingerprint(path: Path) -> str:
 
 def _tests():
     sys.path[:0] = [str(REPO / "tests"), str(REPO / "src")]
-    import conftest
     import test_pipeline
+
+    import conftest
 
     return conftest, test_pipeline
 

@@ -64,8 +64,9 @@ def study_dir(path: Path, raw: dict, tracking: str | None = None) -> dict:
     and MLflow at ``tracking`` (default: the directory's own sqlite store)."""
     import yaml
 
-    from kdlab import data, params
-    from kdlab.workspace import PREPARED
+    from kdlab.core import data
+    from kdlab.pipeline import params
+    from kdlab.pipeline.workspace import PREPARED
 
     raw = shipped_with(raw)
     path.mkdir(parents=True, exist_ok=True)

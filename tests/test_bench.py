@@ -7,7 +7,10 @@ import sys
 import yaml
 
 from conftest import REPO, shipped_with, tiny
-from kdlab import bench, cli, data, params, runtime, workspace
+from kdlab import cli
+from kdlab.core import data
+from kdlab.infra import runtime
+from kdlab.pipeline import bench, params, workspace
 
 TINY = tiny({"data": {"val_size": 40, "synthetic": {"n_train": 200, "n_test": 40}},
              "train": {"batch_size": 16, "eval_batch_size": 1024, "compile": "auto"}})

@@ -1,9 +1,9 @@
 import torch
 
-from kdlab import models, views
-from kdlab.cache import teacher_logits_for
-from kdlab.loader import Normalize, TrainBatches
-from kdlab.train import autocast
+from kdlab.core import models, views
+from kdlab.core.loader import Normalize, TrainBatches
+from kdlab.core.train import autocast
+from kdlab.pipeline.cache import teacher_logits_for
 
 
 def test_cached_logits_equal_recomputed_teacher_logits():

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from kdlab import data, params, workspace
+from kdlab.core import data
+from kdlab.pipeline import params, workspace
 
 
 def test_synthetic_prepare_and_checksums(in_tmp):

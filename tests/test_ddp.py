@@ -9,12 +9,12 @@ import torch
 import yaml
 
 from conftest import merge, study_dir, tiny
-from kdlab import views
-from kdlab.loader import Normalize, TrainBatches
+from kdlab.core import views
+from kdlab.core.loader import Normalize, TrainBatches
 
 TINY = tiny({
     # 1501 training images: the last batch of an epoch (29) splits unevenly, 15 and 14. One process trains on
-    # it in fp32 too, which crashed oneDNN before kdlab.train gave fp32 batches row-major strides
+    # it in fp32 too, which crashed oneDNN before kdlab.core.train gave fp32 batches row-major strides
     "data": {"val_size": 99, "synthetic": {"n_train": 1600, "image_size": 12}},
     "teacher": {"epochs": 1},
     # at lr 0.05 this student's training is chaotic enough that one process on 1 thread and on 2 threads

@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdlab import distill, params
-from kdlab.loader import Batch
+from kdlab import distill
+from kdlab.core.loader import Batch
+from kdlab.pipeline import params
 
 
 class Identity(torch.nn.Module):

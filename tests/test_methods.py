@@ -7,13 +7,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdlab import distill, models, params
+from kdlab import distill
+from kdlab.core import models
+from kdlab.core.features import OUTPUT, Taps, extractor, linear_cka, tap_paths
+from kdlab.core.loader import Batch
+from kdlab.core.surgery import keep_blocks
 from kdlab.distill.dkd import tckd_nckd
 from kdlab.distill.kd import kl_per_sample
-from kdlab.features import OUTPUT, Taps, extractor, linear_cka, tap_paths
-from kdlab.loader import Batch
-from kdlab.params import ParamsError
-from kdlab.surgery import keep_blocks
+from kdlab.pipeline import params
+from kdlab.pipeline.params import ParamsError
 
 
 def _p(**methods):

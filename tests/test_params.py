@@ -2,8 +2,9 @@ import pytest
 import yaml
 
 from conftest import REPO, shipped_with
-from kdlab import params, schema
-from kdlab.params import ParamsError
+from kdlab.infra import schema
+from kdlab.pipeline import params
+from kdlab.pipeline.params import ParamsError
 
 
 def test_repo_params_yaml_is_valid():

@@ -1,4 +1,4 @@
-"""Question 1 in depth (src/kdlab/q1.py, q1_report.py): its params, the paired statistics against hand-computed
+"""Question 1 in depth (src/kdlab/pipeline/q1.py, q1_report.py): its params, the paired statistics against hand-computed
 values, the per-class / confidence / teacher-right breakdown on hand-made predictions, and the report from a
 hand-made study's files. The stages themselves run under `dvc repro studies/q1/dvc.yaml` in tests/test_pipeline.py."""
 import json
@@ -9,8 +9,9 @@ import pytest
 import yaml
 
 from conftest import REPO, shipped_with
-from kdlab import params, q1, q1_report, stats
-from kdlab.schema import ParamsError
+from kdlab.analysis import q1_report, stats
+from kdlab.infra.schema import ParamsError
+from kdlab.pipeline import params, q1
 
 #: a small study: one teacher run with a snapshot, two budgets, two seeds
 SMALL = {"q1": {

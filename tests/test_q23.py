@@ -1,4 +1,4 @@
-"""Questions 2 and 3 with controls (kdlab.q23, kdlab.q23_report, kdlab.cka and the two method files it added):
+"""Questions 2 and 3 with controls (kdlab.pipeline.q23, kdlab.analysis.q23_report, kdlab.core.cka and the two method files it added):
 the estimators against independent computations, the methods on tiny models, the params checks, and the
 report's numbers from a hand-made study. The pipeline itself runs end to end in tests/test_pipeline.py."""
 import copy
@@ -13,11 +13,10 @@ from torch import nn
 
 from conftest import REPO, tiny
 
-
 # ---------------------------------------------------------------- CKA
 
 def test_unbiased_cka_scores_unrelated_wide_features_near_zero_where_the_biased_one_says_near_one():
-    from kdlab.cka import both
+    from kdlab.core.cka import both
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(200, 5000, generator=g), torch.randn(200, 5000, generator=g)
@@ -31,7 +30,7 @@ def test_unbiased_cka_scores_unrelated_wide_features_near_zero_where_the_biased_
 
 def test_unbiased_hsic_is_the_u_statistic_over_distinct_quadruples():
     """Song et al. (2012): the mean over ordered distinct (i, j, q, r) of K_ij L_ij + K_ij L_qr - 2 K_ij L_iq."""
-    from kdlab.cka import unbiased_hsic
+    from kdlab.core.cka import unbiased_hsic
 
     g = torch.Generator().manual_seed(1)
     a, b = torch.randn(7, 3, generator=g).double(), torch.randn(7, 2, generator=g).double()
@@ -58,9 +57,9 @@ def test_rkd_potentials_and_loss_by_hand():
 
 
 def test_fitnet_select_hints_on_the_chosen_channels_only():
-    from kdlab import models
+    from kdlab.core import models
     from kdlab.distill.fitnet_select import FitNetSelect, channel_importance, choose
-    from kdlab.params import LossParams
+    from kdlab.pipeline.params import LossParams
 
     ft = torch.zeros(4, 4, 2, 2)
     for ch, level in enumerate([0.1, 5.0, 1.0, 3.0]):
@@ -88,7 +87,7 @@ def test_fitnet_select_hints_on_the_chosen_channels_only():
 
 
 def test_recalibrated_batchnorm_holds_the_pruned_networks_own_statistics():
-    from kdlab.q23 import recalibrate_bn
+    from kdlab.pipeline.q23 import recalibrate_bn
 
     torch.manual_seed(0)
     conv, bn = nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3)
@@ -110,7 +109,7 @@ def _shipped() -> dict:
 
 
 def _load(tmp_path, raw):
-    from kdlab import q23
+    from kdlab.pipeline import q23
 
     path = tmp_path / "q23.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -126,7 +125,7 @@ def _load(tmp_path, raw):
     (lambda q: q.update(transfer=["kd", "dkd"], carved=["kd"], pruned=["kd"]), "q23.transfer"),
 ])
 def test_params_errors_name_the_key(tmp_path, change, key):
-    from kdlab.schema import ParamsError
+    from kdlab.infra.schema import ParamsError
 
     raw = _shipped()
     _load(tmp_path, raw)  # the shipped study loads
@@ -136,7 +135,7 @@ def test_params_errors_name_the_key(tmp_path, change, key):
 
 
 def test_every_student_group_once_with_the_shipped_params():
-    from kdlab import q23
+    from kdlab.pipeline import q23
 
     q = q23.load(REPO / "studies/q23/params.yaml")
     groups = q23.expected_students(q)
@@ -148,8 +147,8 @@ def test_every_student_group_once_with_the_shipped_params():
 
 def _study(effects: dict, noise: dict) -> pd.DataFrame:
     """A hand-made study: every group of the shipped params over 3 seeds, accuracy 0.80 + effect + seed noise."""
-    from kdlab import q23
-    from kdlab.q23_report import group
+    from kdlab.analysis.q23_report import group
+    from kdlab.pipeline import q23
 
     q = q23.load(REPO / "studies/q23/params.yaml")
     rows = []
@@ -162,7 +161,7 @@ def _study(effects: dict, noise: dict) -> pd.DataFrame:
 
 
 def test_the_2x2_and_its_interaction_by_hand():
-    from kdlab.q23_report import init
+    from kdlab.analysis.q23_report import init
 
     effects = {"kd.carved-e10": 0.05, "raw.carved-e10": 0.03, "kd.random-e10": 0.01, "kd.random-e40": 0.02}
     noise = {"kd.carved-e10": [0.002, -0.001, 0.0], "raw.random-e10": [0.0, 0.003, -0.002]}
@@ -186,7 +185,7 @@ def test_the_2x2_and_its_interaction_by_hand():
 
 
 def test_verdicts_follow_holm_within_the_transfer_table():
-    from kdlab.q23_report import said, transfer
+    from kdlab.analysis.q23_report import said, transfer
 
     # dkd clearly above raw with little noise; at within noise
     q, df = _study({"dkd.random-e10": 0.04}, {"dkd.random-e10": [0.001, -0.001, 0.0005],
@@ -201,7 +200,7 @@ def test_verdicts_follow_holm_within_the_transfer_table():
 
 
 def test_pruning_cuts_read_in_order():
-    from kdlab.q23_report import cuts
+    from kdlab.analysis.q23_report import cuts
 
     names = ["channels+blocks.l1", "teacher", "iterative.l1", "blocks+channels.l1", "channels.l1", "blocks",
              "channels.random"]
@@ -211,8 +210,9 @@ def test_pruning_cuts_read_in_order():
 
 def test_snapshots_keep_the_students_weights_at_the_start_of_the_next_epoch():
     """The snapshot mixin on a real method: epoch k's file is the student's state when epoch k + 1 begins."""
-    from kdlab import models, params
-    from kdlab.q23 import Arm, build_method
+    from kdlab.core import models
+    from kdlab.pipeline import params
+    from kdlab.pipeline.q23 import Arm, build_method
 
     saved = {}
     p = params.from_dict(tiny())

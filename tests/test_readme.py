@@ -1,7 +1,7 @@
 import pytest
 
 from conftest import REPO
-from kdlab import readme
+from kdlab.analysis import readme
 
 
 @pytest.mark.parametrize("block", readme.README_BLOCKS)

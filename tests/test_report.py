@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 import torch
 
-from kdlab import evaluate, params, present, report, sweep, workspace
+from kdlab.analysis import evaluate, present, report, sweep
+from kdlab.pipeline import params, workspace
 
 
 def _fixture_runs(p, accs):
@@ -43,7 +44,7 @@ def study(in_tmp):
 
 
 def _frame(runs):
-    """kdlab.results.frame's shape for question 1: a row per run (the teacher aside)."""
+    """kdlab.analysis.results.frame's shape for question 1: a row per run (the teacher aside)."""
     return pd.DataFrame([{"question": 1, "group": r["variant"], "seed": r["seed"], "test_acc": r["test_acc"]}
                          for n, r in runs.items() if n != "teacher"])
 
@@ -189,7 +190,8 @@ def test_a_grid_sweep_has_one_row_per_experiment_and_one_curve_per_second_value(
 
 
 def test_results_is_one_tidy_row_per_run_of_every_question(in_tmp, capsys):
-    from kdlab import pruning, results
+    from kdlab.analysis import results
+    from kdlab.pipeline import pruning
 
     p = params.from_dict({"study": {"seeds": [0, 1]}})
 

@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from conftest import merge, study_dir, tiny
-from kdlab import cache, io, params, tracking, views, workspace
-from kdlab.loader import Normalize
-from kdlab.train import autocast
+from kdlab.core import views
+from kdlab.core.loader import Normalize
+from kdlab.core.train import autocast
+from kdlab.infra import io, tracking
+from kdlab.pipeline import cache, params, workspace
 
 TINY = tiny({"data": {"synthetic": {"n_train": 1600, "image_size": 12}}, "teacher": {"epochs": 4},
              "train": {"batch_size": 32, "compile": "auto"}})
@@ -127,7 +129,7 @@ def test_nan_loss_stops_with_epoch_step_and_terms(tmp_path):
 
 def test_cache_resumes_from_saved_chunks(tmp_path):
     torch.manual_seed(0)
-    from kdlab import models
+    from kdlab.core import models
 
     teacher = models.build("resnet8", 1, 3, 0.25).eval()
     images = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8)

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from conftest import merge, tiny
-from kdlab import cache, data, distill, params, stages, workspace
+from kdlab import distill
+from kdlab.core import data
+from kdlab.pipeline import cache, params, stages, workspace
 
 TINY = tiny({"data": {"val_size": 40, "synthetic": {"n_train": 240, "n_test": 60}}, "teacher": {"epochs": 1},
              "train": {"batch_size": 32, "eval_batch_size": 100, "compile": "auto"},
@@ -47,7 +49,7 @@ def test_every_method_trains_through_the_student_stage(study, variant):
 
 
 def test_a_method_that_needs_question_1s_cache_is_refused_by_the_default_stage_before_training(study):
-    from kdlab.io import StageError
+    from kdlab.infra.io import StageError
 
     names = [m for m in distill.names() if _needs_question_1s_cache(m)]
     assert names == ["kd_correct_clean"]
@@ -59,7 +61,8 @@ def test_a_method_that_needs_question_1s_cache_is_refused_by_the_default_stage_b
 def test_question_3_prunes_the_teacher_trains_every_arm_and_gathers_them(study):
     """kdlab prune_teacher -> kdlab pruned_student (every arm and criterion) -> kdlab pruning, in process: the pruned teachers
     meet their targets and reload from their history, and the study has every group and comparison."""
-    from kdlab import pruning
+    from kdlab.analysis import pruning as gathered
+    from kdlab.pipeline import pruning
 
     p = params.from_dict(merge(TINY, {"train": {"compile": False}, "study": {"seeds": [0, 1]},
                           "prune": {"compare": ["random"], "sizes": [1.0, 0.5], "steps": 2, "finetune_steps": 3,
@@ -75,7 +78,7 @@ def test_question_3_prunes_the_teacher_trains_every_arm_and_gathers_them(study):
     for criterion, size, init, variant in pruning.groups(p):
         for seed in p.study.seeds:
             pruning.run_pruned_student(p, size, criterion, init, variant, seed)
-    summary = pruning.run_pruning(p)
+    summary = gathered.run_pruning(p)
     assert len(summary["groups"]) == 2 * 4 + 1
     pruned_kd, fresh_kd = "prune.activation.x1.0.kd", "shape.activation.x1.0.kd"
     assert summary["groups"][pruned_kd]["params"] == summary["groups"][fresh_kd]["params"] == \
@@ -85,7 +88,7 @@ def test_question_3_prunes_the_teacher_trains_every_arm_and_gathers_them(study):
     assert summary["groups"][pruned_kd]["test_acc"]["n"] == 2
     from pathlib import Path
 
-    assert "| x0.5 | shape | raw | activation |" in Path(pruning.PRUNING_MD).read_text()
+    assert "| x0.5 | shape | raw | activation |" in Path(workspace.PRUNING_MD).read_text()
     # the fresh-weights control has exactly the pruned shape
     pruned_first = workspace.load_model(workspace.PRUNED_TEACHERS / "activation.x1.0.pt", ctx, "rerun")
     shape = workspace.load_model(workspace.run_files(fresh_kd, 0, "pruned")[0], ctx, "rerun")

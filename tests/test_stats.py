@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from kdlab import stats
+from kdlab.analysis import stats
 
 
 def test_t_interval_known_values():

@@ -21,13 +21,35 @@ def test_no_import_circle_and_at_most_ten_levels():
     assert s["depth"] <= 10, " -> ".join(s["longest_chain"])
 
 
+#: the package's layers, lowest first (shared/DESIGN.md): a module imports from its own layer and those below it
+LAYERS = ("kdlab.infra", "kdlab.core", "kdlab.distill", "kdlab.pipeline", "kdlab.analysis")
+
+
+def _layer(module: str) -> int:
+    """A module's layer: the index of its folder in LAYERS; the package itself is below them all, and the
+    modules beside the folders (cli, __main__, the warm launcher) above them all."""
+    if module == "kdlab":
+        return -1
+    return next((i for i, pkg in enumerate(LAYERS) if module == pkg or module.startswith(pkg + ".")), len(LAYERS))
+
+
+def test_imports_point_down_the_layers_and_every_module_is_in_one():
+    edges = _summary()["edges"]
+    upward = sorted(f"{a} -> {b}" for a, targets in edges.items() for b in targets if _layer(b) > _layer(a))
+    assert upward == [], upward
+    top = sorted(m for m in edges if _layer(m) == len(LAYERS))
+    assert top == ["kdlab.__main__", "kdlab.cli", "kdlab.warm", "kdlab.warm_server"], top
+    for pkg in LAYERS:  # each layer says what it is
+        assert (SRC / pkg.split(".")[1] / "__init__.py").read_text().startswith('"""Layer')
+
+
 def test_no_module_imports_another_modules_private_names():
     assert _summary()["private_imports"] == []
 
 
 def test_the_leaves_import_nothing_from_kdlab():
     edges = _summary()["edges"]
-    for leaf in ("kdlab.schema", "kdlab.present", "kdlab.io"):
+    for leaf in ("kdlab.infra.schema", "kdlab.analysis.present", "kdlab.infra.io"):
         assert edges[leaf] == [], (leaf, edges[leaf])
 
 
@@ -43,20 +65,20 @@ def _imported_top_names(path: Path) -> set[str]:
 
 def test_mlflow_is_imported_by_tracking_alone():
     users = sorted(f.relative_to(SRC).as_posix() for f in SRC.rglob("*.py") if "mlflow" in _imported_top_names(f))
-    assert users == ["tracking.py"], users
+    assert users == ["infra/tracking.py"], users
 
 
 def test_one_training_step():
-    """Every backward pass of the package and of the GPU script is the one in kdlab.train.step, but for the
-    Taylor importance score in kdlab.channels (gradients only: no optimizer there)."""
+    """Every backward pass of the package and of the GPU script is the one in kdlab.core.train.step, but for the
+    Taylor importance score in kdlab.core.channels (gradients only: no optimizer there)."""
     calls = []
     for f in [*SRC.rglob("*.py"), REPO / "scripts" / "gpu_bench.py"]:
         for node in ast.walk(ast.parse(f.read_text())):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "backward":
                 calls.append(f.relative_to(REPO).as_posix())
-    assert calls == ["src/kdlab/channels.py", "src/kdlab/train.py"], calls
-    assert "optim" not in (SRC / "channels.py").read_text()
-    steps = [n.name for n in ast.parse((SRC / "train.py").read_text()).body if isinstance(n, ast.FunctionDef)]
+    assert calls == ["src/kdlab/core/channels.py", "src/kdlab/core/train.py"], calls
+    assert "optim" not in (SRC / "core" / "channels.py").read_text()
+    steps = [n.name for n in ast.parse((SRC / "core" / "train.py").read_text()).body if isinstance(n, ast.FunctionDef)]
     assert "step" in steps
 
 

@@ -1,8 +1,11 @@
 import torch
 
-from kdlab import distill, models, params, runtime, views
-from kdlab.loader import Normalize, TrainBatches
-from kdlab.train import fit, make_schedule, predict, accuracy
+from kdlab import distill
+from kdlab.core import models, views
+from kdlab.core.loader import Normalize, TrainBatches
+from kdlab.core.train import accuracy, fit, make_schedule, predict
+from kdlab.infra import runtime
+from kdlab.pipeline import params
 
 
 def _train_once(seed: int):

@@ -16,7 +16,9 @@ import torch
 import yaml
 
 from conftest import REPO, merge, shipped_with, study_dir, tiny
-from kdlab import check, cli, io, params, schema, tracking
+from kdlab import cli
+from kdlab.infra import io, schema, tracking
+from kdlab.pipeline import check, params
 
 TINY = tiny()
 
@@ -209,7 +211,8 @@ def test_a_rerun_supersedes_the_finished_run_and_keeps_the_failed_attempt_by_nam
     a failed attempt stays under its own name, and the study's status follows the last attempts."""
     from mlflow.entities import ViewType
     from mlflow.tracking import MlflowClient
-    from kdlab import tracking
+
+    from kdlab.infra import tracking
 
     with pytest.raises(RuntimeError):
         with tracking.run("teacher", "teacher", {"loss.alpha": 0.5}):

@@ -20,7 +20,7 @@ def _free_port() -> int:
 
 
 def test_ui_serves_the_study_store(tmp_path):
-    from kdlab import tracking
+    from kdlab.infra import tracking
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = dict(os.environ, MLFLOW_TRACKING_URI=uri, PYTHONPATH=str(REPO / "src"))

@@ -1,6 +1,6 @@
 import torch
 
-from kdlab import views
+from kdlab.core import views
 
 
 def test_view_count_and_identity():

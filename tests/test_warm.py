@@ -144,7 +144,7 @@ def test_edited_code_or_other_threads_get_another_server(tmp_path):
     assert _key(src) == before
     assert _key(src, OMP_NUM_THREADS="7") != before
     assert _key(src, KDLAB_WARM_IDLE="5") == before  # kdlab's own switches are read per call
-    train = src / "kdlab/train.py"
+    train = src / "kdlab/core/train.py"  # a file in a layer folder: the key covers every folder
     train.write_text(train.read_text() + "\n# an edit\n")
     assert _key(src) != before
 

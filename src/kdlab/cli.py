@@ -9,13 +9,13 @@ import sys
 
 
 def _check(p, args):
-    from kdlab.check import run_check
+    from kdlab.pipeline.check import run_check
     run_check(p, args.params)
 
 
 def _prepare(p, args):
-    from kdlab.data import prepare
-    from kdlab.workspace import PREPARED
+    from kdlab.core.data import prepare
+    from kdlab.pipeline.workspace import PREPARED
 
     meta = prepare(p.data, PREPARED)
     print(f"prepared {p.data.name}: {meta['sizes']} images of {meta['channels']}x{meta['image_size']}^2, "
@@ -23,53 +23,53 @@ def _prepare(p, args):
 
 
 def _teacher(p, args):
-    from kdlab.stages import run_teacher
+    from kdlab.pipeline.stages import run_teacher
     run_teacher(p)
 
 
 def _cache(p, args):
-    from kdlab.cache import run_cache
+    from kdlab.pipeline.cache import run_cache
     run_cache(p)
 
 
 def _student(p, args):
-    from kdlab.stages import run_student
+    from kdlab.pipeline.stages import run_student
     run_student(p, args.variant, args.seed)
 
 
 def _part(p, args):
-    from kdlab.stages import run_student
+    from kdlab.pipeline.stages import run_student
     run_student(p, args.variant, args.seed, at=args.at, parts=True)
 
 
 def _parts(p, args):
-    from kdlab.parts import run_parts
+    from kdlab.analysis.parts import run_parts
     run_parts(p)
 
 
 def _prune_teacher(p, args):
-    from kdlab.pruning import run_prune_teacher
+    from kdlab.pipeline.pruning import run_prune_teacher
     run_prune_teacher(p)
 
 
 def _pruned_student(p, args):
-    from kdlab.pruning import run_pruned_student
+    from kdlab.pipeline.pruning import run_pruned_student
     run_pruned_student(p, args.size, args.criterion, args.init, args.variant, args.seed)
 
 
 def _pruning(p, args):
-    from kdlab.pruning import run_pruning
+    from kdlab.analysis.pruning import run_pruning
     run_pruning(p)
 
 
 def _evaluate(p, args):
-    from kdlab.evaluate import run_evaluate
+    from kdlab.analysis.evaluate import run_evaluate
     run_evaluate(p)
 
 
 def _report(p, args):
-    from kdlab.report import run_report
-    from kdlab.results import frame, metrics_files, run_results
+    from kdlab.analysis.report import run_report
+    from kdlab.analysis.results import frame, metrics_files, run_results
     run_report(p, metrics_files(p), frame(p))
     run_results(p)  # reports/results.csv: the same stage's table of every run
 
@@ -77,14 +77,14 @@ def _report(p, args):
 def _results(p, args):
     from pathlib import Path
 
-    from kdlab.results import run_results
+    from kdlab.analysis.results import run_results
     run_results(p, Path(args.out))
 
 
 def _q1(stage):
     """A stage of question 1's study (studies/q1): its params file is --study."""
     def call(p, args):
-        from kdlab import q1
+        from kdlab.pipeline import q1
 
         q = q1.load(args.study)
         if stage == "teacher":
@@ -97,15 +97,15 @@ def _q1(stage):
 
 
 def _q1_report(p, args):
-    from kdlab import q1
-    from kdlab.q1_report import run_q1_report
+    from kdlab.analysis.q1_report import run_q1_report
+    from kdlab.pipeline import q1
     run_q1_report(p, q1.load(args.study))
 
 
 def _q23(stage):
     """A stage of the question-2/3 study with controls (studies/q23): its params file is --study."""
     def call(p, args):
-        from kdlab import q23
+        from kdlab.pipeline import q23
 
         q = q23.load(args.study)
         if stage == "teacher":
@@ -119,30 +119,30 @@ def _q23(stage):
         elif stage == "cka":
             q23.run_q23_cka(p, q)
         else:
-            from kdlab.q23_report import run_q23_report
+            from kdlab.analysis.q23_report import run_q23_report
             run_q23_report(p, q, q23.report_inputs(q))
     return call
 
 
 def _sweep(p, args):
-    from kdlab.sweep import run_sweep
+    from kdlab.analysis.sweep import run_sweep
     run_sweep(args.param, by=args.by)
 
 
 def _bench(p, args):
-    from kdlab.bench import run_bench
+    from kdlab.pipeline.bench import run_bench
     run_bench(p, quick=args.quick, rounds=args.rounds, steps=args.steps, workers=args.workers,
               with_compile=not args.no_compile)
 
 
 def _readme(p, args):
-    from kdlab.readme import run_readme
+    from kdlab.analysis.readme import run_readme
     run_readme()
 
 
 #: the question-2/3 study's stages (kdlab q23_<stage>)
 Q23_STAGES = ("teacher", "cache", "student", "prune", "cka", "report")
-#: the commands that train, and so run under torchrun when train.nproc > 1 (see kdlab.distributed)
+#: the commands that train, and so run under torchrun when train.nproc > 1 (see kdlab.infra.distributed)
 TRAINING_COMMANDS = ("teacher", "student", "part", "pruned_student", "q1_teacher", "q1_student", "q23_teacher",
                      "q23_student")
 
@@ -208,7 +208,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check_pruned_args(p, args) -> str | None:
-    from kdlab.pruning import INITS, VARIANTS, pruned_models
+    from kdlab.pipeline.pruning import INITS, VARIANTS, pruned_models
 
     args.size = p.prune.sizes[0] if args.size is None else args.size
     args.criterion = args.criterion or p.prune.criterion
@@ -229,8 +229,8 @@ def _check_pruned_args(p, args) -> str | None:
 
 
 def _check_q1_args(args) -> str | None:
-    from kdlab import q1
-    from kdlab.schema import ParamsError
+    from kdlab.infra.schema import ParamsError
+    from kdlab.pipeline import q1
 
     try:
         q = q1.load(args.study)
@@ -253,8 +253,8 @@ def _check_q1_args(args) -> str | None:
 
 
 def _check_q23_args(args) -> str | None:
-    from kdlab import q23
-    from kdlab.schema import ParamsError
+    from kdlab.infra.schema import ParamsError
+    from kdlab.pipeline import q23
 
     try:
         q = q23.load(args.study)
@@ -300,7 +300,7 @@ def _check_run_args(p, args, baseline: str) -> str | None:
 
 
 def ui(port: int) -> int:
-    from kdlab import tracking
+    from kdlab.infra import tracking
 
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port),
@@ -330,9 +330,9 @@ def run(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.stage == "ui":
         return ui(args.port)
-    from kdlab import params as params_mod
-    from kdlab.io import StageError
-    from kdlab.schema import ParamsError
+    from kdlab.infra.io import StageError
+    from kdlab.infra.schema import ParamsError
+    from kdlab.pipeline import params as params_mod
 
     try:
         p = params_mod.load(args.params, args.overrides)
@@ -344,7 +344,7 @@ def run(argv: list[str] | None = None) -> int:
         print(f"kdlab: {problem}", file=sys.stderr)
         return 2
     if args.stage in TRAINING_COMMANDS and p.train.nproc > 1:  # this process becomes torchrun
-        from kdlab.distributed import launch
+        from kdlab.infra.distributed import launch
 
         launch(p.train.nproc, sys.argv[1:] if argv is None else argv)
     # SIGTERM (a scheduler, `kill`) ends a stage like Ctrl-C: the last complete epoch's checkpoint stays,
@@ -366,8 +366,8 @@ def run(argv: list[str] | None = None) -> int:
         print(f"kdlab {args.stage}: {e}", file=sys.stderr)
         return 1
     finally:
-        if "kdlab.distributed" in sys.modules:  # leave torchrun's process group (a no-op alone)
-            sys.modules["kdlab.distributed"].finish()
+        if "kdlab.infra.distributed" in sys.modules:  # leave torchrun's process group (a no-op alone)
+            sys.modules["kdlab.infra.distributed"].finish()
     return 0
 
 

@@ -43,7 +43,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from kdlab import io
+from kdlab.infra import io
 
 #: commands worth a warm start: the pipeline's stages and the gathering commands (not bench: it times itself)
 COMMANDS = ("check", "prepare", "teacher", "cache", "student", "part", "parts", "prune_teacher", "pruned_student",

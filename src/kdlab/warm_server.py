@@ -21,10 +21,11 @@ from kdlab.warm import recv, send
 PRELOAD = ("torch", "torch._dynamo", "torch.optim", "torchvision", "numpy", "yaml", "mlflow", "mlflow.tracking",
            "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.db.utils", "sqlalchemy", "alembic",
            "torch_pruning", "matplotlib", "scipy.stats", "pandas",
-           "kdlab.check", "kdlab.data", "kdlab.stages", "kdlab.cache", "kdlab.parts", "kdlab.pruning",
-           "kdlab.evaluate", "kdlab.report", "kdlab.results", "kdlab.sweep", "kdlab.readme", "kdlab.tracking",
-           "kdlab.features",
-           "kdlab.surgery", "kdlab.channels", "kdlab.stats", "kdlab.present", "kdlab.distill")
+           "kdlab.infra.tracking", "kdlab.core.data", "kdlab.core.features", "kdlab.core.surgery", "kdlab.core.channels",
+           "kdlab.distill", "kdlab.pipeline.check", "kdlab.pipeline.stages", "kdlab.pipeline.cache",
+           "kdlab.pipeline.pruning", "kdlab.analysis.stats", "kdlab.analysis.present", "kdlab.analysis.parts",
+           "kdlab.analysis.pruning", "kdlab.analysis.evaluate", "kdlab.analysis.report", "kdlab.analysis.results",
+           "kdlab.analysis.sweep", "kdlab.analysis.readme")
 
 
 def _child(request: dict, fds: list[int], server_files: list) -> None:
@@ -74,7 +75,8 @@ def serve(path: str) -> None:
             importlib.import_module(name)
         except ImportError:  # an optional package (torch_pruning, scipy) absent: the child imports what it needs
             pass
-    from kdlab import distill, present
+    from kdlab import distill
+    from kdlab.analysis import present
 
     for name in distill.names():  # method files are imported on first use
         importlib.import_module(f"kdlab.distill.{name}")

@@ -1,8 +1,9 @@
-"""Distillation methods, one file each, named like the file and found with :func:`build`.
+"""Layer 3, the distillation methods (losses), one file each, named like the file and found with :func:`build`.
+Imports only kdlab.core and kdlab.infra.
 
 A method (:class:`kdlab.distill._base.Method`, an ``nn.Module`` so that trainable parts such as FitNet's
 regressors are optimised and checkpointed with the student) is called with the student and a
-:class:`kdlab.loader.Batch` and returns ``(student_logits, {"ce": ..., "kd": ...})``: each term already
+:class:`kdlab.core.loader.Batch` and returns ``(student_logits, {"ce": ..., "kd": ...})``: each term already
 weighted, so the training loop sums them and logs each one on its own. A method's own params live under
 ``methods.<name>`` in params.yaml and are declared in its file (``Options``). Adding a method means adding a
 file here and its params. Method files are imported on first use, so listing the names needs no torch.
@@ -42,7 +43,7 @@ def method_class(name: str) -> type["Method"]:
 
 
 def build(name: str, params, **overrides) -> "Method":
-    """The method ``name``, given what it reads of ``params`` (a :class:`kdlab.params.Params`): the ``loss``
+    """The method ``name``, given what it reads of ``params`` (a :class:`kdlab.pipeline.params.Params`): the ``loss``
     section, ``train.label_smoothing`` and its own ``methods.<name>`` options (``overrides`` replace some)."""
     cls = method_class(name)
     return cls(params.loss, params.methods.get(cls.options_key(), {}), params.train.label_smoothing, **overrides)

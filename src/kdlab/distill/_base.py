@@ -6,7 +6,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from kdlab.schema import ParamsError, build
+from kdlab.infra.schema import ParamsError, build
 
 
 @dataclasses.dataclass(frozen=True)

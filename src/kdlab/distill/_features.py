@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from kdlab.core.features import OUTPUT, check_paths, extractor
 from kdlab.distill.kd import KD
-from kdlab.features import OUTPUT, check_paths, extractor
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """The control for ``init_teacher``: the very architecture it carves out of the teacher (same
 ``methods.init_teacher.keep``), freshly initialised, trained with the same KD loss."""
+from kdlab.core.surgery import reinit
 from kdlab.distill import register
 from kdlab.distill.init_teacher import InitTeacher
-from kdlab.surgery import reinit
 
 
 @register("init_random")

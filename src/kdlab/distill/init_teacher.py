@@ -4,9 +4,9 @@ weights, stem and classifier included, then train with KD from the cached logits
 Compare with ``init_random``: the same architecture from a random initialisation, same loss."""
 from dataclasses import dataclass, field
 
+from kdlab.core.surgery import default_keep, keep_blocks
 from kdlab.distill import register
 from kdlab.distill.kd import KD
-from kdlab.surgery import default_keep, keep_blocks
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ It reads the teacher's correctness per clean training image, which only question
 """
 from kdlab.distill import register
 from kdlab.distill.kd import KD, kl_per_sample
-from kdlab.io import StageError
+from kdlab.infra.io import StageError
 
 
 @register("kd_correct_clean")

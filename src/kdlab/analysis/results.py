@@ -1,0 +1,116 @@
+"""``kdlab results``: every run of every question as one tidy pandas DataFrame, and its CSV.
+
+One row per trained model: the teacher and question 1's students (``metrics/students``, joined with the test
+metrics ``kdlab evaluate`` wrote to ``metrics/runs.json``), question 2's placements and carved students
+(``metrics/parts``) and question 3's pruned students (``metrics/pruned``). The runs are the current params'
+(not whatever lies in those directories), and each row names its study (the key of its MLflow parent run),
+question, group, training variant, seed, the params that set it apart and every number its stage measured.
+In a notebook::
+
+    import pandas as pd
+    df = pd.read_csv("reports/results.csv")
+    df[df.question == 1].groupby("variant").test_acc.agg(["mean", "std", "count"])
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from kdlab.infra import io, tracking
+from kdlab.infra.schema import flatten
+from kdlab.pipeline.params import Params
+from kdlab.pipeline.workspace import METRICS, REPORTS, RUNS_JSON, run_files
+
+RESULTS_CSV = REPORTS / "results.csv"
+#: the study's params every row carries (the rest are in MLflow and params.yaml)
+STUDY_PARAMS = ("data.name", "teacher.arch", "student.arch", "student.width", "student.epochs", "loss.alpha",
+                "loss.temperature", "cache.views")
+#: identity columns first, in this order; then the study's params, then the measured numbers (sorted)
+ID_COLUMNS = ("study", "question", "run", "group", "variant", "seed", "at", "init", "criterion", "size", "arch")
+
+
+def _q1(p: Params) -> list[tuple[dict, Path]]:
+    from kdlab.analysis.evaluate import variants
+
+    rows = [({"question": 1, "run": "teacher", "group": "teacher", "variant": "teacher", "seed": p.teacher.seed,
+              "arch": p.teacher.arch}, METRICS / "teacher.json")]
+    for v in variants(p):
+        for s in p.study.seeds:
+            rows.append(({"question": 1, "run": f"{v}-{s}", "group": v, "variant": v, "seed": s,
+                          "arch": p.student.arch}, run_files(v, s)[1]))
+    return rows
+
+
+def _q2(p: Params) -> list[tuple[dict, Path]]:
+    from kdlab.analysis.parts import groups
+
+    rows = []
+    for g, in_parts in groups(p):
+        if not in_parts:  # raw and kd: question 1's runs
+            continue
+        placed = g.startswith(f"{p.parts.method}.")
+        for s in p.study.seeds:
+            row = {"question": 2, "run": f"{g}-{s}", "group": g, "variant": p.parts.method if placed else g, "seed": s,
+                   "arch": p.student.arch}
+            if placed:
+                row["at"] = g.split(".", 1)[1]
+            rows.append((row, run_files(g, s, "parts")[1]))
+    return rows
+
+
+def _q3(p: Params) -> list[tuple[dict, Path]]:
+    from kdlab.pipeline.pruning import groups, run_name
+
+    rows = []
+    for criterion, size, init, variant in groups(p):
+        name = run_name(init, criterion, size, variant)
+        for s in p.study.seeds:
+            rows.append(({"question": 3, "run": f"{name}-{s}", "group": name, "variant": variant, "seed": s,
+                          "init": init, "criterion": criterion, "size": float(size), "arch": p.teacher.arch},
+                         run_files(name, s, "pruned")[1]))
+    return rows
+
+
+def metrics_files(p: Params) -> dict[str, Path]:
+    """{run name: its metrics file} for every run of the study (question 1, 2 and 3)."""
+    return {ident["run"]: path for ident, path in _q1(p) + _q2(p) + _q3(p)}
+
+
+def frame(p: Params):
+    """The tidy DataFrame of every run of the study whose metrics file exists (``missing``: the others'
+    files, in ``df.attrs``)."""
+    import pandas as pd
+
+    flat = flatten(p)
+    study = {"study": tracking.study_key(flat), **{k: flat[k] for k in STUDY_PARAMS}}
+    tested = io.load_json(RUNS_JSON, "dvc repro evaluate") if RUNS_JSON.exists() else {}
+    records, missing = [], []
+    for ident, path in _q1(p) + _q2(p) + _q3(p):
+        if not path.exists():
+            missing.append(str(path))
+            continue
+        measured = dict(io.load_json(path, "dvc repro"))
+        if ident["question"] == 1:  # evaluate's test metrics: agreement, KL, ECE, FLOPs, images/s
+            measured.update({k: v for k, v in tested.get(ident["run"], {}).items()
+                             if isinstance(v, (int, float)) and k != "seed"})
+        records.append({**study, **ident, **{k: v for k, v in measured.items() if isinstance(v, (int, float))}})
+    df = pd.DataFrame.from_records(records)
+    if len(df):
+        ids = [c for c in ID_COLUMNS if c in df.columns]
+        rest = sorted(c for c in df.columns if c not in ids and c not in STUDY_PARAMS)
+        df = df[ids + list(STUDY_PARAMS) + rest]
+    df.attrs["missing"] = missing
+    return df
+
+
+def run_results(p: Params, out: Path = RESULTS_CSV):
+    """Write the study's runs to ``out`` (CSV) and say how many there are and which are missing."""
+    df = frame(p)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    io.save_text(df.to_csv(index=False, float_format="%.7g"), out)
+    counts = ", ".join(f"question {q}: {n}" for q, n in df.groupby("question").size().items()) if len(df) else "none"
+    print(f"wrote {out}: {len(df)} runs ({counts})")
+    if df.attrs["missing"]:
+        print(f"not run yet ({len(df.attrs['missing'])}): {', '.join(df.attrs['missing'][:5])}"
+              f"{' ...' if len(df.attrs['missing']) > 5 else ''}; `dvc repro` makes them")
+    return df
+

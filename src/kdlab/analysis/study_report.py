@@ -1,0 +1,126 @@
+"""What the named studies' reports share (:mod:`kdlab.analysis.q1_report`, :mod:`kdlab.analysis.q23_report`): accuracy intervals,
+paired comparisons with Holm's adjustment within a family and the verdicts they allow, and the writing and MLflow
+logging of a study's report."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from kdlab.analysis import stats
+from kdlab.analysis.present import fmt_p, headline_gain, report_html
+from kdlab.infra import io, tracking
+from kdlab.infra.schema import flatten, flatten_dict
+from kdlab.pipeline.params import Params
+
+
+def interval(values) -> dict:
+    """:func:`kdlab.analysis.stats.t_interval` of accuracies (fractions), the interval clipped to [0, 1]."""
+    s = stats.t_interval(values)
+    if s["ci_low"] is not None:
+        s["ci_low"], s["ci_high"] = max(0.0, s["ci_low"]), min(1.0, s["ci_high"])
+    return s
+
+
+def paired_on(df, by: str, a: str, b: str, value: str = "test_acc") -> dict:
+    """Group ``a`` minus group ``b`` of column ``by`` in ``value``, paired on the seed."""
+    return stats.paired_pairs(df, by, value, [(a, b)])[f"{a}_vs_{b}"]
+
+
+def holm_gain(c: dict) -> dict:
+    """A comparison of a :func:`family` as the headline metrics hold it (gain, ci, its Holm p)."""
+    return headline_gain(c, c.get("p_holm"))
+
+
+def family(comparisons: dict[str, dict]) -> dict[str, dict]:
+    """The comparisons with ``p_holm``: Holm's adjustment over exactly this family."""
+    adjusted = stats.holm({k: c["p"] for k, c in comparisons.items()})
+    return {k: {**c, "p_holm": adjusted[k]} for k, c in comparisons.items()}
+
+
+def pct(s: dict) -> str:
+    """``88.10 [87.62, 88.58]``: an accuracy interval in %, clipped to [0, 100]."""
+    if s.get("ci_low") is None:
+        return f"{100 * s['mean']:.2f}"
+    return f"{100 * s['mean']:.2f} [{100 * s['ci_low']:.2f}, {100 * s['ci_high']:.2f}]"
+
+
+def gain(c: dict) -> str:
+    """``+0.42 [-0.10, +0.94] (p 0.081, Holm 0.240)``: a paired difference in points."""
+    if c.get("ci_low") is None:
+        return f"{100 * c['diff']:+.2f} (one seed)"
+    return (f"{100 * c['diff']:+.2f} [{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}] "
+            f"(p {fmt_p(c['p'])}, Holm {fmt_p(c.get('p_holm'))})")
+
+
+def call(a: str, b: str, c: dict) -> str:
+    """What a comparison allows saying at the 5% family-wise level, no more."""
+    if c.get("p_holm") is None:
+        return f"{a} against {b}: not testable ({gain(c)})"
+    if c["p_holm"] < 0.05:
+        word = "above" if c["diff"] > 0 else "below"
+        return f"{a} is **{word}** {b} by {abs(100 * c['diff']):.2f} points ({gain(c)})"
+    return f"{a} against {b}: **no difference detectable** at the 5% family-wise level ({gain(c)})"
+
+
+def short(c: dict) -> str:
+    """``+0.42 [-0.10, +0.94], Holm p 0.240``: a paired difference in points, for the README."""
+    if c.get("ci_low") is None:
+        return f"{100 * c['diff']:+.2f} (no interval)"
+    return (f"{100 * c['diff']:+.2f} [{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}], "
+            f"Holm p {fmt_p(c.get('p_holm'))}")
+
+
+def said(c: dict) -> str:
+    """The verdict a comparison allows at the 5% family-wise level, in two words."""
+    if c.get("p_holm") is None or c["p_holm"] >= 0.05:
+        return "not detectable"
+    return "above" if c["diff"] > 0 else "below"
+
+
+def errorbar(ax, x, c: dict, **kw):
+    """A point with its 95% interval: an accuracy interval (``mean``) or a difference (``diff``), in %."""
+    mid = c["diff"] if "diff" in c else c["mean"]
+    lo = mid if c.get("ci_low") is None else c["ci_low"]
+    hi = mid if c.get("ci_high") is None else c["ci_high"]
+    ax.errorbar(x, 100 * mid, yerr=[[100 * (mid - lo)], [100 * (hi - mid)]], fmt="o", capsize=3, **kw)
+
+
+def plain(x):
+    """JSON-ready: numpy scalars as Python numbers, int keys as strings."""
+    if isinstance(x, dict):
+        return {str(k): plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [plain(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
+
+
+def publish(p: Params, study: dict, key: str, title: str, report_dir: Path, drawn: dict, text: str, found: str,
+            analysis: dict, numbers: dict, metrics_dir: Path) -> None:
+    """A named study's report written and logged: ``report_dir``'s report.md, findings.md and pictures (``drawn``:
+    name -> draw(path)), ``metrics_dir``'s analysis.json and headline.json, and the MLflow run ``<key>-report``
+    (with report.html) under the study's parent; ``study``: the study's flattened params, as its training runs
+    log them, so that the report joins the same MLflow study."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    for name, draw in drawn.items():
+        tmp = report_dir / f".{name}.tmp.png"
+        draw(tmp)
+        tmp.replace(report_dir / name)
+    report_md, headline_json = report_dir / "report.md", metrics_dir / "headline.json"
+    io.save_text(text, report_md)
+    io.save_text(found, report_dir / "findings.md")
+    io.save_json(plain(analysis), metrics_dir / "analysis.json")
+    io.save_json(numbers, headline_json)
+    page = report_html(text, {n: (report_dir / n).read_bytes() for n in drawn}, f"kdlab {title}")
+    with tracking.run("report", f"{key}-report", {**flatten(p), **study},
+                      description=f"{title[0].upper()}{title[1:]}: report.html (with its pictures) and the headline "
+                                  f"numbers.") as run:
+        flat = flatten_dict(numbers)
+        run.log(flat)
+        run.log_to_study(flat)
+        run.log_text(page, "report.html")
+        run.log_artifact(report_md)
+        run.log_study_text(page, "report.html")
+    print(f"wrote {report_md}, {len(drawn)} pictures, {headline_json}")

@@ -1,0 +1,338 @@
+"""The study's parameters (params.yaml) as frozen dataclasses, one per section, validated before any work.
+
+Each section checks its own values (``check``, naming the dotted key, e.g. ``loss.alpha``, and where the
+value comes from a fixed set, the allowed values); :func:`check` adds what only sections together can say.
+The generic machinery (building, overrides, flattening) is :mod:`kdlab.infra.schema`; the checks that need torch
+(architectures, every method's options) are ``kdlab check`` (:mod:`kdlab.pipeline.check`).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Union
+
+from kdlab.infra.schema import (
+    ParamsError,
+    apply_override,
+    build,
+    choice,
+    missing_keys,
+    no_duplicates,
+    parse_override,
+    positive,
+    read_yaml,
+    unit_interval,
+)
+
+#: the labels-only student every distillation variant is compared against
+BASELINE = "raw"
+#: channel-importance criteria of the question-3 pruning (kdlab.core.channels); here so that validation needs no torch
+PRUNE_CRITERIA = ("l1", "bn_scale", "taylor", "activation", "random")
+#: a study trains (1 + len(variants)) x len(seeds) students; more seeds than this is almost surely a typo
+MAX_SEEDS = 20
+#: seeds are in [0, SEED_LIMIT): torch's generators take seeds modulo 2**64 (-1 draws what 2**64 - 1 draws),
+#: and a run's epoch generator is seeded with seed * 1_000_003 + epoch, which must stay apart and below 2**64
+SEED_LIMIT = 2 ** 32
+#: epochs per run at most (epoch generators of seeds s and s + 1 meet at epoch 1_000_003)
+MAX_EPOCHS = 100_000
+#: pruning steps at most: fine-tuning draws its batches from epochs 1000 x step of the teacher's seed
+MAX_PRUNE_STEPS = 1000
+
+
+def _seed(key: str, value: int) -> None:
+    if not 0 <= value < SEED_LIMIT:
+        raise ParamsError(key, f"must be in [0, 2**32), got {value}")
+
+
+def _distillers() -> list[str]:
+    from kdlab.distill import names
+
+    return [m for m in names() if m != BASELINE]
+
+
+@dataclass(frozen=True)
+class SyntheticParams:
+    n_train: int = 600
+    n_test: int = 200
+    image_size: int = 12
+    channels: int = 1
+    classes: int = 4
+
+    def check(self, key: str) -> None:
+        for k in ("n_train", "n_test", "image_size", "channels"):
+            positive(f"{key}.{k}", getattr(self, k))
+        if self.classes < 2:
+            raise ParamsError(f"{key}.classes", f"must be >= 2, got {self.classes}")
+
+
+@dataclass(frozen=True)
+class DataParams:
+    name: str = "fashion_mnist"
+    root: str = "data/raw"
+    val_size: int = 5000
+    split_seed: int = 0
+    synthetic: SyntheticParams = field(default_factory=SyntheticParams)
+
+    def check(self, key: str) -> None:
+        from kdlab.core.data import DATASETS, SHAPES
+
+        choice(f"{key}.name", self.name, DATASETS)
+        positive(f"{key}.val_size", self.val_size)
+        self.synthetic.check(f"{key}.synthetic")
+        n_train = SHAPES.get(self.name, (0, 0, self.synthetic.n_train))[2]
+        if self.val_size >= n_train and self.name != "synthetic":
+            raise ParamsError(f"{key}.val_size", f"{self.val_size} leaves no training images ({self.name} has "
+                              f"{n_train}); use fewer than {n_train}")
+        if self.name == "synthetic" and self.synthetic.n_train < 5:  # its val split is a fifth of n_train at most
+            raise ParamsError(f"{key}.synthetic.n_train", f"{self.synthetic.n_train} leaves no validation images "
+                              f"(the synthetic validation split is min(data.val_size, n_train // 5)); use at least 5")
+        _seed(f"{key}.split_seed", self.split_seed)
+
+    @property
+    def image_size(self) -> int:
+        from kdlab.core.data import SHAPES
+
+        return SHAPES.get(self.name, (0, self.synthetic.image_size))[1]
+
+
+@dataclass(frozen=True)
+class ViewParams:
+    pad: int = 2
+    flip: bool = True
+
+    def check(self, key: str) -> None:
+        positive(f"{key}.pad", self.pad, strict=False)
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    arch: str = "resnet20"
+    width: float = 1.0
+    epochs: int = 10
+    lr: float = 0.1
+    seed: int = 0
+    channels_last: Union[bool, Literal["auto"]] = "auto"  # auto: on CUDA only
+
+    def check(self, key: str) -> None:
+        from kdlab.core.models import ARCHS
+
+        choice(f"{key}.arch", self.arch, ARCHS)
+        positive(f"{key}.width", self.width)
+        if self.width != 1.0 and not ARCHS[self.arch].has_width:
+            raise ParamsError(f"{key}.width", f"{self.arch} has no width multiplier; use 1.0 or one of "
+                              f"{', '.join(sorted(a for a, s in ARCHS.items() if s.has_width))}")
+        positive(f"{key}.epochs", self.epochs)
+        if self.epochs > MAX_EPOCHS:
+            raise ParamsError(f"{key}.epochs", f"{self.epochs} is more than {MAX_EPOCHS:,}")
+        positive(f"{key}.lr", self.lr)
+        _seed(f"{key}.seed", self.seed)
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: Literal["onecycle", "cosine"] = "onecycle"
+    warmup: float = 0.2
+    label_smoothing: float = 0.0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = 0
+    nproc: int = 1          # data-parallel processes (torchrun) per training stage
+    precision: Literal["auto", "fp32", "bf16"] = "auto"   # auto: bf16 autocast on CUDA, fp32 on the CPU
+    compile: Union[bool, Literal["auto"]] = "auto"        # torch.compile the training step; auto: on CUDA
+
+    def check(self, key: str) -> None:
+        positive(f"{key}.batch_size", self.batch_size)
+        positive(f"{key}.eval_batch_size", self.eval_batch_size)
+        positive(f"{key}.weight_decay", self.weight_decay, strict=False)
+        for k in ("momentum", "warmup", "label_smoothing"):
+            unit_interval(f"{key}.{k}", getattr(self, k))
+        positive(f"{key}.threads", self.threads, strict=False)
+        positive(f"{key}.nproc", self.nproc)
+        if self.batch_size % self.nproc:
+            raise ParamsError(f"{key}.batch_size", f"{self.batch_size} does not divide by train.nproc={self.nproc} "
+                              f"(each process takes an equal slice of every batch)")
+
+
+@dataclass(frozen=True)
+class LossParams:
+    alpha: float = 0.5
+    temperature: float = 4.0
+
+    def check(self, key: str) -> None:
+        unit_interval(f"{key}.alpha", self.alpha, closed=True)
+        positive(f"{key}.temperature", self.temperature)
+
+
+@dataclass(frozen=True)
+class CacheParams:
+    views: Union[int, Literal["all"]] = "all"
+    seed: int = 0
+    batch_size: int = 1000
+
+    def check(self, key: str) -> None:
+        positive(f"{key}.batch_size", self.batch_size)
+        _seed(f"{key}.seed", self.seed)
+
+
+@dataclass(frozen=True)
+class StudyParams:
+    variants: list[str] = field(default_factory=lambda: ["kd", "kd_correct_only"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+
+    def check(self, key: str) -> None:
+        distillers = _distillers()
+        if not self.variants:
+            raise ParamsError(f"{key}.variants", "is empty; list at least one of " + ", ".join(distillers))
+        for i, v in enumerate(self.variants):
+            if v == BASELINE:
+                raise ParamsError(f"{key}.variants[{i}]", f"{BASELINE!r} is the baseline, trained by the `baseline` "
+                                  f"stage in every study; list only distillation variants: {', '.join(distillers)}")
+            choice(f"{key}.variants[{i}]", v, distillers)
+        no_duplicates(f"{key}.variants", self.variants)
+        if not self.seeds:
+            raise ParamsError(f"{key}.seeds", "is empty; give at least one seed, e.g. [0, 1, 2]")
+        if len(self.seeds) > MAX_SEEDS:
+            raise ParamsError(f"{key}.seeds", f"has {len(self.seeds)} seeds; at most {MAX_SEEDS} are allowed")
+        no_duplicates(f"{key}.seeds", self.seeds)
+        for i, s in enumerate(self.seeds):
+            _seed(f"{key}.seeds[{i}]", s)
+
+
+@dataclass(frozen=True)
+class PartsParams:
+    """Question 2: which parts of the network benefit from distillation."""
+    method: str = "fitnet"
+    layers: list[str] = field(default_factory=lambda: ["layer1", "layer2", "layer3"])
+    init: list[str] = field(default_factory=lambda: ["init_teacher", "init_random"])
+    cka_images: int = 512
+
+    def check(self, key: str) -> None:
+        distillers = _distillers()
+        choice(f"{key}.method", self.method, distillers)
+        if not self.layers:
+            raise ParamsError(f"{key}.layers", "is empty; list the layers to place the feature loss at, e.g. "
+                              "[layer1, layer2]")
+        for i, layer in enumerate(self.layers):
+            if not re.fullmatch(r"layer\d+(\.\d+)?", layer):
+                raise ParamsError(f"{key}.layers[{i}]", f"{layer!r} is not a layer path; use layerN (a ResNet "
+                                  f"layer) or layerN.B (one of its blocks)")
+        no_duplicates(f"{key}.layers", self.layers)
+        if not self.init:
+            raise ParamsError(f"{key}.init", "is empty; list at least one carved student, e.g. "
+                              "[init_teacher, init_random]")
+        for i, v in enumerate(self.init):
+            choice(f"{key}.init[{i}]", v, distillers)
+        positive(f"{key}.cka_images", self.cka_images)
+
+
+@dataclass(frozen=True)
+class PruneParams:
+    """Question 3: students pruned out of the teacher by channel importance (stages prune_teacher, pruned_student, criteria, pruning)."""
+    criterion: str = "activation"
+    compare: list[str] = field(default_factory=lambda: ["l1", "bn_scale", "taylor", "random"])
+    sizes: list[float] = field(default_factory=lambda: [1.0, 0.5])
+    steps: int = 1
+    finetune_steps: int = 100
+    #: the KD between iterative pruning steps: its own weights, so a loss.* experiment leaves the pruning alone
+    finetune_alpha: float = 0.5
+    finetune_temperature: float = 4.0
+    calibration_images: int = 256
+    max_ratio: float = 0.9
+    keep: list[list[int]] = field(default_factory=list)
+
+    def check(self, key: str) -> None:
+        choice(f"{key}.criterion", self.criterion, PRUNE_CRITERIA)
+        for i, c in enumerate(self.compare):
+            choice(f"{key}.compare[{i}]", c, PRUNE_CRITERIA)
+            if c == self.criterion:
+                raise ParamsError(f"{key}.compare[{i}]", f"{c!r} is prune.criterion itself; list the criteria to "
+                                  f"compare it with")
+        no_duplicates(f"{key}.compare", self.compare)
+        if not self.sizes:
+            raise ParamsError(f"{key}.sizes", "is empty; give target sizes as multiples of the student's parameter "
+                              "count, e.g. [1.0, 0.5]")
+        for i, size in enumerate(self.sizes):
+            positive(f"{key}.sizes[{i}]", size)
+        no_duplicates(f"{key}.sizes", self.sizes)
+        positive(f"{key}.steps", self.steps)
+        if self.steps > MAX_PRUNE_STEPS:
+            raise ParamsError(f"{key}.steps", f"{self.steps} is more than {MAX_PRUNE_STEPS}")
+        positive(f"{key}.finetune_steps", self.finetune_steps, strict=False)
+        unit_interval(f"{key}.finetune_alpha", self.finetune_alpha, closed=True)
+        positive(f"{key}.finetune_temperature", self.finetune_temperature)
+        positive(f"{key}.calibration_images", self.calibration_images)
+        if not 0 < self.max_ratio < 1:
+            raise ParamsError(f"{key}.max_ratio", f"must be in (0, 1), got {self.max_ratio}")
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams = field(default_factory=DataParams)
+    views: ViewParams = field(default_factory=ViewParams)
+    teacher: ModelParams = field(default_factory=ModelParams)
+    student: ModelParams = field(default_factory=lambda: ModelParams(arch="resnet8"))
+    train: TrainParams = field(default_factory=TrainParams)
+    loss: LossParams = field(default_factory=LossParams)
+    cache: CacheParams = field(default_factory=CacheParams)
+    study: StudyParams = field(default_factory=StudyParams)
+    #: each method's own options, ``methods.<name>.<key>``, checked against the method file's ``Options``
+    methods: dict[str, dict] = field(default_factory=dict)
+    parts: PartsParams = field(default_factory=PartsParams)
+    prune: PruneParams = field(default_factory=PruneParams)
+
+
+SECTIONS = ("data", "views", "teacher", "student", "train", "loss", "cache", "study", "parts", "prune")
+
+
+def check(p: Params) -> Params:
+    """Every section's own check, then what only sections together can say."""
+    from kdlab.core.data import split_sizes
+    from kdlab.core.views import num_views
+    from kdlab.distill import names as method_names
+
+    for name in SECTIONS:
+        getattr(p, name).check(name)
+    for name in p.methods:
+        choice(f"methods.{name}", name, method_names())
+    size = p.data.image_size
+    if 2 * p.views.pad >= size:
+        raise ParamsError("views.pad", f"{p.views.pad} shifts {p.data.name}'s {size}x{size} images out of the frame; "
+                          f"use at most {(size - 1) // 2}")
+    last = split_sizes(p.data)["train"] % p.train.batch_size
+    if 0 < last < p.train.nproc:
+        raise ParamsError("train.batch_size", f"{p.train.batch_size} leaves a last batch of {last} training images, "
+                          f"fewer than train.nproc={p.train.nproc}; choose another batch size or data.val_size")
+    if p.cache.views != "all":
+        total = num_views(p.views.pad, p.views.flip)
+        if not 1 <= p.cache.views <= total:
+            raise ParamsError("cache.views", f"must be 'all' or an integer in [1, {total}] "
+                              f"(views.pad={p.views.pad}, views.flip={p.views.flip} give {total} views), "
+                              f"got {p.cache.views}")
+    return p
+
+
+def from_dict(raw: dict | None, overrides: list[str] = ()) -> Params:
+    raw = dict(raw or {})
+    for text in overrides:
+        apply_override(raw, *parse_override(text))
+    return check(build(Params, raw))
+
+
+def load(path: str | Path = "params.yaml", overrides: list[str] = ()) -> Params:
+    """The params file, complete (every key set: the built-in defaults are not the shipped study's) and
+    checked. ``kdlab check`` (the pipeline's first stage) adds the checks that need torch (:mod:`kdlab.pipeline.check`);
+    only it imports every method, so editing one method file re-runs the check (seconds), not the whole study."""
+    path = Path(path)
+    raw = read_yaml(path) or {}
+    missing = missing_keys(Params, raw)
+    if missing:
+        shown = ", ".join(missing[:12]) + (f" and {len(missing) - 12} more" if len(missing) > 12 else "")
+        raise ParamsError(str(path), f"does not set {shown}; every key must be set (kdlab's built-in defaults "
+                          f"are not the shipped study's): add them, or restore the shipped file with "
+                          f"`git checkout -- {path}`")
+    return from_dict(raw, overrides)

@@ -1,0 +1,165 @@
+"""Question 3, what can be pruned while distilling: ``kdlab prune_teacher`` prunes the teacher to each target
+size by each criterion (:mod:`kdlab.core.channels`); ``kdlab pruned_student`` trains one student from such a
+model; ``kdlab pruning`` gathers the study (:mod:`kdlab.analysis.pruning`).
+
+Target sizes (``prune.sizes``) are multiples of the default student's parameter count (``student.arch`` x
+``student.width``). At every size, the teacher pruned by ``prune.criterion`` is trained four ways over
+``study.seeds``: its pruned weights with KD (``prune...kd``) or on labels (``prune...raw``), and the same shape
+freshly initialised with KD or on labels (``shape...``). At the first size, the teacher pruned by each criterion
+of ``prune.compare`` is trained with KD too, so every criterion can be set against the main one and against
+``random``. Students train exactly like the main study's (student.epochs, student.lr, the cached views).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from kdlab import distill
+from kdlab.core import channels
+from kdlab.core.models import count_params
+from kdlab.core.surgery import keep_blocks, reinit
+from kdlab.core.train import accuracy, make_optimizer, make_schedule, predict, step
+from kdlab.infra import io, tracking
+from kdlab.infra.schema import ParamsError, flatten
+from kdlab.pipeline.params import BASELINE, LossParams, Params
+from kdlab.pipeline.stages import Run, train_run
+from kdlab.pipeline.workspace import (
+    PROFILE_PLOT,
+    PRUNE_JSON,
+    PRUNED_TEACHERS,
+    build_model,
+    context,
+    load_teacher,
+    memory_format,
+    model_from_checkpoint,
+    run_files,
+    train_batches,
+)
+
+INITS = ("prune", "shape")
+VARIANTS = ("kd", BASELINE)
+
+
+def pruned_models(p: Params) -> list[tuple[str, float]]:
+    """(criterion, size) of every pruned teacher the study needs."""
+    first = p.prune.sizes[0]
+    return [(p.prune.criterion, s) for s in p.prune.sizes] + [(c, first) for c in p.prune.compare]
+
+
+def model_name(criterion: str, size: float) -> str:
+    return f"{criterion}.x{float(size)}"  # x1.0, x0.5: as dvc.yaml writes ${item.size}
+
+
+def run_name(init: str, criterion: str, size: float, variant: str) -> str:
+    """``prune.activation.x1.0.kd``: the pruned weights, trained with KD; ``shape...``: that shape, re-initialised."""
+    return f"{init}.{model_name(criterion, size)}.{variant}"
+
+
+def groups(p: Params) -> list[tuple[str, float, str, str]]:
+    """(criterion, size, init, variant) of every student group of the study, in the table's order."""
+    out = [(p.prune.criterion, s, init, v) for s in p.prune.sizes for init in INITS for v in VARIANTS]
+    return out + [(c, p.prune.sizes[0], "prune", "kd") for c in p.prune.compare]
+
+
+def stage_of(p: Params, criterion: str, size: float, init: str, variant: str, seed: int) -> str:
+    if criterion != p.prune.criterion:
+        return f"criteria@{criterion}-{seed}"
+    return f"{'pruned_student' if variant == 'kd' else 'pruned_student_raw'}@{float(size)}-{init}-{seed}"
+
+
+# ---------------------------------------------------------------- kdlab prune_teacher
+
+def kd_finetuner(kd, batches, steps: int, lr: float, tp, ctx):
+    """``between(model, pruning_step)`` for iterative pruning: ``steps`` training steps of the KD method ``kd`` on
+    ``batches`` (cached logits) at ``lr``, warm-up and decay as in training (``tp``: the train params)."""
+    def between(model, pruning_step: int) -> None:
+        opt = make_optimizer(model.parameters(), lr, tp)
+        sched = make_schedule(opt, steps, tp)
+        model.train()
+        done, epoch = 0, 1000 * pruning_step  # fresh permutations, apart from training's epochs
+        while done < steps:
+            for batch in batches.epoch(epoch):
+                step(lambda b: kd(model, b), batch, opt, sched, device=ctx.device, precision=ctx.precision)
+                done += 1
+                if done == steps:
+                    break
+            epoch += 1
+        model.eval()
+    return between
+
+
+def _finetuner(p: Params, ctx, seed: int):
+    """The default study's fine-tuner: ``prune.finetune_steps`` KD steps from the cached logits at student.lr, with
+    ``prune.finetune_alpha`` and ``finetune_temperature``, not ``loss.*``: the pruned teachers do not depend on the
+    students' loss."""
+    loss = LossParams(alpha=p.prune.finetune_alpha, temperature=p.prune.finetune_temperature)
+    kd = distill.build("kd", replace(p, loss=loss))
+    return kd_finetuner(kd, train_batches(p, ctx, kd, seed, {}), p.prune.finetune_steps, p.student.lr, p.train, ctx)
+
+
+def run_prune_teacher(p: Params) -> dict:
+    ctx = context(p, p.teacher.seed)
+    t, teacher = load_teacher(p, ctx)
+    base = keep_blocks(teacher, p.prune.keep, "prune.keep") if p.prune.keep else teacher
+    train, val = ctx.splits["train"], ctx.splits["val"]
+    n = p.prune.calibration_images
+    calib = (ctx.normalize(train["images"][:n].to(ctx.device)), train["labels"][:n].to(ctx.device))
+    unit = count_params(build_model(p.student, ctx))
+    summary = {"student_params": unit, "teacher_params": count_params(teacher), "models": {}}
+    between = _finetuner(p, ctx, p.teacher.seed) if p.prune.steps > 1 else None
+    rows = []
+    with tracking.run("prune_teacher", "prune_teacher", flatten(p)) as run:
+        for criterion, size in pruned_models(p):
+            name = model_name(criterion, size)
+            target = round(size * unit)
+            model, histories = channels.prune_iteratively(base, criterion, target, calib, p.prune.steps, between,
+                                                          p.prune.max_ratio, seed=p.teacher.seed)
+            val_acc = accuracy(predict(model, val["images"], val["labels"], ctx.normalize, p.train.eval_batch_size,
+                                       p.train.precision), val["labels"])
+            kept = channels.channel_profile(teacher, model)
+            # "stages" (a ResNet layer's share of channels kept) and "channels": the keys of metrics/prune.json
+            entry = {"criterion": criterion, "size": size, "target_params": target, "params": count_params(model),
+                     "val_acc_pruned": val_acc, "stages": channels.layer_profile(kept, teacher), "channels": kept}
+            io.save_torch({"arch": t["arch"], "width": t["width"], "in_channels": t["in_channels"],
+                           "classes": t["classes"], "blocks": p.prune.keep or None, "pruning": histories,
+                           "state_dict": model.state_dict(), **entry}, PRUNED_TEACHERS / f"{name}.pt")
+            summary["models"][name] = entry
+            rows += [{"model": name, "stage": st, "kept": frac} for st, frac in entry["stages"].items()]
+            run.log({f"prune/{name}/params": entry["params"], f"prune/{name}/val_acc_pruned": val_acc})
+            print(f"{name}: {entry['params']:,} parameters (target {target:,}), val accuracy before training "
+                  f"{val_acc:.4f}; channels kept: " + ", ".join(f"{k} {v:.0%}" for k, v in entry["stages"].items()))
+        io.save_json(summary, PRUNE_JSON)
+        io.save_json(rows, PROFILE_PLOT)
+        run.log_artifact(PRUNE_JSON)
+    return summary
+
+
+# ---------------------------------------------------------------- kdlab pruned_student
+
+def run_pruned_student(p: Params, size: float, criterion: str, init: str, variant: str, seed: int) -> dict:
+    """One student: the teacher pruned by ``criterion`` to ``size`` (``init=prune``) or that shape freshly
+    initialised (``init=shape``), trained with ``variant`` (kd or raw)."""
+    if init not in INITS:
+        raise ParamsError("--init", f"unknown {init!r}; allowed: {', '.join(INITS)}")
+    method = distill.build(variant, p)
+    if method.uses_teacher_model or method.builds_from_teacher:
+        raise ParamsError("--variant", f"{variant} needs the teacher itself; a pruned student trains with a "
+                          f"logits method or on labels ({', '.join(VARIANTS)})")
+    ctx = context(p, seed)
+    src = PRUNED_TEACHERS / f"{model_name(criterion, size)}.pt"
+    ckpt = io.load_torch(src, "dvc repro prune_teacher")
+    model = model_from_checkpoint(ckpt, ctx)
+    if init == "shape":
+        reinit(model)  # torch's generator, seeded with this run's seed by context()
+    model = memory_format(model, p.student, ctx).train()
+    resume_key = {"pruned_sha256": io.sha256(src)}
+    batches = train_batches(p, ctx, method, seed, resume_key)
+    method.attach(model, None, ctx.normalize(ctx.splits["train"]["images"][:32].to(ctx.device)))
+    method.to(ctx.device)
+    name = run_name(init, criterion, size, variant)
+    arch = {k: ckpt[k] for k in ("arch", "width", "blocks", "pruning")}
+    start = "with its pruned weights" if init == "prune" else "that shape freshly initialised"
+    about = f"Question 3: the teacher pruned by `{criterion}` to x{size} of the student's parameters, {start}. "
+    return train_run(p, ctx, Run(f"{name}-{seed}", "student", p.student, seed, method, batches, model,
+                                 run_files(name, seed, "pruned"),
+                                 {"variant": name, "init": init, "criterion": criterion, "size": size}, resume_key,
+                                 arch, about=about, method_name=variant))

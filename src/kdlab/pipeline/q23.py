@@ -1,0 +1,446 @@
+"""Questions 2 and 3 with their controls, the named study in ``studies/q23`` (``make q23``): which knowledge
+transfers, do the teacher's weights or its outputs carry the gain, and what can be pruned while distilling.
+
+Its params are ``studies/q23/params.yaml`` (section ``q23``, checked by :func:`load`); data, views, the cache's
+views, ``train.*``, ``loss.*`` and ``methods.*`` are the default study's (params.yaml). Like question 1's study
+(:mod:`kdlab.pipeline.q1`) every run trains on a seeded subset of the training split and chooses its checkpoint on a
+seeded subset of the validation split. It trains its own teachers: ``q23.teacher`` is distilled from, and
+``q23.reference`` (the same architecture, another seed) is CKA's reference point.
+
+Stages (``kdlab q23_teacher | q23_cache | q23_student | q23_prune | q23_cka``; ``q23_report`` is
+:mod:`kdlab.analysis.q23_report`):
+
+- ``q23_teacher --teacher RUN``, ``q23_cache``: as question 1's (the cache is ``q23.teacher``'s).
+- ``q23_student --arm A --init I --epochs E --seed S``: the student trained with arm ``A`` (``q23.arms``: a
+  method and its option overrides) from initialisation ``I``: ``random`` (``q23.student``), ``carved`` (the
+  teacher's blocks ``q23.keep`` with their weights), ``pruned`` (the pruned teacher ``q23_prune`` chose) or
+  ``shape`` (that shape, freshly initialised). It keeps the student's weights at the end of the epochs
+  ``q23.snapshots`` (0: before training) for CKA through training.
+- ``q23_prune``: why pruned teachers start at chance: each way of cutting the teacher down (blocks, channels
+  scored on the full or on the carved network, one-shot or iterative with KD between steps) measured on
+  validation before and after BatchNorm recalibration; the best-on-validation channel-pruned teacher at
+  ``q23.prune.size`` is saved, recalibrated, for the ``pruned`` students.
+- ``q23_cka``: linear CKA with the teacher per stage, biased and unbiased (:mod:`kdlab.core.cka`), for the
+  reference teacher, every final student, and the snapshots.
+
+Every file is tensors or plain data (:func:`kdlab.infra.io.load_torch`, JSON).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kdlab import distill
+from kdlab.core import views
+from kdlab.core.loader import TrainBatches
+from kdlab.core.train import accuracy, predict
+from kdlab.infra import distributed, io
+from kdlab.infra.schema import ParamsError, build, choice, flatten_dict, no_duplicates, positive, read_yaml
+from kdlab.pipeline.params import PRUNE_CRITERIA, ModelParams, Params
+from kdlab.pipeline.q1 import StudentSpec, TeacherRun, read_cache, subset_context, train_teacher, write_cache
+from kdlab.pipeline.stages import Run, train_run
+from kdlab.pipeline.workspace import build_model, memory_format, model_from_checkpoint
+
+STUDY = Path("studies/q23/params.yaml")
+REBUILD = f"dvc repro {STUDY.parent / 'dvc.yaml'}"
+TEACHERS = Path("models/q23/teachers")
+STUDENTS = Path("models/q23/students")
+SNAPSHOTS = Path("models/q23/snapshots")
+PRUNED = Path("models/q23/pruned/chosen.pt")
+CACHE = Path("data/q23/logits.pt")
+METRICS = Path("metrics/q23")
+PRUNE_JSON = METRICS / "prune.json"
+CKA_JSON = METRICS / "cka.json"
+INITS = ("random", "carved", "pruned", "shape")
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """A way to train a student: a distillation method (``raw``: labels only) and overrides of its
+    ``methods.<name>`` options."""
+    method: str = "raw"
+    options: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prune:
+    #: the pruned teachers' size, a multiple of the student's parameter count (1.0: the student's own)
+    size: float = 1.0
+    #: the smaller size at which channels scored on the carved network meet channels scored on the full one
+    small: float = 0.5
+    criteria: list[str] = dataclasses.field(default_factory=lambda: ["l1", "taylor", "activation", "random"])
+    #: the criterion of the iterative run (steps, with finetune_steps KD steps between them)
+    iterative: str = "l1"
+    steps: int = 4
+    finetune_steps: int = 100
+    calibration_images: int = 512
+    #: training images whose batch statistics replace the BatchNorm running statistics
+    recalibration_images: int = 2000
+    max_ratio: float = 0.9
+
+
+@dataclasses.dataclass(frozen=True)
+class Q23:
+    train_images: int = 5000
+    val_images: int = 2000
+    subset_seed: int = 0
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
+    teachers: dict[str, TeacherRun] = dataclasses.field(default_factory=dict)
+    #: the teacher distilled from (and carved, and pruned)
+    teacher: str = "a"
+    #: the same architecture from another seed: what CKA between two teachers is
+    reference: str = "b"
+    student: StudentSpec = StudentSpec()
+    #: every student's epochs (the matched budget), except the compute-matched arm's
+    epochs: int = 10
+    arms: dict[str, Arm] = dataclasses.field(default_factory=dict)
+    #: item 1 (what knowledge transfers): arms trained from random weights
+    transfer: list[str] = dataclasses.field(default_factory=list)
+    #: item 4 (selective distillation): arms trained from random weights
+    selective: list[str] = dataclasses.field(default_factory=list)
+    #: item 2: arms also trained from the carved teacher (the 2x2 with their random-weight twins in transfer)
+    carved: list[str] = dataclasses.field(default_factory=list)
+    keep: list[list[int]] = dataclasses.field(default_factory=list)
+    #: the compute-matched arm: ``kd`` from random weights for the teacher's epochs plus the students'
+    matched_epochs: int = 40
+    #: arms also trained from the pruned teacher and from its shape, freshly initialised
+    pruned: list[str] = dataclasses.field(default_factory=list)
+    prune: Prune = Prune()
+    snapshots: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2, 5])
+    cka_images: int = 1000
+    #: training images each student's method sees before training (fitnet_select ranks channels on them)
+    calibration_images: int = 1000
+
+    def check(self) -> None:
+        positive("q23.train_images", self.train_images)
+        positive("q23.val_images", self.val_images)
+        positive("q23.epochs", self.epochs)
+        no_duplicates("q23.seeds", self.seeds)
+        if not self.seeds:
+            raise ParamsError("q23.seeds", "at least one seed")
+        from kdlab.core.models import ARCHS
+
+        for name, t in self.teachers.items():
+            choice(f"q23.teachers.{name}.arch", t.arch, ARCHS)
+            positive(f"q23.teachers.{name}.epochs", t.epochs)
+        for key in ("teacher", "reference"):
+            if getattr(self, key) not in self.teachers:
+                raise ParamsError(f"q23.{key}", f"{getattr(self, key)!r} is not in q23.teachers {sorted(self.teachers)}")
+        a, b = self.teachers[self.teacher], self.teachers[self.reference]
+        if (a.arch, a.width) != (b.arch, b.width) or self.teacher == self.reference:
+            raise ParamsError("q23.reference", "must be another run of q23.teacher's architecture and width")
+        choice("q23.student.arch", self.student.arch, ARCHS)
+        for name, arm in self.arms.items():
+            choice(f"q23.arms.{name}.method", arm.method, distill.names())
+        for key in ("transfer", "selective", "carved", "pruned"):
+            no_duplicates(f"q23.{key}", getattr(self, key))
+            for name in getattr(self, key):
+                if name not in self.arms:
+                    raise ParamsError(f"q23.{key}", f"{name!r} is not in q23.arms {sorted(self.arms)}")
+        for key in ("carved", "pruned"):
+            if missing := [a for a in getattr(self, key) if a not in self.transfer]:
+                raise ParamsError(f"q23.{key}", f"{missing}: each must also be in q23.transfer (its random-weight twin)")
+        for needed in ("raw", "kd"):
+            if needed not in self.transfer:
+                raise ParamsError("q23.transfer", f"must include {needed!r}: every table compares against it")
+        if self.matched_epochs <= self.epochs:
+            raise ParamsError("q23.matched_epochs", f"{self.matched_epochs} must exceed q23.epochs ({self.epochs})")
+        if any(not 0 <= e < self.epochs for e in self.snapshots):
+            raise ParamsError("q23.snapshots", f"epochs before the last (0..{self.epochs - 1}): {self.snapshots}")
+        for c in self.prune.criteria + [self.prune.iterative]:
+            choice("q23.prune.criteria", c, PRUNE_CRITERIA)
+        if not 0 < self.prune.small < self.prune.size:
+            raise ParamsError("q23.prune.small", f"must be in (0, q23.prune.size={self.prune.size})")
+        positive("q23.prune.steps", self.prune.steps)
+        positive("q23.cka_images", self.cka_images)
+
+
+def load(path: Path = STUDY) -> Q23:
+    raw = read_yaml(Path(path)) or {}
+    if set(raw) != {"q23"}:
+        raise ParamsError(str(path), "must hold exactly one section, q23")
+    q = build(Q23, raw["q23"], "q23")
+    q.check()
+    return q
+
+
+def study_params(q: Q23) -> dict:
+    return flatten_dict(dataclasses.asdict(q), "q23.")
+
+
+def teacher_file(name: str) -> Path:
+    return TEACHERS / name / "final.pt"
+
+
+def student_name(arm: str, init: str, epochs: int, seed: int) -> str:
+    """``kd.random-e10-s0``: arm ``kd`` from random weights, 10 epochs, seed 0."""
+    return f"{arm}.{init}-e{epochs}-s{seed}"
+
+
+def expected_students(q: Q23) -> list[tuple[str, str, int]]:
+    """(arm, init, epochs) of every student group the study trains, each over q23.seeds."""
+    out = [(a, "random", q.epochs) for a in q.transfer + q.selective]
+    out += [(a, "carved", q.epochs) for a in q.carved]
+    out += [("kd", "random", q.matched_epochs)]
+    out += [(a, init, q.epochs) for a in q.pruned for init in ("pruned", "shape")]
+    return list(dict.fromkeys(out))
+
+
+def report_inputs(q: Q23) -> dict:
+    """What ``q23_report`` reads (:func:`kdlab.analysis.q23_report.run_q23_report`): every student run and the study's files."""
+    runs = [{"name": student_name(arm, init, epochs, seed), "arm": arm, "init": init, "epochs": epochs, "seed": seed}
+            for arm, init, epochs in expected_students(q) for seed in q.seeds]
+    return {"runs": runs, "metrics": METRICS, "rebuild": REBUILD}
+
+
+def load_teacher_model(ctx, name: str) -> tuple[dict, nn.Module]:
+    ckpt = io.load_torch(teacher_file(name), REBUILD)
+    return ckpt, model_from_checkpoint(ckpt, ctx)
+
+
+# ---------------------------------------------------------------- teachers and the cache
+
+def run_q23_teacher(p: Params, q: Q23, name: str) -> dict:
+    return train_teacher(p, q, name, TEACHERS / name, METRICS / "teachers", "q23", study_params(q))
+
+
+def run_q23_cache(p: Params, q: Q23) -> dict:
+    return write_cache(p, q, q.teacher, teacher_file(q.teacher), CACHE, METRICS / "cache.json",
+                       METRICS / "teacher_test.json", REBUILD)
+
+
+# ---------------------------------------------------------------- students
+
+class _Snapshotting:
+    """Mixed into a method's class: saves the student's weights at the end of given epochs (at the start of epoch
+    k + 1 they are the end of epoch k; epoch 0: before any step), trained or resumed alike."""
+    snapshot_epochs: frozenset = frozenset()
+    save_snapshot = None
+
+    def attach(self, student, teacher, example) -> None:
+        super().attach(student, teacher, example)
+        self._snapshot_student = [student]
+
+    def begin_epoch(self, epoch: int) -> None:
+        super().begin_epoch(epoch)
+        if epoch - 1 in self.snapshot_epochs and distributed.is_main():
+            self.save_snapshot(epoch - 1, copy.deepcopy(self._snapshot_student[0].state_dict()))
+
+
+def build_method(p: Params, arm: Arm, snapshot_epochs, save) -> nn.Module:
+    """The arm's method (its options: params.yaml's ``methods.<name>`` with the arm's overrides), saving
+    snapshots of its student."""
+    cls = distill.method_class(arm.method)
+    snapshotting = type(f"{cls.__name__}Snapshots", (_Snapshotting, cls), {})
+    method = snapshotting(p.loss, p.methods.get(cls.options_key(), {}), p.train.label_smoothing, **arm.options)
+    method.snapshot_epochs, method.save_snapshot = frozenset(snapshot_epochs), save
+    return method
+
+
+def _initial_student(p: Params, q: Q23, init: str, epochs: int, seed: int, ctx, teacher: nn.Module | None):
+    """(student model, its arch record for the model file or None, the inputs' hashes to resume against)."""
+    from kdlab.core.surgery import keep_blocks, reinit
+
+    if init == "random":
+        return build_model(ModelParams(q.student.arch, q.student.width, epochs, q.student.lr, seed, "auto"), ctx), None, {}
+    if init == "carved":
+        t = q.teachers[q.teacher]
+        model = keep_blocks(teacher, q.keep, "q23.keep").train()
+        return model, {"arch": t.arch, "width": t.width, "blocks": q.keep}, {"teacher_sha256": io.sha256(teacher_file(q.teacher))}
+    ckpt = io.load_torch(PRUNED, REBUILD)
+    model = model_from_checkpoint(ckpt, ctx).train()
+    if init == "shape":
+        reinit(model)  # torch's generator, seeded with this run's seed
+    return model, {k: ckpt[k] for k in ("arch", "width", "blocks", "pruning")}, {"pruned_sha256": io.sha256(PRUNED)}
+
+
+def run_q23_student(p: Params, q: Q23, arm_name: str, init: str, epochs: int, seed: int) -> dict:
+    arm = q.arms[arm_name]
+    name = student_name(arm_name, init, epochs, seed)
+
+    def save(epoch, state):
+        io.save_torch({"epoch": epoch, "state_dict": state}, SNAPSHOTS / name / f"e{epoch}.pt")
+
+    method = build_method(p, arm, q.snapshots if epochs == q.epochs else [], save)
+    if method.builds_from_teacher:
+        raise io.StageError(f"q23.arms.{arm_name}: {arm.method} builds its student; the study's --init does that")
+    ctx = subset_context(p, q, seed)
+    train = ctx.splits["train"]
+    teacher = None
+    if method.uses_teacher_model or init == "carved":
+        _, teacher = load_teacher_model(ctx, q.teacher)
+    model, arch, resume_key = _initial_student(p, q, init, epochs, seed, ctx, teacher)
+    spec = ModelParams(q.student.arch, q.student.width, epochs, q.student.lr, seed, "auto")
+    model = memory_format(model.to(ctx.device), spec, ctx)
+    logits = None
+    if method.uses_teacher_logits:
+        c = read_cache(p, q, CACHE, teacher_file(q.teacher), REBUILD)
+        table, logits = c["view_ids"], c["logits"]
+        resume_key["cache_sha256"] = io.sha256(CACHE)
+    else:
+        table = views.view_table(len(train["labels"]), p.views.pad, p.views.flip, p.cache.views, p.cache.seed)
+    if method.uses_teacher_model:
+        resume_key["teacher_sha256"] = io.sha256(teacher_file(q.teacher))
+    batches = TrainBatches(train["images"], train["labels"], ctx.normalize, p.train.batch_size, p.views.pad, table,
+                           seed=seed, teacher_logits=logits, rank=distributed.rank(), world=distributed.world())
+    method.attach(model, teacher if method.uses_teacher_model else None,
+                  ctx.normalize(train["images"][:q.calibration_images].to(ctx.device)))
+    method.to(ctx.device)
+    about = (f"Questions 2 and 3 with controls: arm `{arm_name}` ({arm.method}, {arm.options or 'default options'}) "
+             f"from {init} weights, {epochs} epochs on {q.train_images} training images. ")
+    tags = {"variant": arm_name, "q23_arm": arm_name, "method": arm.method, "init": init, "epochs": epochs}
+    return train_run(p, ctx, Run(name, "student", spec, seed, method, batches, model,
+                                 (STUDENTS / f"{name}.pt", METRICS / "students" / f"{name}.json"), tags, resume_key,
+                                 arch, about=about, method_name=arm.method, extra=study_params(q)))
+
+
+# ---------------------------------------------------------------- why pruned teachers start at chance
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> nn.Module:
+    """A copy of ``model`` whose BatchNorm running statistics are the average over ``images`` (normalised) of
+    its batch statistics in training mode: what a pruned network's statistics are, instead of the teacher's."""
+    m = copy.deepcopy(model)
+    bns = [x for x in m.modules() if isinstance(x, nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # a cumulative average over the batches
+    m.train()
+    for start in range(0, len(images), batch_size):
+        m(images[start:start + batch_size])
+    for bn, mom in zip(bns, momenta):
+        bn.momentum = mom
+    return m.eval()
+
+
+def _full_then_carve(teacher, criterion, target, calib, keep, max_ratio, seed, resolution=1 / 1024):
+    """Channels scored and pruned on the full teacher, then its blocks ``keep`` carved: the largest such model
+    with at most ``target`` parameters (bisection on the global ratio, as :func:`kdlab.core.channels.prune_to`)."""
+    from kdlab.core import channels
+    from kdlab.core.models import count_params
+    from kdlab.core.surgery import keep_blocks
+
+    def cut(ratio):
+        return keep_blocks(channels.prune_at(teacher, criterion, ratio, calib, max_ratio, seed)[0], keep, "q23.keep")
+
+    best = cut(max_ratio)
+    if count_params(best) > target:
+        raise ParamsError("q23.prune.max_ratio", f"{criterion}: {count_params(best)} parameters at the maximum "
+                          f"ratio, above {target}")
+    lo, hi = 0.0, max_ratio
+    while hi - lo > resolution:
+        mid = (lo + hi) / 2
+        cand = cut(mid)
+        if count_params(cand) <= target:
+            hi, best = mid, cand
+        else:
+            lo = mid
+    return best
+
+
+def run_q23_prune(p: Params, q: Q23) -> dict:
+    from kdlab.core import channels
+    from kdlab.core.models import count_params
+    from kdlab.core.surgery import keep_blocks
+
+    t = q.teachers[q.teacher]
+    ctx = subset_context(p, q, t.seed)
+    ckpt, teacher = load_teacher_model(ctx, q.teacher)
+    train, val = ctx.splits["train"], ctx.splits["val"]
+    pr = q.prune
+    calib = (ctx.normalize(train["images"][:pr.calibration_images].to(ctx.device)),
+             train["labels"][:pr.calibration_images].to(ctx.device))
+    recal_images = ctx.normalize(train["images"][:pr.recalibration_images].to(ctx.device))
+    unit = count_params(build_model(ModelParams(q.student.arch, q.student.width, 1, q.student.lr, 0, "auto"), ctx))
+    target, small = round(pr.size * unit), round(pr.small * unit)
+
+    def val_acc(model) -> float:
+        return accuracy(predict(model, val["images"], val["labels"], ctx.normalize, p.train.eval_batch_size,
+                                p.train.precision), val["labels"])
+
+    rows, keepers = {}, {}
+
+    def measure(name, model, route, criterion, scored_on, histories=None):
+        recal = recalibrate_bn(model, recal_images)
+        rows[name] = {"route": route, "criterion": criterion, "scored_on": scored_on, "params": count_params(model),
+                      "val_acc": val_acc(model), "val_acc_recalibrated": val_acc(recal)}
+        if histories is not None:
+            keepers[name] = (recal, histories)
+        print(f"{name}: {rows[name]['params']:,} parameters, val {rows[name]['val_acc']:.4f}, after BatchNorm "
+              f"recalibration {rows[name]['val_acc_recalibrated']:.4f}")
+
+    measure("teacher", teacher, "none", None, None)
+    carved = keep_blocks(teacher, q.keep, "q23.keep")
+    measure("blocks", carved, "blocks", None, None)
+    for c in pr.criteria:
+        m, hist, _ = channels.prune_to(teacher, c, target, calib, pr.max_ratio, seed=t.seed)
+        measure(f"channels.{c}", m, "channels", c, "full", [hist])
+        m, _, _ = channels.prune_to(carved, c, small, calib, pr.max_ratio, seed=t.seed)
+        measure(f"blocks+channels.{c}", m, "blocks, then channels", c, "carved")
+        m = _full_then_carve(teacher, c, small, calib, q.keep, pr.max_ratio, t.seed)
+        measure(f"channels+blocks.{c}", m, "channels, then blocks", c, "full")
+    c = read_cache(p, q, CACHE, teacher_file(q.teacher), REBUILD)
+    kd_batches = TrainBatches(train["images"], train["labels"], ctx.normalize, p.train.batch_size, p.views.pad,
+                              c["view_ids"], seed=t.seed, teacher_logits=c["logits"])
+    from kdlab.pipeline.pruning import kd_finetuner
+
+    between = kd_finetuner(distill.build("kd", p), kd_batches, pr.finetune_steps, q.student.lr, p.train, ctx)
+    m, histories = channels.prune_iteratively(teacher, pr.iterative, target, calib, pr.steps, between, pr.max_ratio,
+                                              seed=t.seed)
+    measure(f"iterative.{pr.iterative}", m, f"channels, {pr.steps} steps with KD between", pr.iterative, "full",
+            histories)
+    # the channel-pruned teacher at q23.prune.size that validates best once recalibrated: the pruned students' start
+    chosen = max(keepers, key=lambda k: (rows[k]["val_acc_recalibrated"], k))
+    model, histories = keepers[chosen]
+    io.save_torch({"arch": ckpt["arch"], "width": ckpt["width"], "in_channels": ckpt["in_channels"],
+                   "classes": ckpt["classes"], "blocks": None, "pruning": histories, "state_dict": model.state_dict(),
+                   "chosen": chosen, **rows[chosen]}, PRUNED)
+    out = {"student_params": unit, "target": target, "small_target": small, "chosen": chosen, "models": rows}
+    io.save_json(out, PRUNE_JSON)
+    print(f"chosen for training: {chosen}")
+    return out
+
+
+# ---------------------------------------------------------------- CKA
+
+def run_q23_cka(p: Params, q: Q23) -> dict:
+    """metrics/q23/cka.json: per stage, CKA (biased and unbiased) with ``q23.teacher`` on the first
+    ``q23.cka_images`` validation images, for the reference teacher, every student, and the snapshots."""
+    from kdlab.core.cka import both
+    from kdlab.core.features import features, layers
+
+    ctx = subset_context(p, q, 0)
+    images = ctx.normalize(ctx.splits["val"]["images"][:q.cka_images].to(ctx.device))
+    _, teacher = load_teacher_model(ctx, q.teacher)
+    paths = layers(teacher)
+    t_feats = features(teacher, images, paths)
+
+    def profile(model) -> dict:
+        f = features(model, images, paths)
+        return {st: both(f[st], t_feats[st]) for st in paths}
+
+    _, ref = load_teacher_model(ctx, q.reference)
+    out = {"images": len(images), "stages": paths, "reference": profile(ref), "students": {}, "training": {}}
+    for arm, init, epochs in expected_students(q):
+        for seed in q.seeds:
+            name = student_name(arm, init, epochs, seed)
+            ckpt = io.load_torch(STUDENTS / f"{name}.pt", REBUILD)
+            model = model_from_checkpoint(ckpt, ctx)
+            out["students"][name] = profile(model)
+            if epochs != q.epochs or (init not in ("random", "carved")) or arm not in q.carved:
+                continue
+            through = {}
+            for e in q.snapshots:
+                model.load_state_dict(io.load_torch(SNAPSHOTS / name / f"e{e}.pt", REBUILD)["state_dict"])
+                through[str(e)] = profile(model)
+            model.load_state_dict(ckpt["state_dict"])
+            through["kept"] = out["students"][name]
+            out["training"][name] = through
+        print(f"{arm}.{init}-e{epochs}: CKA done")
+    io.save_json(out, CKA_JSON)
+    return out

@@ -1,0 +1,188 @@
+"""The study on disk: where every output lives, the process's context (device, data, normalisation), and
+models built and loaded (carved and pruned ones rebuilt to their shape). Every file is read as tensors and
+plain data (no pickle): see :func:`kdlab.infra.io.load_torch`.
+
+Paths are relative to the repository root, where DVC runs every stage.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from kdlab.core import data, models, views
+from kdlab.core.loader import Normalize, TrainBatches
+from kdlab.infra import distributed, io, runtime
+
+# ---------------------------------------------------------------- every output of the study
+
+#: written by `kdlab check` once all of params.yaml passed (see kdlab.pipeline.check)
+CHECKED = Path("data/checked.json")
+#: the prepared uint8 tensors and meta.json (kdlab.core.data)
+PREPARED = Path("data/prepared")
+#: the teacher's logits for the cached views (kdlab.pipeline.cache)
+CACHE = Path("data/teacher_logits")
+#: chunks of an interrupted cache stage (not a DVC output, so DVC leaves it alone); removed when done
+CACHE_PARTIAL = Path("data/teacher_logits.partial")
+TEACHER = Path("models/teacher.pt")
+STUDENTS = Path("models/students")
+#: the question-2 study's students (feature loss at one layer, students carved from the teacher)
+PARTS = Path("models/parts")
+#: question 3: the pruned teachers, one file per (criterion, size), and the students trained from them
+PRUNED_TEACHERS = Path("models/prune")
+PRUNED_STUDENTS = Path("models/pruned")
+#: per-epoch training state of interrupted runs; deleted once a run's outputs are written
+CHECKPOINTS = Path("checkpoints")
+METRICS = Path("metrics")
+#: question 1 (kdlab.analysis.evaluate)
+SUMMARY_JSON = METRICS / "summary.json"
+RUNS_JSON = METRICS / "runs.json"
+SUMMARY_MD = METRICS / "summary.md"
+PREDICTIONS = Path("predictions")
+CURVES = Path("plots/curves")
+ACCURACY_PLOT = Path("plots/accuracy.json")
+#: every student's validation curve in one table (kdlab.analysis.report), for `dvc plots`
+CURVES_PLOT = Path("plots/learning_curves.json")
+#: question 2 (kdlab.analysis.parts)
+PARTS_JSON = METRICS / "parts.json"
+PARTS_MD = METRICS / "parts.md"
+CKA_PLOT = Path("plots/parts_cka.json")
+#: question 3 (kdlab.pipeline.pruning)
+PRUNE_JSON = METRICS / "prune.json"
+PRUNING_JSON = METRICS / "pruning.json"
+PRUNING_MD = METRICS / "pruning.md"
+PROFILE_PLOT = Path("plots/prune_profile.json")
+#: kdlab.analysis.report and kdlab.analysis.sweep
+REPORTS = Path("reports")
+#: the only DVC metrics file: each question's headline numbers (kdlab.analysis.report); the files above are plain outputs
+HEADLINE_JSON = METRICS / "headline.json"
+#: the README's opening, worded from the headline numbers (kdlab.analysis.report; kdlab readme copies it)
+FINDINGS_MD = REPORTS / "findings.md"
+#: kdlab.pipeline.bench
+BENCH_JSON = METRICS / "bench.json"
+BENCH_MD = METRICS / "bench.md"
+
+
+def run_files(name: str, seed: int, kind: str = "students") -> tuple[Path, Path]:
+    """(model, metrics) files of run ``name-seed``; ``kind``: ``students`` (question 1), ``parts`` (question 2)
+    or ``pruned`` (question 3)."""
+    models_dir = {"students": STUDENTS, "parts": PARTS, "pruned": PRUNED_STUDENTS}[kind]
+    return models_dir / f"{name}-{seed}.pt", METRICS / kind / f"{name}-{seed}.json"
+
+
+# ---------------------------------------------------------------- the process's context
+
+@dataclass
+class Context:
+    device: torch.device
+    meta: dict
+    splits: dict
+    normalize: Normalize
+    #: train.precision resolved for this device: "bf16" or "fp32"
+    precision: str = "fp32"
+
+
+def context(p, seed: int) -> Context:
+    """Threads, seed and device set up (:func:`kdlab.infra.runtime.setup`), the prepared data of ``p.data`` loaded."""
+    dev = runtime.setup(p.train, seed)
+    meta, splits = data.load_prepared(PREPARED, p.data)
+    return Context(dev, meta, splits, Normalize(meta["mean"], meta["std"], dev, channels_last=dev.type == "cuda"),
+                   runtime.precision(p.train.precision, dev))
+
+
+# ---------------------------------------------------------------- models
+
+def memory_format(model: torch.nn.Module, spec, ctx: Context) -> torch.nn.Module:
+    """``spec.channels_last`` applied; never for fp32 steps on the CPU, where oneDNN's fp32 convolution backward
+    (torch 2.14.1) corrupts the heap on channels_last tensors (an abort, "corrupted size vs. prev_size", seen on
+    an AVX2 AMD EPYC; the CPUs where precision auto is fp32). bf16 steps, as on the AMX CPU, keep it."""
+    channels_last = ctx.device.type == "cuda" if spec.channels_last == "auto" else spec.channels_last
+    channels_last = channels_last and not (ctx.device.type == "cpu" and ctx.precision == "fp32")
+    # convolutions follow the weights' memory format, so the inputs can stay as they are
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def build_model(spec, ctx: Context) -> torch.nn.Module:
+    """A fresh ``spec.arch`` x ``spec.width`` model (initialised from torch's seeded generator) on the device."""
+    model = models.build(spec.arch, ctx.meta["channels"], ctx.meta["classes"], spec.width).to(ctx.device)
+    return memory_format(model, spec, ctx)
+
+
+def model_from_checkpoint(ckpt: dict, ctx: Context) -> torch.nn.Module:
+    """The saved model: one carved from the teacher (``blocks`` in the file) is carved again and one pruned from
+    it (``pruning``: torch-pruning's history) is pruned again to the same shape, then its weights are loaded."""
+    model = models.build(ckpt["arch"], ckpt["in_channels"], ckpt["classes"], ckpt["width"])
+    # carving and pruning code is imported only to rebuild such a model: the stages that never load one (the
+    # teacher, the students) do not run it, so dvc.yaml need not re-run them when it changes
+    if ckpt.get("blocks"):
+        from kdlab.core.surgery import keep_blocks
+
+        model = keep_blocks(model, ckpt["blocks"])
+    if ckpt.get("pruning"):
+        from kdlab.core import channels
+
+        size = ctx.meta["image_size"]
+        channels.replay(model, ckpt["pruning"], torch.zeros(2, ckpt["in_channels"], size, size))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(ctx.device).eval()
+
+
+def load_model(path: Path, ctx: Context, rebuild: str) -> torch.nn.Module:
+    """The model saved at ``path``; ``rebuild``: the command that writes it, for the error message."""
+    return model_from_checkpoint(io.load_torch(path, rebuild), ctx)
+
+
+def check_trained(ckpt: dict, path: Path, spec, ctx: Context, rebuild: str) -> None:
+    """A saved model must be the architecture ``spec`` names, trained on the prepared data in use."""
+    got = {"arch": ckpt.get("arch"), "width": ckpt.get("width"), "data": ckpt.get("data_sha256")}
+    want = {"arch": spec.arch, "width": spec.width, "data": ctx.meta["sha256"]}
+    if got != want:
+        diff = ", ".join(f"{k} {got[k]} (now {want[k]})" for k in want if got[k] != want[k] and k != "data")
+        if got["data"] != want["data"]:
+            diff += (", " if diff else "") + "other prepared data"
+        raise io.StageError(f"{path} was trained with {diff}; rebuild it with `{rebuild}`")
+
+
+def load_teacher(p, ctx: Context) -> tuple[dict, torch.nn.Module]:
+    """(checkpoint, model) of models/teacher.pt, refused unless it was trained as params.teacher asks, on the
+    prepared data in use."""
+    ckpt = io.load_torch(TEACHER, "dvc repro teacher")
+    check_trained(ckpt, TEACHER, p.teacher, ctx, "dvc repro teacher")
+    return ckpt, model_from_checkpoint(ckpt, ctx)
+
+
+# ---------------------------------------------------------------- training data
+
+def load_cache(p) -> tuple[torch.Tensor, torch.Tensor]:
+    """(view_ids, logits) of the cache, checked against the current teacher and view params."""
+    path, rebuild = CACHE / "train.pt", "dvc repro cache"
+    c = io.load_torch(path, rebuild)
+    expected = {"pad": p.views.pad, "flip": p.views.flip, "views": p.cache.views, "seed": p.cache.seed}
+    got = {k: c.get(k) for k in expected}
+    if got != expected:
+        raise io.StageError(f"{path} was built with {got} but params ask for {expected}; rebuild it with `{rebuild}`")
+    if TEACHER.exists() and c.get("teacher_sha256") != io.sha256(TEACHER):
+        raise io.StageError(f"{path} was not built from the current {TEACHER} (its sha256 differs: the teacher was "
+                            f"retrained, replaced or damaged); rebuild both with `dvc repro teacher cache`")
+    if c["logits"].shape[:2] != c["view_ids"].shape:
+        raise io.StageError(f"{path} is inconsistent (logits {tuple(c['logits'].shape)}, view ids "
+                            f"{tuple(c['view_ids'].shape)}); rebuild it with `{rebuild}`")
+    return c["view_ids"], c["logits"]
+
+
+def train_batches(p, ctx: Context, method, seed: int, resume_key: dict) -> TrainBatches:
+    """The training batches ``method`` reads: any view ("all"), or the cached views with (or without) their
+    teacher logits. The cache's hash goes into ``resume_key``."""
+    train = ctx.splits["train"]
+    teacher_logits = None
+    if method.views == "all":  # fresh random views: any of the V views at every epoch
+        table = views.view_table(len(train["labels"]), p.views.pad, p.views.flip, "all", 0)
+    elif method.uses_teacher_logits:
+        table, teacher_logits = load_cache(p)
+        resume_key["cache_sha256"] = io.sha256(CACHE / "train.pt")
+    else:  # the same views the cached-KD students draw from, without reading the cache
+        table = views.view_table(len(train["labels"]), p.views.pad, p.views.flip, p.cache.views, p.cache.seed)
+    return TrainBatches(train["images"], train["labels"], ctx.normalize, p.train.batch_size, p.views.pad,
+                        table, seed=seed, teacher_logits=teacher_logits, rank=distributed.rank(),
+                        world=distributed.world())
