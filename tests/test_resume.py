@@ -98,7 +98,7 @@ def test_a_checkpoint_of_other_code_is_not_resumed(tmp_path):
     env = dict(_study_dir(study), PYTHONPATH=str(src))
     code, out = _interrupt_after_first_epoch(study, env, signal.SIGKILL)
     assert code == -signal.SIGKILL and (study / "checkpoints/teacher.pt").exists(), out
-    train = src / "kdlab/train.py"
+    train = src / "kdlab/core/train.py"
     train.write_text(train.read_text().replace("return max(0.0, 1.0 - t)", "return max(0.0, 1.0 - t) ** 2"))
     resumed = _kdlab(study, env, "teacher")
     out2 = resumed.communicate(timeout=300)[0]
