@@ -117,3 +117,25 @@ def test_unknown_criterion_and_unreachable_target_name_the_key():
     with pytest.raises(ParamsError) as e:
         channels.prune_to(_teacher(), "l1", 10, _calib(), max_ratio=0.5)
     assert e.value.key == "prune.max_ratio"
+
+
+def test_prune_to_with_a_transform_scores_the_whole_model_and_bisects_on_what_the_transform_keeps():
+    """Question 2/3's channels-then-blocks route: channels scored and pruned on the whole teacher, then blocks
+    carved out; the bisection counts the carved model, so it meets the target that the carved shape has."""
+    from kdlab.core.surgery import keep_blocks
+
+    teacher, keep = _teacher(), [[0], [0], [0]]
+    carve = lambda m: keep_blocks(m, keep, "q23.keep")  # noqa: E731
+    carved_size = count_params(carve(teacher))
+    target = carved_size * 2 // 3
+    model, history, ratio = channels.prune_to(teacher, "l1", target, _calib(), transform=carve)
+    assert count_params(model) <= target < count_params(carve(channels.prune_at(
+        teacher, "l1", ratio - 1 / 512, _calib(), 0.9, 0)[0]))  # a little less pruning is over the target
+    assert [len(layer) for layer in (model.layer1, model.layer2, model.layer3)] == [1, 1, 1]
+    assert history and 0 < ratio < 0.9
+    # the same model as pruning at that ratio and carving afterwards, to the bit
+    again = carve(channels.prune_at(teacher, "l1", ratio, _calib(), 0.9, 0)[0])
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    with pytest.raises(ParamsError) as e:
+        channels.prune_to(teacher, "l1", 10, _calib(), max_ratio=0.5, transform=carve, key="q23.prune.max_ratio")
+    assert e.value.key == "q23.prune.max_ratio"

@@ -222,3 +222,50 @@ def test_results_is_one_tidy_row_per_run_of_every_question(in_tmp, capsys):
     assert back.shape == df.shape and back.test_acc.tolist() == pytest.approx(df.test_acc.tolist())
     assert "not run yet" in capsys.readouterr().out
     assert str(workspace.run_files("fitnet.layer1", 0, "parts")[1]) in df.attrs["missing"]
+
+
+def test_kdlab_results_lists_the_named_studies_runs_too(in_tmp, capsys):
+    """`kdlab results` (frame(named=True)): the default study's runs and the teachers and students of
+    studies/q1 and studies/q23 (their shipped params), each under its own study key; the report stage's frame
+    stays the default study's."""
+    import shutil
+
+    from conftest import REPO
+    from kdlab.analysis import results
+    from kdlab.infra import tracking
+    from kdlab.infra.schema import flatten
+    from kdlab.pipeline import q1, q23
+
+    for name in ("q1", "q23"):
+        (in_tmp / "studies" / name).mkdir(parents=True)
+        shutil.copy(REPO / f"studies/{name}/params.yaml", in_tmp / f"studies/{name}/params.yaml")
+    p = params.from_dict({"study": {"seeds": [0]}})
+    a, b = q1.load(), q23.load()
+
+    def write(path, acc):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"test_acc": acc, "val_acc": acc, "params": 100, "epochs": 2}))
+
+    write(in_tmp / "metrics/teacher.json", 0.9)
+    write(in_tmp / "metrics/q1/teachers/main.json", 0.88)
+    write(in_tmp / f"metrics/q1/students/kd.main-w0.5-e{a.budgets[0]}-s0.json", 0.85)
+    write(in_tmp / "metrics/q1/students/raw-w1.0-e30-s2.json", 0.86)
+    write(in_tmp / f"metrics/q23/students/kd.carved-e{b.epochs}-s1.json", 0.84)
+    write(in_tmp / f"metrics/q23/students/kd.pruned-e{b.epochs}-s0.json", 0.83)
+    df = results.run_results(p, in_tmp / "all.csv", named=True)
+    by_run = df.set_index("run")
+    assert set(by_run.index) == {"teacher", "q1/teacher.main", f"q1/kd.main-w0.5-e{a.budgets[0]}-s0",
+                                 "q1/raw-w1.0-e30-s2", f"q23/kd.carved-e{b.epochs}-s1", f"q23/kd.pruned-e{b.epochs}-s0"}
+    kd = by_run.loc[f"q1/kd.main-w0.5-e{a.budgets[0]}-s0"]
+    assert (kd.question, kd.variant, kd.teacher, kd.width, kd.seed, kd.test_acc) == (1, "kd", "main", 0.5, 0, 0.85)
+    assert pd.isna(by_run.loc["q1/raw-w1.0-e30-s2", "teacher"]) and by_run.loc["q1/raw-w1.0-e30-s2", "width"] == 1.0
+    carved, pruned = by_run.loc[f"q23/kd.carved-e{b.epochs}-s1"], by_run.loc[f"q23/kd.pruned-e{b.epochs}-s0"]
+    assert (carved.question, carved.init, carved.variant, carved.teacher) == (2, "carved", "kd", b.teacher)
+    assert (pruned.question, pruned.init) == (3, "pruned")
+    flat = flatten(p)
+    assert by_run.loc["q1/teacher.main", "study"] == tracking.study_key({**flat, **q1.study_params(a)})
+    assert carved.study == tracking.study_key({**flat, **q23.study_params(b)})
+    assert df.study.nunique() == 3
+    assert "metrics/q1/students/kd.main-w0.5-e30-s0.json" in df.attrs["missing"]
+    assert "default: 1, q1: 3, q23: 2" in capsys.readouterr().out
+    assert list(results.frame(p).run) == ["teacher"]  # the report stage's table: the default study alone

@@ -78,7 +78,7 @@ def _results(p, args):
     from pathlib import Path
 
     from kdlab.analysis.results import run_results
-    run_results(p, Path(args.out))
+    run_results(p, Path(args.out), named=True)  # the named studies too; the report stage's CSV is the default's
 
 
 def _q1(stage):
@@ -169,7 +169,8 @@ def _parser() -> argparse.ArgumentParser:
                     "`q1_report`, reading `--study` (studies/q1/params.yaml). Questions 2 and 3 with controls (studies/q23/dvc.yaml): "
                     "`q23_teacher --teacher RUN`, `q23_cache`, `q23_student --arm A --init I --epochs E --seed S`, "
                     "`q23_prune`, `q23_cka`, `q23_report`, reading `--study` (studies/q23/params.yaml). Extra commands: "
-                    "`results [-o CSV]` writes every run of every question as one tidy table (pandas); "
+                    "`results [-o CSV]` writes every run of every study (the default and studies/q1, studies/q23) as one "
+                    "tidy table (pandas); "
                     "`sweep --param KEY [--by KEY2]` gathers DVC experiments into a table and plot; `readme` copies "
                     "metrics/summary.md into README.md; `ui` starts the MLflow UI on the project's store; `bench` times "
                     "the same KD step several ways (kdlab raw / cached / online, DataLoader+PIL, torchdistill).",
@@ -193,8 +194,8 @@ def _parser() -> argparse.ArgumentParser:
                     "studies/q23/params.yaml)")
     ap.add_argument("--param", default="loss.alpha", help="sweep: the swept param (default loss.alpha)")
     ap.add_argument("--by", help="sweep: a second swept param (a grid): one curve per value, e.g. loss.temperature")
-    ap.add_argument("-o", "--out", default="reports/results.csv", help="results: the CSV to write "
-                    "(default reports/results.csv, which the report stage also writes)")
+    ap.add_argument("-o", "--out", default="reports/results_all.csv", help="results: the CSV to write (default "
+                    "reports/results_all.csv; the report stage writes reports/results.csv, the default study's runs)")
     ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     ap.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a param, e.g. -S loss.alpha=0.7 (repeatable)")

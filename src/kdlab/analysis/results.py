@@ -2,10 +2,12 @@
 
 One row per trained model: the teacher and question 1's students (``metrics/students``, joined with the test
 metrics ``kdlab evaluate`` wrote to ``metrics/runs.json``), question 2's placements and carved students
-(``metrics/parts``) and question 3's pruned students (``metrics/pruned``). The runs are the current params'
-(not whatever lies in those directories), and each row names its study (the key of its MLflow parent run),
-question, group, training variant, seed, the params that set it apart and every number its stage measured.
-In a notebook::
+(``metrics/parts``) and question 3's pruned students (``metrics/pruned``). ``kdlab results`` adds the named
+studies whose params files are there (``studies/q1``: question 1 in depth; ``studies/q23``: questions 2 and 3 with
+controls): their teachers and students, ``run`` prefixed with the study's folder (``q1/kd.main-w0.5-e15-s0``).
+The runs are the current params' (not whatever lies in those directories), and each row names its study (the key
+of its MLflow parent run), question, group, training variant, seed, the params that set it apart and every
+number its stage measured. In a notebook::
 
     import pandas as pd
     df = pd.read_csv("reports/results.csv")
@@ -25,7 +27,8 @@ RESULTS_CSV = REPORTS / "results.csv"
 STUDY_PARAMS = ("data.name", "teacher.arch", "student.arch", "student.width", "student.epochs", "loss.alpha",
                 "loss.temperature", "cache.views")
 #: identity columns first, in this order; then the study's params, then the measured numbers (sorted)
-ID_COLUMNS = ("study", "question", "run", "group", "variant", "seed", "at", "init", "criterion", "size", "arch")
+ID_COLUMNS = ("study", "question", "run", "group", "variant", "seed", "at", "init", "criterion", "size", "arch",
+              "teacher", "width")
 
 
 def _q1(p: Params) -> list[tuple[dict, Path]]:
@@ -70,21 +73,57 @@ def _q3(p: Params) -> list[tuple[dict, Path]]:
     return rows
 
 
+def _teachers(study: str, key: str, question: int, teachers: dict, metrics: Path) -> list[tuple[dict, Path]]:
+    return [({"study": key, "question": question, "run": f"{study}/teacher.{name}", "group": "teacher",
+              "variant": "teacher", "seed": t.seed, "arch": t.arch, "width": t.width},
+             metrics / "teachers" / f"{name}.json") for name, t in teachers.items()]
+
+
+def _named(p: Params) -> list[tuple[dict, Path]]:
+    """The named studies' runs, where their params files are: (identity with the study's key, metrics file)."""
+    from kdlab.analysis.q1_report import expected_runs
+    from kdlab.pipeline import q1, q23
+
+    flat, rows = flatten(p), []
+    if q1.STUDY.exists():
+        q = q1.load()
+        key = tracking.study_key({**flat, **q1.study_params(q)})
+        rows += _teachers("q1", key, 1, q.teachers, q1.METRICS)
+        for variant, teacher, width, epochs in expected_runs(q):
+            for seed in q.seeds:
+                name = q1.student_name(variant, teacher, width, epochs, seed)
+                rows.append(({"study": key, "question": 1, "run": f"q1/{name}", "group": name.rsplit("-s", 1)[0],
+                              "variant": variant, "seed": seed, "arch": q.student.arch, "teacher": teacher,
+                              "width": width}, q1.METRICS / "students" / f"{name}.json"))
+    if q23.STUDY.exists():
+        q = q23.load()
+        key = tracking.study_key({**flat, **q23.study_params(q)})
+        rows += _teachers("q23", key, 2, q.teachers, q23.METRICS)
+        for arm, init, epochs in q23.expected_students(q):
+            for seed in q.seeds:
+                name = q23.student_name(arm, init, epochs, seed)
+                rows.append(({"study": key, "question": 3 if init in ("pruned", "shape") else 2, "run": f"q23/{name}",
+                              "group": name.rsplit("-s", 1)[0], "variant": q.arms[arm].method, "seed": seed,
+                              "init": init, "arch": q.student.arch, "teacher": q.teacher, "width": q.student.width},
+                             q23.METRICS / "students" / f"{name}.json"))
+    return rows
+
+
 def metrics_files(p: Params) -> dict[str, Path]:
     """{run name: its metrics file} for every run of the study (question 1, 2 and 3)."""
     return {ident["run"]: path for ident, path in _q1(p) + _q2(p) + _q3(p)}
 
 
-def frame(p: Params):
+def frame(p: Params, named: bool = False):
     """The tidy DataFrame of every run of the study whose metrics file exists (``missing``: the others'
-    files, in ``df.attrs``)."""
+    files, in ``df.attrs``); ``named``: the named studies' runs too."""
     import pandas as pd
 
     flat = flatten(p)
     study = {"study": tracking.study_key(flat), **{k: flat[k] for k in STUDY_PARAMS}}
     tested = io.load_json(RUNS_JSON, "dvc repro evaluate") if RUNS_JSON.exists() else {}
     records, missing = [], []
-    for ident, path in _q1(p) + _q2(p) + _q3(p):
+    for ident, path in _q1(p) + _q2(p) + _q3(p) + (_named(p) if named else []):
         if not path.exists():
             missing.append(str(path))
             continue
@@ -102,12 +141,14 @@ def frame(p: Params):
     return df
 
 
-def run_results(p: Params, out: Path = RESULTS_CSV):
-    """Write the study's runs to ``out`` (CSV) and say how many there are and which are missing."""
-    df = frame(p)
+def run_results(p: Params, out: Path = RESULTS_CSV, named: bool = False):
+    """Write the study's runs (``named``: and the named studies') to ``out`` (CSV) and say how many there are
+    and which are missing."""
+    df = frame(p, named)
     out.parent.mkdir(parents=True, exist_ok=True)
     io.save_text(df.to_csv(index=False, float_format="%.7g"), out)
-    counts = ", ".join(f"question {q}: {n}" for q, n in df.groupby("question").size().items()) if len(df) else "none"
+    counts = ", ".join(f"{study}: {n}" for study, n in df.groupby(df.run.str.split("/").str[0].where(
+        df.run.str.contains("/"), "default"), sort=False).size().items()) if len(df) else "none"
     print(f"wrote {out}: {len(df)} runs ({counts})")
     if df.attrs["missing"]:
         print(f"not run yet ({len(df.attrs['missing'])}): {', '.join(df.attrs['missing'][:5])}"

@@ -74,20 +74,30 @@ def prune_at(model: nn.Module, criterion: str, ratio: float, calib: tuple[torch.
 
 
 def prune_to(model: nn.Module, criterion: str, target: int, calib, max_ratio: float = 0.9, seed: int = 0,
-             resolution: float = 1 / 1024) -> tuple[nn.Module, list, float]:
+             resolution: float = 1 / 1024, transform: Callable[[nn.Module], nn.Module] | None = None,
+             key: str = "prune.max_ratio") -> tuple[nn.Module, list, float]:
     """The largest pruning of ``model`` with at most ``target`` parameters found by bisection on the global
-    ratio (to ``resolution``): (model, history, ratio). ``target`` at or above the model's size: an exact copy."""
-    if target >= count_params(model):
+    ratio (to ``resolution``): (model, history, ratio). ``transform``: applied to every pruned candidate before it
+    is counted and kept (channels scored on the whole ``model``, then blocks carved out of it); without one,
+    ``target`` at or above the model's size gives an exact copy. ``key``: the param a too-small ``max_ratio``
+    is blamed on."""
+    shape = transform or (lambda m: m)
+    if transform is None and target >= count_params(model):
         return copy.deepcopy(model), [], 0.0
-    best = prune_at(model, criterion, max_ratio, calib, max_ratio, seed)
+
+    def at(ratio: float) -> tuple[nn.Module, list]:
+        pruned, history = prune_at(model, criterion, ratio, calib, max_ratio, seed)
+        return shape(pruned), history
+
+    best = at(max_ratio)
     if count_params(best[0]) > target:
-        raise ParamsError("prune.max_ratio", f"{criterion} pruning at the maximum ratio {max_ratio} leaves "
-                          f"{count_params(best[0])} parameters, above the target {target}; raise prune.max_ratio "
+        raise ParamsError(key, f"{criterion} pruning at the maximum ratio {max_ratio} leaves "
+                          f"{count_params(best[0])} parameters, above the target {target}; raise {key} "
                           f"or ask for a larger size")
     lo, hi = 0.0, max_ratio  # lo: too many parameters left; hi: within the target
     while hi - lo > resolution:
         mid = (lo + hi) / 2
-        cand = prune_at(model, criterion, mid, calib, max_ratio, seed)
+        cand = at(mid)
         if count_params(cand[0]) <= target:
             hi, best = mid, cand
         else:

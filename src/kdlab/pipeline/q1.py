@@ -193,7 +193,7 @@ def subset_context(p: Params, q, seed: int):
     return ctx
 
 
-def _study_params(q: Q1) -> dict:
+def study_params(q: Q1) -> dict:
     return flatten_dict(dataclasses.asdict(q), "q1.")
 
 
@@ -253,7 +253,7 @@ def train_teacher(p: Params, q, name: str, out: Path, metrics_dir: Path, study: 
 
 
 def run_q1_teacher(p: Params, q: Q1, name: str) -> dict:
-    return train_teacher(p, q, name, TEACHERS / name, METRICS / "teachers", "q1", _study_params(q))
+    return train_teacher(p, q, name, TEACHERS / name, METRICS / "teachers", "q1", study_params(q))
 
 
 # ---------------------------------------------------------------- caches
@@ -365,7 +365,7 @@ def run_q1_student(p: Params, q: Q1, variant: str, teacher: str | None, width: f
     tags = {"variant": variant, "q1_teacher": teacher or "", "width": width, "epochs": epochs}
     metrics = train_run(p, ctx, Run(name, "student", spec, seed, method, batches, model,
                                     (STUDENTS / f"{name}.pt", METRICS / "students" / f"{name}.json"), tags,
-                                    resume_key, about=about, extra=_study_params(q)))
+                                    resume_key, about=about, extra=study_params(q)))
     if distributed.is_main():  # train_run leaves the kept (best-on-validation) state in the model
         test = ctx.splits["test"]
         pred = predict(model, test["images"], test["labels"], ctx.normalize, p.train.eval_batch_size,

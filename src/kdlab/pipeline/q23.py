@@ -56,6 +56,8 @@ METRICS = Path("metrics/q23")
 PRUNE_JSON = METRICS / "prune.json"
 CKA_JSON = METRICS / "cka.json"
 INITS = ("random", "carved", "pruned", "shape")
+#: the param a pruning that cannot reach its target is blamed on
+MAX_RATIO = "q23.prune.max_ratio"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,31 +320,6 @@ def recalibrate_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 500
     return m.eval()
 
 
-def _full_then_carve(teacher, criterion, target, calib, keep, max_ratio, seed, resolution=1 / 1024):
-    """Channels scored and pruned on the full teacher, then its blocks ``keep`` carved: the largest such model
-    with at most ``target`` parameters (bisection on the global ratio, as :func:`kdlab.core.channels.prune_to`)."""
-    from kdlab.core import channels
-    from kdlab.core.models import count_params
-    from kdlab.core.surgery import keep_blocks
-
-    def cut(ratio):
-        return keep_blocks(channels.prune_at(teacher, criterion, ratio, calib, max_ratio, seed)[0], keep, "q23.keep")
-
-    best = cut(max_ratio)
-    if count_params(best) > target:
-        raise ParamsError("q23.prune.max_ratio", f"{criterion}: {count_params(best)} parameters at the maximum "
-                          f"ratio, above {target}")
-    lo, hi = 0.0, max_ratio
-    while hi - lo > resolution:
-        mid = (lo + hi) / 2
-        cand = cut(mid)
-        if count_params(cand) <= target:
-            hi, best = mid, cand
-        else:
-            lo = mid
-    return best
-
-
 def run_q23_prune(p: Params, q: Q23) -> dict:
     from kdlab.core import channels
     from kdlab.core.models import count_params
@@ -378,11 +355,12 @@ def run_q23_prune(p: Params, q: Q23) -> dict:
     carved = keep_blocks(teacher, q.keep, "q23.keep")
     measure("blocks", carved, "blocks", None, None)
     for c in pr.criteria:
-        m, hist, _ = channels.prune_to(teacher, c, target, calib, pr.max_ratio, seed=t.seed)
+        m, hist, _ = channels.prune_to(teacher, c, target, calib, pr.max_ratio, seed=t.seed, key=MAX_RATIO)
         measure(f"channels.{c}", m, "channels", c, "full", [hist])
-        m, _, _ = channels.prune_to(carved, c, small, calib, pr.max_ratio, seed=t.seed)
+        m, _, _ = channels.prune_to(carved, c, small, calib, pr.max_ratio, seed=t.seed, key=MAX_RATIO)
         measure(f"blocks+channels.{c}", m, "blocks, then channels", c, "carved")
-        m = _full_then_carve(teacher, c, small, calib, q.keep, pr.max_ratio, t.seed)
+        m, _, _ = channels.prune_to(teacher, c, small, calib, pr.max_ratio, seed=t.seed, key=MAX_RATIO,
+                                    transform=lambda pruned: keep_blocks(pruned, q.keep, "q23.keep"))
         measure(f"channels+blocks.{c}", m, "channels, then blocks", c, "full")
     c = read_cache(p, q, CACHE, teacher_file(q.teacher), REBUILD)
     kd_batches = TrainBatches(train["images"], train["labels"], ctx.normalize, p.train.batch_size, p.views.pad,
