@@ -35,7 +35,8 @@ def main() -> int:
                 for dep in stage.deps:
                     if isinstance(dep, ParamsDependency) or dep.def_path.startswith("src/"):
                         dep.save()
-            if stages:  # one write of the lock file for all of them
+            if stages:  # one write of the lock file for all of them (DVC 3.67's Lockfile; stage.dump() per
+                # stage re-reads and re-writes the whole lock each time: 6.7 min instead of 14 s here)
                 stages[0].dvcfile._lockfile.dump_stages(stages)
             n += len(stages)
     print(f"re-recorded {n} stages of {', '.join(args.pipelines)}")
