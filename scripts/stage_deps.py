@@ -119,12 +119,11 @@ def rewrite(text: str, pipeline: str, records: list[dict]) -> str:
     kept where anything under them was imported)."""
     blocks, imported = imported_by_block(text, pipeline, records)
     lines = text.splitlines(keepends=True)
-    done = set()
+    # each block once (stages sharing an anchor share it), from the last up, so earlier line numbers stay valid
     for b in sorted({b["block"]: b for b in blocks.values()}.values(), key=lambda b: -b["start"]):
         files = imported.get(b["block"])
-        if files is None or b["block"] in done:
+        if files is None:
             continue
-        done.add(b["block"])
         folders = [d for d in b["src"] if not d.endswith(".py") and any(_covered(f, [d]) for f in files)]
         src = sorted(set(folders) | {f for f in files if not _covered(f, folders)})
         body = lines[b["start"]:b["end"]]

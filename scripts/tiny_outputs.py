@@ -35,14 +35,6 @@ OUTPUTS = ("models", "data/teacher_logits", "data/q1", "data/q23", "metrics", "p
 TIMING = re.compile(r"second|time|sha256$", re.I)
 
 
-def _without_timings(value):
-    if isinstance(value, dict):
-        return {k: _without_timings(v) for k, v in value.items() if not TIMING.search(str(k))}
-    if isinstance(value, (list, tuple)):
-        return [_without_timings(v) for v in value]
-    return value
-
-
 def _digest(value, h) -> None:
     """Feed ``value`` (tensors, dicts, lists, numbers, strings) into ``h`` in a fixed order."""
     import torch
@@ -75,7 +67,7 @@ def fingerprint(path: Path) -> str:
     if path.suffix == ".pt":
         _digest(torch.load(path, map_location="cpu", weights_only=True), h)
     elif path.suffix == ".json":
-        h.update(json.dumps(_without_timings(json.loads(path.read_text())), sort_keys=True).encode())
+        _digest(json.loads(path.read_text()), h)
     else:
         h.update(path.read_bytes())
     return h.hexdigest()
