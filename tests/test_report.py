@@ -266,6 +266,9 @@ def test_kdlab_results_lists_the_named_studies_runs_too(in_tmp, capsys):
     assert by_run.loc["q1/teacher.main", "study"] == tracking.study_key({**flat, **q1.study_params(a)})
     assert carved.study == tracking.study_key({**flat, **q23.study_params(b)})
     assert df.study.nunique() == 3
+    # the default study's teacher, student and budget describe its own rows only; data and loss are every study's
+    assert by_run.loc["teacher", "student.epochs"] == p.student.epochs
+    assert pd.isna(kd["student.epochs"]) and pd.isna(carved["teacher.arch"]) and kd["loss.alpha"] == p.loss.alpha
     assert "metrics/q1/students/kd.main-w0.5-e30-s0.json" in df.attrs["missing"]
     assert "default: 1, q1: 3, q23: 2" in capsys.readouterr().out
     assert list(results.frame(p).run) == ["teacher"]  # the report stage's table: the default study alone

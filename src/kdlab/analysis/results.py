@@ -26,6 +26,9 @@ RESULTS_CSV = REPORTS / "results.csv"
 #: the study's params every row carries (the rest are in MLflow and params.yaml)
 STUDY_PARAMS = ("data.name", "teacher.arch", "student.arch", "student.width", "student.epochs", "loss.alpha",
                 "loss.temperature", "cache.views")
+#: the default study's own model and budget: a named study's rows leave them empty (each row names its own arch,
+#: width and teacher; data, loss and cache views are the default study's in every study)
+OWN_PARAMS = ("teacher.arch", "student.arch", "student.width", "student.epochs")
 #: identity columns first, in this order; then the study's params, then the measured numbers (sorted)
 ID_COLUMNS = ("study", "question", "run", "group", "variant", "seed", "at", "init", "criterion", "size", "arch",
               "teacher", "width")
@@ -79,6 +82,11 @@ def _teachers(study: str, key: str, question: int, teachers: dict, metrics: Path
              metrics / "teachers" / f"{name}.json") for name, t in teachers.items()]
 
 
+def _not_default(rows: list[tuple[dict, Path]]) -> list[tuple[dict, Path]]:
+    """``rows`` of a named study, the default study's own params blanked (:data:`OWN_PARAMS`)."""
+    return [({**dict.fromkeys(OWN_PARAMS), **ident}, path) for ident, path in rows]
+
+
 def _named(p: Params) -> list[tuple[dict, Path]]:
     """The named studies' runs, where their params files are: (identity with the study's key, metrics file)."""
     from kdlab.analysis.q1_report import expected_runs
@@ -106,7 +114,7 @@ def _named(p: Params) -> list[tuple[dict, Path]]:
                               "group": name.rsplit("-s", 1)[0], "variant": q.arms[arm].method, "seed": seed,
                               "init": init, "arch": q.student.arch, "teacher": q.teacher, "width": q.student.width},
                              q23.METRICS / "students" / f"{name}.json"))
-    return rows
+    return _not_default(rows)
 
 
 def metrics_files(p: Params) -> dict[str, Path]:
