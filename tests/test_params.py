@@ -77,7 +77,7 @@ BAD = [
     ({"parts": {"layers": ["conv1"]}}, "parts.layers[0]", ["layerN"]),
     ({"parts": {"layers": ["layer1", "layer1"]}}, "parts.layers", ["duplicates"]),
     ({"parts": {"init": ["init_teachr"]}}, "parts.init[0]", ["init_teacher", "init_random"]),
-    ({"parts": {"cka_images": 0}}, "parts.cka_images", ["> 0"]),
+    ({"parts": {"cka_images": 3}}, "parts.cka_images", ["at least 4"]),
     ({"prune": {"finetune_alpha": 1.2}}, "prune.finetune_alpha", ["[0, 1]"]),
     ({"prune": {"finetune_temperature": 0}}, "prune.finetune_temperature", ["> 0"]),
 ]

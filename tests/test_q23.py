@@ -9,9 +9,8 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import REPO
 from torch import nn
-
-from conftest import REPO, tiny
 
 # ---------------------------------------------------------------- CKA
 
@@ -208,22 +207,32 @@ def test_pruning_cuts_read_in_order():
                                                     "iterative.l1", "blocks+channels.l1", "channels+blocks.l1"]
 
 
-def test_snapshots_keep_the_students_weights_at_the_start_of_the_next_epoch():
-    """The snapshot mixin on a real method: epoch k's file is the student's state when epoch k + 1 begins."""
+def test_snapshots_keep_the_students_weights_at_the_start_of_the_next_epoch(tmp_path):
+    """A run's snapshots (kdlab.pipeline.train): epoch k's file is the model's state when epoch k + 1 begins
+    (epoch 0: before training); as weights alone, or as a model file that loads like any other."""
     from kdlab.core import models
-    from kdlab.pipeline import params
-    from kdlab.pipeline.q23 import Arm, build_method
+    from kdlab.pipeline.params import ModelParams
+    from kdlab.pipeline.train import RunSpec, _snapshotter
+    from kdlab.pipeline.workspace import Context, model_from_checkpoint
 
-    saved = {}
-    p = params.from_dict(tiny())
-    method = build_method(p, Arm("kd"), [0, 2], lambda e, s: saved.__setitem__(e, s))
+    ctx = Context(torch.device("cpu"), {"channels": 1, "classes": 3, "sha256": "d", "image_size": 10}, {}, None)
     student = models.build("resnet8", 1, 3, 0.25)
-    method.attach(student, None, torch.randn(4, 1, 10, 10))
     start = copy.deepcopy(student.state_dict())
-    for epoch in (1, 2, 3):
-        method.begin_epoch(epoch)
-        with torch.no_grad():
-            student.fc.weight.add_(1.0)  # "training"
-    assert sorted(saved) == [0, 2] and method.name == "kd" and method.epoch == 3
-    assert torch.equal(saved[0]["fc.weight"], start["fc.weight"])
-    assert torch.allclose(saved[2]["fc.weight"], start["fc.weight"] + 2.0) and not torch.allclose(saved[2]["fc.weight"], start["fc.weight"] + 3.0)
+    for as_model in (False, True):
+        out = tmp_path / str(as_model)
+        spec = RunSpec("s", "student", ModelParams("resnet8", 0.25), 0, (out / "m.pt", out / "m.json"),
+                       snapshots=(0, 2), snapshot_dir=out, snapshot_as_model=as_model)
+        save = _snapshotter(spec, ctx, student)
+        student.load_state_dict(start)
+        for epoch in (1, 2, 3):
+            save(epoch)
+            with torch.no_grad():
+                student.fc.weight.add_(1.0)  # "training"
+        assert sorted(x.name for x in out.iterdir()) == ["e0.pt", "e2.pt"]
+        saved = {e: torch.load(out / f"e{e}.pt", weights_only=True) for e in (0, 2)}
+        assert torch.equal(saved[0]["state_dict"]["fc.weight"], start["fc.weight"])
+        assert torch.allclose(saved[2]["state_dict"]["fc.weight"], start["fc.weight"] + 2.0)
+        assert saved[2]["epoch"] == 2 and ("arch" in saved[2]) == as_model
+    rebuilt = model_from_checkpoint(saved[2], ctx)
+    assert torch.equal(rebuilt.fc.weight, saved[2]["state_dict"]["fc.weight"])
+    assert _snapshotter(RunSpec("s", "student", ModelParams(), 0, (out, out)), ctx, student) is None

@@ -171,14 +171,15 @@ def test_corrupted_or_foreign_files_are_refused(in_tmp):
     _write_cache(p)
     workspace.TEACHER.parent.mkdir(parents=True)
     workspace.TEACHER.write_bytes(b"the teacher")
-    with pytest.raises(io.StageError, match="not built from the current models/teacher.pt.*dvc repro teacher cache"):
-        workspace.load_cache(p)
+    path, rebuild = workspace.CACHE / "train.pt", "dvc repro cache"
+    with pytest.raises(io.StageError, match="not built from the current models/teacher.pt.*dvc repro cache"):
+        workspace.read_cache(p, path, rebuild, workspace.TEACHER)
     with pytest.raises(RuntimeError, match="built with .*views.*dvc repro cache"):
-        workspace.load_cache(params.from_dict({"cache": {"views": 4}}))
+        workspace.read_cache(params.from_dict({"cache": {"views": 4}}), path, rebuild, workspace.TEACHER)
     blob = (workspace.CACHE / "train.pt").read_bytes()
     (workspace.CACHE / "train.pt").write_bytes(blob[: len(blob) // 2])  # truncated
     with pytest.raises(RuntimeError, match=r"data/teacher_logits/train.pt is unreadable.*dvc repro cache"):
-        workspace.load_cache(p)
+        workspace.read_cache(p, path, rebuild, workspace.TEACHER)
     ctx = workspace.Context(torch.device("cpu"), {}, {}, None)
     with pytest.raises(RuntimeError, match=r"models/teacher.pt is unreadable.*dvc repro teacher"):
         workspace.load_model(workspace.TEACHER, ctx, "dvc repro teacher")

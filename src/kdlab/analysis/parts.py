@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from kdlab.analysis import stats
 from kdlab.analysis.present import COLORS, ci, diff, finish, headline_gain, plt, table, verdict, yerr
-from kdlab.core.features import features, layers, linear_cka
+from kdlab.core import cka
+from kdlab.core.features import features, layers
 from kdlab.core.models import count_params
 from kdlab.infra import io, tracking
 from kdlab.infra.schema import flatten
@@ -42,11 +41,6 @@ def comparisons(p: Params) -> list[tuple[str, str]]:
         pairs += [(g, "kd") for g in names if g.startswith(f"{p.parts.method}.")]
     pairs += [(p.parts.init[0], control) for control in p.parts.init[1:]] if p.parts.init else []
     return pairs
-
-
-def cka_profile(teacher_feats: dict, student, images: torch.Tensor, paths: list[str]) -> dict[str, float]:
-    sf = features(student, images, paths)
-    return {pth: linear_cka(sf[pth], teacher_feats[pth]) for pth in paths}
 
 
 def summarize(p: Params, runs, cka_images: int) -> dict:
@@ -115,7 +109,7 @@ def run_parts(p: Params) -> dict:
             rebuild = f"dvc repro {stage}"
             test_acc = io.load_json(metrics_path, rebuild)["test_acc"]
             student = load_model(model_path, ctx, rebuild)
-            profile = cka_profile(teacher_feats, student, images, paths)
+            profile = {st: v["biased"] for st, v in cka.profile(student, images, paths, teacher_feats).items()}
             rows.append({"group": g, "seed": seed, "test_acc": test_acc, "params": count_params(student),
                          **{f"cka.{k}": v for k, v in profile.items()}})
             print(f"{g}-{seed}: CKA " + " ".join(f"{k} {v:.3f}" for k, v in profile.items()))

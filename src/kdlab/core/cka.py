@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from kdlab.core.features import linear_cka
+from kdlab.core.features import features, linear_cka
 
 
 def _gram(x: torch.Tensor) -> torch.Tensor:
@@ -43,3 +43,10 @@ def unbiased_cka(x: torch.Tensor, y: torch.Tensor) -> float:
 def both(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     """{"biased": ..., "unbiased": ...} linear CKA of the same two feature matrices."""
     return {"biased": linear_cka(x, y), "unbiased": unbiased_cka(x, y)}
+
+
+def profile(model: torch.nn.Module, images: torch.Tensor, paths: list[str], reference: dict) -> dict[str, dict]:
+    """Per layer of ``paths``, :func:`both` between ``model``'s features on ``images`` and ``reference`` (another
+    model's, :func:`kdlab.core.features.features` on the same images): every study's CKA."""
+    f = features(model, images, paths)
+    return {st: both(f[st], reference[st]) for st in paths}

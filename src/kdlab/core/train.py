@@ -180,7 +180,8 @@ def _all_finite(finite: torch.Tensor, world: int) -> bool:
 def fit(model: nn.Module, method: nn.Module, batches: TrainBatches,
         val: tuple[torch.Tensor, torch.Tensor], epochs: int, lr: float, tp, desc: str,
         on_epoch: Optional[Callable[[dict], None]] = None, checkpoint: Path | None = None,
-        fingerprint: str = "", on_steps: Optional[Callable[[int, list[float]], None]] = None) -> FitResult:
+        fingerprint: str = "", on_steps: Optional[Callable[[int, list[float]], None]] = None,
+        on_epoch_start: Optional[Callable[[int], None]] = None) -> FitResult:
     """Train ``model`` with ``method`` (a :mod:`kdlab.distill` method: ``method(model, batch) -> (logits,
     terms)``; its own parameters, e.g. FitNet's regressors, are trained too) and return the best-on-val state.
 
@@ -188,7 +189,8 @@ def fit(model: nn.Module, method: nn.Module, batches: TrainBatches,
     checkpoint with the same ``fingerprint`` found at the start is resumed: an interrupted run ends with
     exactly the metrics of an uninterrupted one. ``on_epoch`` also sees the rows of resumed epochs.
     ``on_steps(epoch, losses)``: each step's training loss of an epoch trained here, after that epoch (read
-    back once per epoch, so the step loop never waits for the device).
+    back once per epoch, so the step loop never waits for the device). ``on_epoch_start(epoch)``: before each
+    epoch trained here (the first one after a resume included), when the model holds the previous epoch's end.
     """
     device = batches.normalize.mean.device
     opt = make_optimizer([*model.parameters(), *method.parameters()], lr, tp)
@@ -224,6 +226,8 @@ def fit(model: nn.Module, method: nn.Module, batches: TrainBatches,
         model.train()
         method.train()
         method.begin_epoch(epoch)
+        if on_epoch_start is not None:
+            on_epoch_start(epoch)
         sums: dict[str, torch.Tensor] = {}
         step_losses: list[torch.Tensor] = []
         seen = 0
@@ -281,3 +285,23 @@ def fit(model: nn.Module, method: nn.Module, batches: TrainBatches,
                      last_state=copy.deepcopy(model.state_dict()), history=history,
                      train_seconds=time.perf_counter() - start, compiled=compiled,
                      first_step_seconds=first_step_seconds)
+
+
+def kd_finetuner(kd, batches, steps: int, lr: float, tp, device: torch.device, precision: str):
+    """``between(model, pruning_step)`` for iterative pruning (:func:`kdlab.core.channels.prune_iteratively`):
+    ``steps`` training steps of the KD method ``kd`` on ``batches`` (cached logits) at ``lr``, warm-up and decay
+    as in training (``tp``: the train params)."""
+    def between(model, pruning_step: int) -> None:
+        opt = make_optimizer(model.parameters(), lr, tp)
+        sched = make_schedule(opt, steps, tp)
+        model.train()
+        done, epoch = 0, 1000 * pruning_step  # fresh permutations, apart from training's epochs
+        while done < steps:
+            for batch in batches.epoch(epoch):
+                step(lambda b: kd(model, b), batch, opt, sched, device=device, precision=precision)
+                done += 1
+                if done == steps:
+                    break
+            epoch += 1
+        model.eval()
+    return between

@@ -54,6 +54,14 @@ def save_json(obj, path) -> None:
     _atomic(path, lambda f: f.write(text.encode()))
 
 
+def digits(classes) -> str:
+    """Predicted (or true) classes, a 1-D integer tensor, as one string of digits: plain data, a tenth of a JSON
+    list (comma-separated when a class exceeds 9)."""
+    if int(classes.max()) > 9:
+        return ",".join(map(str, classes.tolist()))
+    return "".join(map(str, classes.tolist()))
+
+
 def save_text(text: str, path) -> None:
     _atomic(path, lambda f: f.write(text.encode()))
 

@@ -227,7 +227,8 @@ class PartsParams:
                               "[init_teacher, init_random]")
         for i, v in enumerate(self.init):
             choice(f"{key}.init[{i}]", v, distillers)
-        positive(f"{key}.cka_images", self.cka_images)
+        if self.cka_images < 4:  # the unbiased CKA's U-statistic needs n > 3
+            raise ParamsError(f"{key}.cka_images", f"at least 4 images, got {self.cka_images}")
 
 
 @dataclass(frozen=True)

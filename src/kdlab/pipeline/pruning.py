@@ -16,23 +16,24 @@ from dataclasses import replace
 from kdlab import distill
 from kdlab.core import channels
 from kdlab.core.models import count_params
-from kdlab.core.surgery import keep_blocks, reinit
-from kdlab.core.train import accuracy, make_optimizer, make_schedule, predict, step
+from kdlab.core.surgery import keep_blocks
+from kdlab.core.train import accuracy, kd_finetuner, predict
 from kdlab.infra import io, tracking
 from kdlab.infra.schema import ParamsError, flatten
+from kdlab.pipeline.cache import cached_batches
 from kdlab.pipeline.params import BASELINE, LossParams, Params
-from kdlab.pipeline.stages import Run, train_run
+from kdlab.pipeline.spec import RunSpec, Source
+from kdlab.pipeline.train import train
 from kdlab.pipeline.workspace import (
+    CACHE_FILE,
     PROFILE_PLOT,
     PRUNE_JSON,
     PRUNED_TEACHERS,
+    TEACHER_FILE,
     build_model,
     context,
     load_teacher,
-    memory_format,
-    model_from_checkpoint,
     run_files,
-    train_batches,
 )
 
 INITS = ("prune", "shape")
@@ -68,32 +69,15 @@ def stage_of(p: Params, criterion: str, size: float, init: str, variant: str, se
 
 # ---------------------------------------------------------------- kdlab prune_teacher
 
-def kd_finetuner(kd, batches, steps: int, lr: float, tp, ctx):
-    """``between(model, pruning_step)`` for iterative pruning: ``steps`` training steps of the KD method ``kd`` on
-    ``batches`` (cached logits) at ``lr``, warm-up and decay as in training (``tp``: the train params)."""
-    def between(model, pruning_step: int) -> None:
-        opt = make_optimizer(model.parameters(), lr, tp)
-        sched = make_schedule(opt, steps, tp)
-        model.train()
-        done, epoch = 0, 1000 * pruning_step  # fresh permutations, apart from training's epochs
-        while done < steps:
-            for batch in batches.epoch(epoch):
-                step(lambda b: kd(model, b), batch, opt, sched, device=ctx.device, precision=ctx.precision)
-                done += 1
-                if done == steps:
-                    break
-            epoch += 1
-        model.eval()
-    return between
-
-
 def _finetuner(p: Params, ctx, seed: int):
     """The default study's fine-tuner: ``prune.finetune_steps`` KD steps from the cached logits at student.lr, with
     ``prune.finetune_alpha`` and ``finetune_temperature``, not ``loss.*``: the pruned teachers do not depend on the
     students' loss."""
     loss = LossParams(alpha=p.prune.finetune_alpha, temperature=p.prune.finetune_temperature)
     kd = distill.build("kd", replace(p, loss=loss))
-    return kd_finetuner(kd, train_batches(p, ctx, kd, seed, {}), p.prune.finetune_steps, p.student.lr, p.train, ctx)
+    batches = cached_batches(p, ctx, CACHE_FILE.path, CACHE_FILE.rebuild, TEACHER_FILE.path, seed)
+    return kd_finetuner(kd, batches, p.prune.finetune_steps, p.student.lr, p.train, ctx.device,
+                        ctx.precision)
 
 
 def run_prune_teacher(p: Params) -> dict:
@@ -140,26 +124,16 @@ def run_pruned_student(p: Params, size: float, criterion: str, init: str, varian
     initialised (``init=shape``), trained with ``variant`` (kd or raw)."""
     if init not in INITS:
         raise ParamsError("--init", f"unknown {init!r}; allowed: {', '.join(INITS)}")
-    method = distill.build(variant, p)
-    if method.uses_teacher_model or method.builds_from_teacher:
+    cls = distill.method_class(variant)
+    if cls.uses_teacher_model or cls.builds_from_teacher:
         raise ParamsError("--variant", f"{variant} needs the teacher itself; a pruned student trains with a "
                           f"logits method or on labels ({', '.join(VARIANTS)})")
-    ctx = context(p, seed)
-    src = PRUNED_TEACHERS / f"{model_name(criterion, size)}.pt"
-    ckpt = io.load_torch(src, "dvc repro prune_teacher")
-    model = model_from_checkpoint(ckpt, ctx)
-    if init == "shape":
-        reinit(model)  # torch's generator, seeded with this run's seed by context()
-    model = memory_format(model, p.student, ctx).train()
-    resume_key = {"pruned_sha256": io.sha256(src)}
-    batches = train_batches(p, ctx, method, seed, resume_key)
-    method.attach(model, None, ctx.normalize(ctx.splits["train"]["images"][:32].to(ctx.device)))
-    method.to(ctx.device)
     name = run_name(init, criterion, size, variant)
-    arch = {k: ckpt[k] for k in ("arch", "width", "blocks", "pruning")}
     start = "with its pruned weights" if init == "prune" else "that shape freshly initialised"
     about = f"Question 3: the teacher pruned by `{criterion}` to x{size} of the student's parameters, {start}. "
-    return train_run(p, ctx, Run(f"{name}-{seed}", "student", p.student, seed, method, batches, model,
-                                 run_files(name, seed, "pruned"),
-                                 {"variant": name, "init": init, "criterion": criterion, "size": size}, resume_key,
-                                 arch, about=about, method_name=variant))
+    return train(p, RunSpec(f"{name}-{seed}", "student", p.student, seed, run_files(name, seed, "pruned"), variant,
+                            init="pruned" if init == "prune" else "shape",
+                            pruned=Source(PRUNED_TEACHERS / f"{model_name(criterion, size)}.pt",
+                                          "dvc repro prune_teacher"),
+                            teacher=TEACHER_FILE, cache=CACHE_FILE,
+                            tags={"variant": name, "init": init, "criterion": criterion, "size": size}, about=about))

@@ -22,26 +22,22 @@ Every file is tensors or plain data (:func:`kdlab.infra.io.load_torch`, JSON).
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import re
 from pathlib import Path
 
-import torch
-
 from kdlab import distill
-from kdlab.core import views
-from kdlab.core.loader import TrainBatches
-from kdlab.core.train import accuracy, autocast, predict
-from kdlab.distill.raw import Raw
-from kdlab.infra import distributed, io
+from kdlab.infra import io
 from kdlab.infra.schema import ParamsError, build, choice, flatten_dict, no_duplicates, positive, read_yaml
+from kdlab.pipeline.cache import run_study_cache
 from kdlab.pipeline.params import ModelParams, Params
-from kdlab.pipeline.stages import Run, train_run
-from kdlab.pipeline.workspace import build_model, context, model_from_checkpoint
+from kdlab.pipeline.spec import RunSpec, Source
+from kdlab.pipeline.study import StudentSpec, TeacherRun, subset, teacher_spec
+from kdlab.pipeline.train import train
 
 #: the study's params file (relative to the repository root, where its stages run)
 STUDY = Path("studies/q1/params.yaml")
+REBUILD = f"dvc repro {STUDY.parent / 'dvc.yaml'}"
 TEACHERS = Path("models/q1/teachers")
 STUDENTS = Path("models/q1/students")
 CACHES = Path("data/q1/logits")
@@ -51,24 +47,6 @@ CACHE_METRICS = METRICS / "caches"
 #: per student (and teacher): identity and test predictions, for the per-class and per-confidence analysis
 TESTS = METRICS / "tests"
 SNAPSHOT = re.compile(r"^(?P<run>.+)_e(?P<epoch>\d+)$")
-
-
-@dataclasses.dataclass(frozen=True)
-class TeacherRun:
-    arch: str = "resnet8"
-    width: float = 1.0
-    epochs: int = 30
-    lr: float = 0.2
-    seed: int = 0
-    #: also keep the weights at the end of these epochs (early-stopped teachers ``<run>_e<k>``)
-    snapshots: list[int] = dataclasses.field(default_factory=list)
-
-
-@dataclasses.dataclass(frozen=True)
-class StudentSpec:
-    arch: str = "resnet8"
-    width: float = 0.5
-    lr: float = 0.2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,204 +152,38 @@ def student_name(variant: str, teacher: str | None, width: float, epochs: int, s
     return f"{head}-w{float(width)}-e{epochs}-s{seed}"
 
 
-def subset(n_total: int, n: int, seed: int) -> torch.Tensor:
-    """The first ``n`` of a seeded permutation of ``range(n_total)``, in ascending order."""
-    if n > n_total:
-        raise io.StageError(f"the study asks for {n} images of a split of {n_total}: lower it in {STUDY}")
-    g = torch.Generator().manual_seed(seed)
-    return torch.randperm(n_total, generator=g)[:n].sort().values
-
-
-def subset_context(p: Params, q, seed: int):
-    """The default study's context with the training and validation splits cut to the study's subsets (``q``: a
-    named study's params with ``train_images``, ``val_images`` and ``subset_seed``)."""
-    ctx = context(p, seed)
-    for split, n, offset in (("train", q.train_images, 0), ("val", q.val_images, 1)):
-        s = ctx.splits[split]
-        idx = subset(len(s["labels"]), n, q.subset_seed + offset)
-        ctx.splits[split] = {k: v[idx] for k, v in s.items()}
-    return ctx
-
-
 def study_params(q: Q1) -> dict:
     return flatten_dict(dataclasses.asdict(q), "q1.")
 
 
-# ---------------------------------------------------------------- teachers
-
-class _Snapshots(Raw):
-    """Labels-only training that also saves the model's weights at the end of given epochs: at the start of
-    epoch k + 1 they are the end of epoch k, trained or resumed from a checkpoint alike."""
-
-    def __init__(self, loss, label_smoothing: float, epochs: list[int], save):
-        super().__init__(loss, None, label_smoothing)
-        self.snapshot_epochs, self.save = set(epochs), save
-        self._model: list[torch.nn.Module] = []
-
-    def attach(self, student, teacher, example) -> None:
-        self._model = [student]
-
-    def begin_epoch(self, epoch: int) -> None:
-        super().begin_epoch(epoch)
-        if epoch - 1 in self.snapshot_epochs and distributed.is_main():
-            self.save(epoch - 1, copy.deepcopy(self._model[0].state_dict()))
-
-
-def _model_file(spec, ctx, state: dict, seed: int, **extra) -> dict:
-    return {"arch": spec.arch, "width": spec.width, "in_channels": ctx.meta["channels"],
-            "classes": ctx.meta["classes"], "state_dict": state, "seed": seed, "data_sha256": ctx.meta["sha256"],
-            **extra}
-
-
-def train_teacher(p: Params, q, name: str, out: Path, metrics_dir: Path, study: str, extra: dict) -> dict:
-    """Train the named study ``q``'s teacher run ``q.teachers[name]`` on the labels into ``out`` (``final.pt``,
-    and ``e<k>.pt`` for each of its snapshots) and ``metrics_dir/<name>.json`` (with ``<name>.curve.json``: its
-    validation curve); ``study``: the study's name in run names and tags (``q1``)."""
-    t = q.teachers[name]
-    ctx = subset_context(p, q, t.seed)
-    spec = ModelParams(t.arch, t.width, t.epochs, t.lr, t.seed, "auto")
-    model = build_model(spec, ctx)
-
-    def save(epoch, state):
-        io.save_torch(_model_file(spec, ctx, state, t.seed, epoch=epoch), out / f"e{epoch}.pt")
-
-    method = _Snapshots(p.loss, p.train.label_smoothing, t.snapshots, save)
-    method.attach(model, None, None)
-    train = ctx.splits["train"]
-    table = views.view_table(len(train["labels"]), p.views.pad, p.views.flip, "all", 0)
-    batches = TrainBatches(train["images"], train["labels"], ctx.normalize, p.train.batch_size, p.views.pad, table,
-                           seed=t.seed, rank=distributed.rank(), world=distributed.world())
-    about = (f"The {study} study's teacher `{name}` ({q.train_images} training images)"
-             + (f", with snapshots at epochs {t.snapshots}. " if t.snapshots else ". "))
-    metrics = train_run(p, ctx, Run(f"{study}-teacher-{name}", "teacher", spec, t.seed, method, batches, model,
-                                    (out / "final.pt", metrics_dir / f"{name}.json"), {f"{study}_teacher": name},
-                                    about=about, extra=extra))
-    if distributed.is_main():  # its validation curve, to show where it plateaus
-        io.save_json({"teacher": name, "val_curve": [row["val_acc"] for row in res_history(out / "final.pt")]},
-                     metrics_dir / f"{name}.curve.json")
-    return metrics
-
+# ---------------------------------------------------------------- stages
 
 def run_q1_teacher(p: Params, q: Q1, name: str) -> dict:
-    return train_teacher(p, q, name, TEACHERS / name, METRICS / "teachers", "q1", study_params(q))
-
-
-# ---------------------------------------------------------------- caches
-
-def _digits(pred: torch.Tensor) -> str:
-    """Predicted classes as one string of digits (plain data, a tenth of a JSON list)."""
-    if int(pred.max()) > 9:
-        return ",".join(map(str, pred.tolist()))
-    return "".join(map(str, pred.tolist()))
+    return train(p, teacher_spec(q, name, TEACHERS / name, METRICS / "teachers", "q1", study_params(q)))
 
 
 def run_q1_cache(p: Params, q: Q1, name: str) -> dict:
-    return write_cache(p, q, name, teacher_file(name, q), CACHES / f"{name}.pt", CACHE_METRICS / f"{name}.json",
-                       TESTS / f"teacher.{name}.json", f"dvc repro {STUDY.parent / 'dvc.yaml'}")
-
-
-def write_cache(p: Params, q, name: str, path: Path, cache: Path, metrics_file: Path, tests: Path, rebuild: str) -> dict:
-    """The named study ``q``'s logit cache of the teacher file ``path`` into ``cache``, with its accuracies and
-    wrong fractions (``metrics_file``) and its test predictions (``tests``)."""
-    ctx = subset_context(p, q, p.cache.seed)
-    teacher = model_from_checkpoint(io.load_torch(path, rebuild), ctx)
-    train = ctx.splits["train"]
-    n = len(train["labels"])
-    table = views.view_table(n, p.views.pad, p.views.flip, p.cache.views, p.cache.seed)
-    from kdlab.pipeline.cache import teacher_logits_for
-
-    cast = autocast(ctx.device, p.train.precision)
-    logits = teacher_logits_for(teacher, train["images"], table, ctx.normalize, p.views.pad, p.cache.batch_size, cast)
-    bs, prec = p.train.eval_batch_size, p.train.precision
-    clean = predict(teacher, train["images"], train["labels"], ctx.normalize, bs, prec)
-    val = predict(teacher, ctx.splits["val"]["images"], ctx.splits["val"]["labels"], ctx.normalize, bs, prec)
-    test_images, test_labels = ctx.splits["test"]["images"], ctx.splits["test"]["labels"]
-    test = predict(teacher, test_images, test_labels, ctx.normalize, bs, prec)
-    labels = train["labels"]
-    view_right = logits.float().argmax(-1) == labels[:, None]
-    clean_right = clean.argmax(1) == labels
-    stamp = {"teacher_sha256": io.sha256(path), "pad": p.views.pad, "flip": p.views.flip, "views": p.cache.views,
-             "seed": p.cache.seed, "images": n}
-    io.save_torch({"view_ids": table, "logits": logits, "clean_correct": clean_right, **stamp}, cache)
-    metrics = {
-        "teacher": name, "val_acc": accuracy(val, ctx.splits["val"]["labels"]), "test_acc": accuracy(test, test_labels),
-        "train_view_acc": view_right.float().mean().item(), "train_clean_acc": clean_right.float().mean().item(),
-        # the fractions the KD-where-right variants act on
-        "train_views_wrong": 1 - view_right.float().mean().item(),
-        "train_images_wrong": 1 - clean_right.float().mean().item(),
-        "train_images_any_view_wrong": (~view_right).any(1).float().mean().item(),
-        "train_views_wrong_clean_right": (~view_right & clean_right[:, None]).float().mean().item(),
-    }
-    io.save_json(metrics, metrics_file)
-    probs = test.softmax(1)
-    io.save_json({"teacher": name, "test_acc": metrics["test_acc"], "pred": _digits(probs.argmax(1)),
-                  "labels": _digits(test_labels),
-                  "confidence": [round(v, 4) for v in probs.max(1).values.tolist()]}, tests)
-    print(f"cache {name}: teacher val {metrics['val_acc']:.4f} test {metrics['test_acc']:.4f}; wrong on "
-          f"{metrics['train_views_wrong']:.4f} of cached training views, {metrics['train_images_wrong']:.4f} of "
-          f"clean training images")
-    return metrics
-
-
-def load_q1_cache(p: Params, q: Q1, name: str) -> dict:
-    return read_cache(p, q, CACHES / f"{name}.pt", teacher_file(name, q), f"dvc repro {STUDY.parent / 'dvc.yaml'}")
-
-
-def read_cache(p: Params, q, path: Path, teacher: Path, rebuild: str) -> dict:
-    """A cache :func:`write_cache` wrote, checked against the views, the subset and the teacher file it must match."""
-    c = io.load_torch(path, rebuild)
-    expected = {"pad": p.views.pad, "flip": p.views.flip, "views": p.cache.views, "seed": p.cache.seed,
-                "images": q.train_images, "teacher_sha256": io.sha256(teacher)}
-    got = {k: c.get(k) for k in expected}
-    if got != expected:
-        raise io.StageError(f"{path} was built with {got} but the study asks for {expected}; rebuild it with `{rebuild}`")
-    return c
-
-
-# ---------------------------------------------------------------- students
-
-def res_history(model_file: Path) -> list[dict]:
-    """The per-epoch rows (val_acc, loss...) saved in a trained model's file."""
-    return io.load_torch(model_file, f"dvc repro {STUDY.parent / 'dvc.yaml'}")["history"]
+    return run_study_cache(p, subset(q), name, teacher_file(name, q), REBUILD, CACHES / f"{name}.pt",
+                           CACHE_METRICS / f"{name}.json", TESTS / f"teacher.{name}.json")
 
 
 def run_q1_student(p: Params, q: Q1, variant: str, teacher: str | None, width: float, epochs: int,
                    seed: int) -> dict:
-    method = distill.build(variant, p)
-    if method.uses_teacher_model or method.builds_from_teacher:
+    cls = distill.method_class(variant)
+    if cls.uses_teacher_model or cls.builds_from_teacher:
         raise io.StageError(f"question 1's study distils from cached logits; {variant!r} runs the teacher model")
-    if method.uses_teacher_logits == (teacher is None):
+    if cls.uses_teacher_logits == (teacher is None):
         raise io.StageError(f"--variant {variant}: {'give' if teacher is None else 'no'} --teacher")
-    ctx = subset_context(p, q, seed)
-    train = ctx.splits["train"]
-    resume_key, logits = {}, None
-    if teacher is not None:
-        c = load_q1_cache(p, q, teacher)
-        table, logits = c["view_ids"], c["logits"]
-        resume_key["cache_sha256"] = io.sha256(CACHES / f"{teacher}.pt")
-        if getattr(method, "reads_clean_correct", False):
-            method.clean_correct = c["clean_correct"].to(ctx.device)
-    else:
-        table = views.view_table(len(train["labels"]), p.views.pad, p.views.flip, p.cache.views, p.cache.seed)
-    batches = TrainBatches(train["images"], train["labels"], ctx.normalize, p.train.batch_size, p.views.pad, table,
-                           seed=seed, teacher_logits=logits, rank=distributed.rank(), world=distributed.world())
-    spec = ModelParams(q.student.arch, width, epochs, q.student.lr, seed, "auto")
-    model = build_model(spec, ctx)
-    method.attach(model, None, ctx.normalize(train["images"][:32].to(ctx.device)))
-    method.to(ctx.device)
     name = student_name(variant, teacher, width, epochs, seed)
     about = (f"Question 1: {q.student.arch} x{width} for {epochs} epochs on {q.train_images} training images, "
              f"{'from teacher `' + teacher + '`' if teacher else 'labels only'}. ")
-    tags = {"variant": variant, "q1_teacher": teacher or "", "width": width, "epochs": epochs}
-    metrics = train_run(p, ctx, Run(name, "student", spec, seed, method, batches, model,
-                                    (STUDENTS / f"{name}.pt", METRICS / "students" / f"{name}.json"), tags,
-                                    resume_key, about=about, extra=study_params(q)))
-    if distributed.is_main():  # train_run leaves the kept (best-on-validation) state in the model
-        test = ctx.splits["test"]
-        pred = predict(model, test["images"], test["labels"], ctx.normalize, p.train.eval_batch_size,
-                       p.train.precision).argmax(1)
-        io.save_json({"variant": variant, "teacher": teacher, "arch": q.student.arch, "width": width,
-                      "epochs": epochs, "seed": seed, "test_acc": metrics["test_acc"], "val_acc": metrics["val_acc"],
-                      "val_curve": [row["val_acc"] for row in res_history(STUDENTS / f"{name}.pt")],
-                      "pred": _digits(pred)}, TESTS / f"{name}.json")
-    return metrics
+    record = {"variant": variant, "teacher": teacher, "arch": q.student.arch, "width": width, "epochs": epochs,
+              "seed": seed}
+    return train(p, RunSpec(
+        name, "student", ModelParams(q.student.arch, width, epochs, q.student.lr, seed, "auto"), seed,
+        (STUDENTS / f"{name}.pt", METRICS / "students" / f"{name}.json"), variant,
+        teacher=Source(teacher_file(teacher, q), REBUILD) if teacher else None,
+        cache=Source(CACHES / f"{teacher}.pt", REBUILD) if teacher else None, subset=subset(q),
+        curve=TESTS / f"{name}.json", record=record, predictions=True,
+        tags={"variant": variant, "q1_teacher": teacher or "", "width": width, "epochs": epochs}, about=about,
+        extra=study_params(q)))

@@ -35,15 +35,15 @@ import torch
 from torch import nn
 
 from kdlab import distill
-from kdlab.core import views
-from kdlab.core.loader import TrainBatches
-from kdlab.core.train import accuracy, predict
-from kdlab.infra import distributed, io
+from kdlab.core.train import accuracy, kd_finetuner, predict
+from kdlab.infra import io
 from kdlab.infra.schema import ParamsError, build, choice, flatten_dict, no_duplicates, positive, read_yaml
+from kdlab.pipeline.cache import cached_batches, run_study_cache
 from kdlab.pipeline.params import PRUNE_CRITERIA, ModelParams, Params
-from kdlab.pipeline.q1 import StudentSpec, TeacherRun, read_cache, subset_context, train_teacher, write_cache
-from kdlab.pipeline.stages import Run, train_run
-from kdlab.pipeline.workspace import build_model, memory_format, model_from_checkpoint
+from kdlab.pipeline.spec import RunSpec, Source
+from kdlab.pipeline.study import StudentSpec, TeacherRun, subset, teacher_spec
+from kdlab.pipeline.train import train
+from kdlab.pipeline.workspace import build_model, context, model_from_checkpoint
 
 STUDY = Path("studies/q23/params.yaml")
 REBUILD = f"dvc repro {STUDY.parent / 'dvc.yaml'}"
@@ -55,7 +55,6 @@ CACHE = Path("data/q23/logits.pt")
 METRICS = Path("metrics/q23")
 PRUNE_JSON = METRICS / "prune.json"
 CKA_JSON = METRICS / "cka.json"
-INITS = ("random", "carved", "pruned", "shape")
 #: the param a pruning that cannot reach its target is blamed on
 MAX_RATIO = "q23.prune.max_ratio"
 
@@ -158,7 +157,8 @@ class Q23:
         if not 0 < self.prune.small < self.prune.size:
             raise ParamsError("q23.prune.small", f"must be in (0, q23.prune.size={self.prune.size})")
         positive("q23.prune.steps", self.prune.steps)
-        positive("q23.cka_images", self.cka_images)
+        if self.cka_images < 4:  # the unbiased CKA's U-statistic needs n > 3
+            raise ParamsError("q23.cka_images", f"at least 4 images, got {self.cka_images}")
 
 
 def load(path: Path = STUDY) -> Q23:
@@ -204,100 +204,33 @@ def load_teacher_model(ctx, name: str) -> tuple[dict, nn.Module]:
     return ckpt, model_from_checkpoint(ckpt, ctx)
 
 
-# ---------------------------------------------------------------- teachers and the cache
+# ---------------------------------------------------------------- teachers, the cache, students
 
 def run_q23_teacher(p: Params, q: Q23, name: str) -> dict:
-    return train_teacher(p, q, name, TEACHERS / name, METRICS / "teachers", "q23", study_params(q))
+    return train(p, teacher_spec(q, name, TEACHERS / name, METRICS / "teachers", "q23", study_params(q)))
 
 
 def run_q23_cache(p: Params, q: Q23) -> dict:
-    return write_cache(p, q, q.teacher, teacher_file(q.teacher), CACHE, METRICS / "cache.json",
-                       METRICS / "teacher_test.json", REBUILD)
-
-
-# ---------------------------------------------------------------- students
-
-class _Snapshotting:
-    """Mixed into a method's class: saves the student's weights at the end of given epochs (at the start of epoch
-    k + 1 they are the end of epoch k; epoch 0: before any step), trained or resumed alike."""
-    snapshot_epochs: frozenset = frozenset()
-    save_snapshot = None
-
-    def attach(self, student, teacher, example) -> None:
-        super().attach(student, teacher, example)
-        self._snapshot_student = [student]
-
-    def begin_epoch(self, epoch: int) -> None:
-        super().begin_epoch(epoch)
-        if epoch - 1 in self.snapshot_epochs and distributed.is_main():
-            self.save_snapshot(epoch - 1, copy.deepcopy(self._snapshot_student[0].state_dict()))
-
-
-def build_method(p: Params, arm: Arm, snapshot_epochs, save) -> nn.Module:
-    """The arm's method (its options: params.yaml's ``methods.<name>`` with the arm's overrides), saving
-    snapshots of its student."""
-    cls = distill.method_class(arm.method)
-    snapshotting = type(f"{cls.__name__}Snapshots", (_Snapshotting, cls), {})
-    method = snapshotting(p.loss, p.methods.get(cls.options_key(), {}), p.train.label_smoothing, **arm.options)
-    method.snapshot_epochs, method.save_snapshot = frozenset(snapshot_epochs), save
-    return method
-
-
-def _initial_student(p: Params, q: Q23, init: str, epochs: int, seed: int, ctx, teacher: nn.Module | None):
-    """(student model, its arch record for the model file or None, the inputs' hashes to resume against)."""
-    from kdlab.core.surgery import keep_blocks, reinit
-
-    if init == "random":
-        return build_model(ModelParams(q.student.arch, q.student.width, epochs, q.student.lr, seed, "auto"), ctx), None, {}
-    if init == "carved":
-        t = q.teachers[q.teacher]
-        model = keep_blocks(teacher, q.keep, "q23.keep").train()
-        return model, {"arch": t.arch, "width": t.width, "blocks": q.keep}, {"teacher_sha256": io.sha256(teacher_file(q.teacher))}
-    ckpt = io.load_torch(PRUNED, REBUILD)
-    model = model_from_checkpoint(ckpt, ctx).train()
-    if init == "shape":
-        reinit(model)  # torch's generator, seeded with this run's seed
-    return model, {k: ckpt[k] for k in ("arch", "width", "blocks", "pruning")}, {"pruned_sha256": io.sha256(PRUNED)}
+    return run_study_cache(p, subset(q), q.teacher, teacher_file(q.teacher), REBUILD, CACHE, METRICS / "cache.json",
+                           METRICS / "teacher_test.json")
 
 
 def run_q23_student(p: Params, q: Q23, arm_name: str, init: str, epochs: int, seed: int) -> dict:
     arm = q.arms[arm_name]
-    name = student_name(arm_name, init, epochs, seed)
-
-    def save(epoch, state):
-        io.save_torch({"epoch": epoch, "state_dict": state}, SNAPSHOTS / name / f"e{epoch}.pt")
-
-    method = build_method(p, arm, q.snapshots if epochs == q.epochs else [], save)
-    if method.builds_from_teacher:
+    if distill.method_class(arm.method).builds_from_teacher:
         raise io.StageError(f"q23.arms.{arm_name}: {arm.method} builds its student; the study's --init does that")
-    ctx = subset_context(p, q, seed)
-    train = ctx.splits["train"]
-    teacher = None
-    if method.uses_teacher_model or init == "carved":
-        _, teacher = load_teacher_model(ctx, q.teacher)
-    model, arch, resume_key = _initial_student(p, q, init, epochs, seed, ctx, teacher)
-    spec = ModelParams(q.student.arch, q.student.width, epochs, q.student.lr, seed, "auto")
-    model = memory_format(model.to(ctx.device), spec, ctx)
-    logits = None
-    if method.uses_teacher_logits:
-        c = read_cache(p, q, CACHE, teacher_file(q.teacher), REBUILD)
-        table, logits = c["view_ids"], c["logits"]
-        resume_key["cache_sha256"] = io.sha256(CACHE)
-    else:
-        table = views.view_table(len(train["labels"]), p.views.pad, p.views.flip, p.cache.views, p.cache.seed)
-    if method.uses_teacher_model:
-        resume_key["teacher_sha256"] = io.sha256(teacher_file(q.teacher))
-    batches = TrainBatches(train["images"], train["labels"], ctx.normalize, p.train.batch_size, p.views.pad, table,
-                           seed=seed, teacher_logits=logits, rank=distributed.rank(), world=distributed.world())
-    method.attach(model, teacher if method.uses_teacher_model else None,
-                  ctx.normalize(train["images"][:q.calibration_images].to(ctx.device)))
-    method.to(ctx.device)
+    name = student_name(arm_name, init, epochs, seed)
     about = (f"Questions 2 and 3 with controls: arm `{arm_name}` ({arm.method}, {arm.options or 'default options'}) "
              f"from {init} weights, {epochs} epochs on {q.train_images} training images. ")
-    tags = {"variant": arm_name, "q23_arm": arm_name, "method": arm.method, "init": init, "epochs": epochs}
-    return train_run(p, ctx, Run(name, "student", spec, seed, method, batches, model,
-                                 (STUDENTS / f"{name}.pt", METRICS / "students" / f"{name}.json"), tags, resume_key,
-                                 arch, about=about, method_name=arm.method, extra=study_params(q)))
+    return train(p, RunSpec(
+        name, "student", ModelParams(q.student.arch, q.student.width, epochs, q.student.lr, seed, "auto"), seed,
+        (STUDENTS / f"{name}.pt", METRICS / "students" / f"{name}.json"), arm.method, dict(arm.options), init,
+        blocks=q.keep, pruned=Source(PRUNED, REBUILD), teacher=Source(teacher_file(q.teacher), REBUILD),
+        teacher_model=q.teachers[q.teacher], cache=Source(CACHE, REBUILD), subset=subset(q),
+        calibration_images=q.calibration_images, snapshots=tuple(q.snapshots) if epochs == q.epochs else (),
+        snapshot_dir=SNAPSHOTS / name,
+        tags={"variant": arm_name, "q23_arm": arm_name, "method": arm.method, "init": init, "epochs": epochs},
+        about=about, extra=study_params(q)))
 
 
 # ---------------------------------------------------------------- why pruned teachers start at chance
@@ -326,7 +259,7 @@ def run_q23_prune(p: Params, q: Q23) -> dict:
     from kdlab.core.surgery import keep_blocks
 
     t = q.teachers[q.teacher]
-    ctx = subset_context(p, q, t.seed)
+    ctx = context(p, t.seed, subset(q))
     ckpt, teacher = load_teacher_model(ctx, q.teacher)
     train, val = ctx.splits["train"], ctx.splits["val"]
     pr = q.prune
@@ -362,12 +295,9 @@ def run_q23_prune(p: Params, q: Q23) -> dict:
         m, _, _ = channels.prune_to(teacher, c, small, calib, pr.max_ratio, seed=t.seed, key=MAX_RATIO,
                                     transform=lambda pruned: keep_blocks(pruned, q.keep, "q23.keep"))
         measure(f"channels+blocks.{c}", m, "channels, then blocks", c, "full")
-    c = read_cache(p, q, CACHE, teacher_file(q.teacher), REBUILD)
-    kd_batches = TrainBatches(train["images"], train["labels"], ctx.normalize, p.train.batch_size, p.views.pad,
-                              c["view_ids"], seed=t.seed, teacher_logits=c["logits"])
-    from kdlab.pipeline.pruning import kd_finetuner
-
-    between = kd_finetuner(distill.build("kd", p), kd_batches, pr.finetune_steps, q.student.lr, p.train, ctx)
+    kd_batches = cached_batches(p, ctx, CACHE, REBUILD, teacher_file(q.teacher), t.seed, subset(q))
+    between = kd_finetuner(distill.build("kd", p), kd_batches, pr.finetune_steps, q.student.lr, p.train, ctx.device,
+                           ctx.precision)
     m, histories = channels.prune_iteratively(teacher, pr.iterative, target, calib, pr.steps, between, pr.max_ratio,
                                               seed=t.seed)
     measure(f"iterative.{pr.iterative}", m, f"channels, {pr.steps} steps with KD between", pr.iterative, "full",
@@ -389,18 +319,17 @@ def run_q23_prune(p: Params, q: Q23) -> dict:
 def run_q23_cka(p: Params, q: Q23) -> dict:
     """metrics/q23/cka.json: per stage, CKA (biased and unbiased) with ``q23.teacher`` on the first
     ``q23.cka_images`` validation images, for the reference teacher, every student, and the snapshots."""
-    from kdlab.core.cka import both
+    from kdlab.core import cka
     from kdlab.core.features import features, layers
 
-    ctx = subset_context(p, q, 0)
+    ctx = context(p, 0, subset(q))
     images = ctx.normalize(ctx.splits["val"]["images"][:q.cka_images].to(ctx.device))
     _, teacher = load_teacher_model(ctx, q.teacher)
     paths = layers(teacher)
     t_feats = features(teacher, images, paths)
 
     def profile(model) -> dict:
-        f = features(model, images, paths)
-        return {st: both(f[st], t_feats[st]) for st in paths}
+        return cka.profile(model, images, paths, t_feats)
 
     _, ref = load_teacher_model(ctx, q.reference)
     out = {"images": len(images), "stages": paths, "reference": profile(ref), "students": {}, "training": {}}

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import torch
 
-from kdlab.core import data, models, views
-from kdlab.core.loader import Normalize, TrainBatches
-from kdlab.infra import distributed, io, runtime
+from kdlab.core import data, models
+from kdlab.core.loader import Normalize
+from kdlab.infra import io, runtime
+from kdlab.pipeline.spec import Source, Subset
 
 # ---------------------------------------------------------------- every output of the study
 
@@ -83,10 +84,25 @@ class Context:
     precision: str = "fp32"
 
 
-def context(p, seed: int) -> Context:
-    """Threads, seed and device set up (:func:`kdlab.infra.runtime.setup`), the prepared data of ``p.data`` loaded."""
+def subset_indices(n_total: int, n: int, seed: int) -> torch.Tensor:
+    """The first ``n`` of a seeded permutation of ``range(n_total)``, in ascending order."""
+    if n > n_total:
+        raise io.StageError(f"the study asks for {n} images of a split of {n_total}: lower its train_images or "
+                            f"val_images")
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n_total, generator=g)[:n].sort().values
+
+
+def context(p, seed: int, subset: Subset | None = None) -> Context:
+    """Threads, seed and device set up (:func:`kdlab.infra.runtime.setup`), the prepared data of ``p.data`` loaded
+    (the training and validation splits cut to ``subset``)."""
     dev = runtime.setup(p.train, seed)
     meta, splits = data.load_prepared(PREPARED, p.data)
+    if subset is not None:
+        for split, n, offset in (("train", subset.train_images, 0), ("val", subset.val_images, 1)):
+            s = splits[split]
+            idx = subset_indices(len(s["labels"]), n, subset.seed + offset)
+            splits[split] = {k: v[idx] for k, v in s.items()}
     return Context(dev, meta, splits, Normalize(meta["mean"], meta["std"], dev, channels_last=dev.type == "cuda"),
                    runtime.precision(p.train.precision, dev))
 
@@ -152,37 +168,32 @@ def load_teacher(p, ctx: Context) -> tuple[dict, torch.nn.Module]:
     return ckpt, model_from_checkpoint(ckpt, ctx)
 
 
-# ---------------------------------------------------------------- training data
+# ---------------------------------------------------------------- inputs
 
-def load_cache(p) -> tuple[torch.Tensor, torch.Tensor]:
-    """(view_ids, logits) of the cache, checked against the current teacher and view params."""
-    path, rebuild = CACHE / "train.pt", "dvc repro cache"
+#: the default study's teacher and logit cache (kdlab.pipeline.cache)
+TEACHER_FILE = Source(TEACHER, "dvc repro teacher")
+CACHE_FILE = Source(CACHE / "train.pt", "dvc repro cache")
+
+
+def cache_stamp(p, subset: Subset | None) -> dict:
+    """What a cache must have been built with: the views (and a named study's subset size)."""
+    out = {"pad": p.views.pad, "flip": p.views.flip, "views": p.cache.views, "seed": p.cache.seed}
+    return out if subset is None else {**out, "images": subset.train_images}
+
+
+def read_cache(p, path: Path, rebuild: str, teacher: Path | None = None,
+               subset: Subset | None = None) -> dict:
+    """The cache at ``path``, refused unless it was built with the views (and subset) in use and, while the
+    teacher file ``teacher`` is there, from that very file; ``rebuild``: the command that rebuilds it."""
     c = io.load_torch(path, rebuild)
-    expected = {"pad": p.views.pad, "flip": p.views.flip, "views": p.cache.views, "seed": p.cache.seed}
+    expected = cache_stamp(p, subset)
     got = {k: c.get(k) for k in expected}
     if got != expected:
         raise io.StageError(f"{path} was built with {got} but params ask for {expected}; rebuild it with `{rebuild}`")
-    if TEACHER.exists() and c.get("teacher_sha256") != io.sha256(TEACHER):
-        raise io.StageError(f"{path} was not built from the current {TEACHER} (its sha256 differs: the teacher was "
-                            f"retrained, replaced or damaged); rebuild both with `dvc repro teacher cache`")
+    if teacher is not None and teacher.exists() and c.get("teacher_sha256") != io.sha256(teacher):
+        raise io.StageError(f"{path} was not built from the current {teacher} (its sha256 differs: the teacher was "
+                            f"retrained, replaced or damaged); rebuild it with `{rebuild}`")
     if c["logits"].shape[:2] != c["view_ids"].shape:
         raise io.StageError(f"{path} is inconsistent (logits {tuple(c['logits'].shape)}, view ids "
                             f"{tuple(c['view_ids'].shape)}); rebuild it with `{rebuild}`")
-    return c["view_ids"], c["logits"]
-
-
-def train_batches(p, ctx: Context, method, seed: int, resume_key: dict) -> TrainBatches:
-    """The training batches ``method`` reads: any view ("all"), or the cached views with (or without) their
-    teacher logits. The cache's hash goes into ``resume_key``."""
-    train = ctx.splits["train"]
-    teacher_logits = None
-    if method.views == "all":  # fresh random views: any of the V views at every epoch
-        table = views.view_table(len(train["labels"]), p.views.pad, p.views.flip, "all", 0)
-    elif method.uses_teacher_logits:
-        table, teacher_logits = load_cache(p)
-        resume_key["cache_sha256"] = io.sha256(CACHE / "train.pt")
-    else:  # the same views the cached-KD students draw from, without reading the cache
-        table = views.view_table(len(train["labels"]), p.views.pad, p.views.flip, p.cache.views, p.cache.seed)
-    return TrainBatches(train["images"], train["labels"], ctx.normalize, p.train.batch_size, p.views.pad,
-                        table, seed=seed, teacher_logits=teacher_logits, rank=distributed.rank(),
-                        world=distributed.world())
+    return c

@@ -1,0 +1,86 @@
+"""The one training path (kdlab.pipeline.train) on its own: what a run reads follows from its spec and its
+method, in every study alike. Every study's runs end to end are tests/test_pipeline.py's."""
+import pytest
+import torch
+
+from conftest import tiny
+from kdlab.core.loader import Normalize
+from kdlab.infra import io
+from kdlab.pipeline import params, train, workspace
+from kdlab.pipeline.spec import RunSpec, Source, Subset
+
+
+def _ctx(n=12):
+    g = torch.Generator().manual_seed(0)
+    split = {"images": torch.randint(0, 255, (n, 1, 8, 8), dtype=torch.uint8, generator=g),
+             "labels": torch.arange(n) % 3}
+    return workspace.Context(torch.device("cpu"), {"channels": 1, "classes": 3, "sha256": "d"},
+                             {"train": split, "val": split, "test": split}, Normalize([0.5], [0.25], torch.device("cpu")))
+
+
+def _spec(tmp_path, method="kd", **kw):
+    return RunSpec("r", "student", params.ModelParams("resnet8", 0.25), 0, (tmp_path / "m.pt", tmp_path / "m.json"),
+                   method, **kw)
+
+
+def _cache(p, ctx, path, subset=None, **extra):
+    table = train.views.view_table(len(ctx.splits["train"]["labels"]), p.views.pad, p.views.flip, p.cache.views,
+                                   p.cache.seed)
+    logits = torch.randn(*table.shape, 3).half()
+    io.save_torch({"view_ids": table, "logits": logits, **extra, "teacher_sha256": "t",
+                   **workspace.cache_stamp(p, subset)}, path)
+    return table, logits
+
+
+def test_a_method_that_draws_fresh_views_gets_them_in_a_named_study_too(tmp_path):
+    """kd_online's views are "all"; question 1's and 2/3's own student code once ignored that (issue 27)."""
+    from kdlab import distill
+
+    p, ctx = params.from_dict(tiny()), _ctx()
+    online = distill.build("kd_online", p)
+    for subset in (None, Subset(12, 12)):
+        b = train._batches(p, _spec(tmp_path, "kd_online", subset=subset), ctx, online, {})
+        assert b.view_table.shape[1] == train.views.num_views(p.views.pad, p.views.flip)
+        assert b.teacher_logits is None
+
+
+def test_a_logits_method_reads_the_named_cache_and_its_clean_correctness(tmp_path):
+    from kdlab import distill
+
+    p, ctx = params.from_dict(tiny()), _ctx()
+    subset = Subset(12, 12)
+    clean = torch.arange(12) % 2 == 0
+    table, logits = _cache(p, ctx, tmp_path / "c.pt", subset, clean_correct=clean)
+    key = {}
+    method = distill.build("kd_correct_clean", p)
+    b = train._batches(p, _spec(tmp_path, "kd_correct_clean", cache=Source(tmp_path / "c.pt", "dvc repro x"),
+                                subset=subset), ctx, method, key)
+    assert torch.equal(b.view_table, table.long()) and torch.equal(b.teacher_logits, logits)
+    assert torch.equal(method.clean_correct, clean) and key == {"cache_sha256": io.sha256(tmp_path / "c.pt")}
+    raw = distill.build("raw", p)  # labels only: the cached views, never the cache itself
+    b = train._batches(p, _spec(tmp_path, "raw", subset=subset), ctx, raw, {})
+    assert torch.equal(b.view_table, table.long()) and b.teacher_logits is None
+
+
+def test_a_cache_of_another_subset_or_teacher_is_refused(tmp_path):
+    p, ctx = params.from_dict(tiny()), _ctx()
+    _cache(p, ctx, tmp_path / "c.pt", Subset(12, 12))
+    with pytest.raises(io.StageError, match=r"built with .*'images': 12.*'images': 10.*dvc repro x"):
+        workspace.read_cache(p, tmp_path / "c.pt", "dvc repro x", None, Subset(10, 12))
+    (tmp_path / "teacher.pt").write_bytes(b"another teacher")
+    with pytest.raises(io.StageError, match="not built from the current .*teacher.pt.*dvc repro x"):
+        workspace.read_cache(p, tmp_path / "c.pt", "dvc repro x", tmp_path / "teacher.pt", Subset(12, 12))
+    assert workspace.read_cache(p, tmp_path / "c.pt", "dvc repro x", tmp_path / "absent.pt", Subset(12, 12))
+
+
+def test_inits_that_conflict_or_lack_their_source_are_refused(tmp_path):
+    from kdlab import distill
+
+    p, ctx = params.from_dict(tiny()), _ctx()
+    carving = distill.build("init_teacher", p)
+    with pytest.raises(io.StageError, match="builds its own student; its init must be random"):
+        train._initial_model(_spec(tmp_path, "init_teacher", init="shape"), carving, ctx, None, None, {})
+    with pytest.raises(io.StageError, match="init 'pruned'.*need the pruned model's file"):
+        train._initial_model(_spec(tmp_path, init="pruned"), distill.build("kd", p), ctx, None, None, {})
+    with pytest.raises(io.StageError, match="needs the teacher, and the run names none"):
+        train._teacher(_spec(tmp_path, init="carved"), ctx, {})
