@@ -54,3 +54,19 @@ def test_gpu_script_smoke_run_on_the_cpu(in_tmp):
     assert q1["student_epochs"] == 3 * (140 + 280 + 90 + 120) and q1["total_min"] > q1["students_min"] > 0
     run = figures["real_run"]
     assert 0 <= run["teacher"]["test_acc"] <= 1 and run["student_kd_online"]["seconds_per_epoch"] > 0
+
+
+def test_gpu_train_check_smoke_run_on_the_cpu(tmp_path):
+    """scripts/gpu_train_check.py (the one training path, every init, on the GPU machine) in its smoke mode:
+    every run trains through kdlab.pipeline.train, and the snapshots are where the specs put them."""
+    out = tmp_path / "check.json"
+    res = subprocess.run([sys.executable, str(REPO / "scripts/gpu_train_check.py"), "--smoke", "--work",
+                          str(tmp_path / "work"), "--out", str(out)], capture_output=True, text=True,
+                         env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"}, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    got = json.loads(out.read_text())
+    assert set(got["runs"]) == {"teacher", "students/raw-0", "students/kd-0", "students/kd_online-0",
+                                "parts/init_random-0", "pruned/prune-0", "pruned/shape-0", "q23 teachers/a",
+                                "q23 students/kd.carved-e2-s0"}
+    assert all(0 <= r["test_acc"] <= 1 and r["best_epoch"] >= 1 for r in got["runs"].values())
+    assert got["q23_student_snapshots"] == ["e0.pt", "e1.pt"] and got["q23_teacher_files"] == ["e1.pt", "final.pt"]

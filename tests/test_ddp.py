@@ -58,8 +58,8 @@ def _max_diff(a: Path, b: Path) -> float:
 def test_two_processes_train_what_one_does(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     env1, env2 = _study(one, 1), _study(two, 2)
-    _kdlab(one, env1, "teacher")
-    log = _kdlab(two, env2, "teacher")
+    _kdlab(one, env1, "train", "teacher")
+    log = _kdlab(two, env2, "train", "teacher")
     assert "running under torchrun --standalone --nproc_per_node=2" in log
     # 47 steps apart from each other only by the order of float sums (global BatchNorm statistics,
     # all-reduced gradients): ~6e-6 measured. A rank's own BatchNorm statistics, a sum instead of a mean of
@@ -77,8 +77,8 @@ def test_two_processes_train_what_one_does(tmp_path):
     (two / "data/teacher_logits").mkdir()
     for f in (one / "data/teacher_logits").iterdir():
         (two / "data/teacher_logits" / f.name).write_bytes(f.read_bytes())
-    _kdlab(one, env1, "student", "--variant", "kd", "--seed", "0")
-    _kdlab(two, env2, "student", "--variant", "kd", "--seed", "0")
+    _kdlab(one, env1, "train", "students/kd-0")
+    _kdlab(two, env2, "train", "students/kd-0")
     # fp32 on every CPU kind, but the same sums split over two processes round differently and 94 steps
     # amplify it: 4.6e-4 measured on an AVX512-BF16 AMD EPYC (oneDNN's kernels block a half batch otherwise),
     # under 1e-4 on the AMX and AVX2 CPUs. Rank 1 taking the teacher's logits of another view of its images

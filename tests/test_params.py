@@ -111,7 +111,7 @@ def test_cli_refuses_each_bad_params_file_before_any_work(raw, key, words, in_tm
     from kdlab import cli
 
     (in_tmp / "params.yaml").write_text(yaml.safe_dump(shipped_with(raw)))
-    for stage in (["teacher"], ["student", "--variant", "kd", "--seed", "0"]):
+    for stage in (["train", "teacher"], ["train", "students/kd-0"]):
         assert cli.main(stage) == 2
         assert key in capsys.readouterr().err
     assert sorted(p.name for p in in_tmp.iterdir()) == ["params.yaml"]
@@ -122,7 +122,7 @@ def test_bad_params_are_refused_without_importing_torch(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from kdlab import cli; rc = cli.main(['teacher', '-S', 'teacher.arch=vgg']); "
+    code = ("import sys; from kdlab import cli; rc = cli.main(['train', 'teacher', '-S', 'teacher.arch=vgg']); "
             "print(rc, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                          env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"})

@@ -191,7 +191,7 @@ def test_a_grid_sweep_has_one_row_per_experiment_and_one_curve_per_second_value(
 
 def test_results_is_one_tidy_row_per_run_of_every_question(in_tmp, capsys):
     from kdlab.analysis import results
-    from kdlab.pipeline import pruning
+    from kdlab.pipeline import stages
 
     p = params.from_dict({"study": {"seeds": [0, 1]}})
 
@@ -205,7 +205,7 @@ def test_results_is_one_tidy_row_per_run_of_every_question(in_tmp, capsys):
             write(in_tmp / workspace.run_files(v, s)[1], 0.80 + i / 100 + s / 1000)
     (in_tmp / workspace.RUNS_JSON).write_text(json.dumps({"kd-1": {"agreement": 0.95, "variant": "kd", "seed": 1}}))
     write(in_tmp / workspace.run_files("fitnet.layer2", 0, "parts")[1], 0.83)
-    name = pruning.run_name("shape", "activation", 0.5, "raw")
+    name = stages.run_name("shape", "activation", 0.5, "raw")
     write(in_tmp / workspace.run_files(name, 1, "pruned")[1], 0.7)
     df = results.run_results(p)
     assert list(df.columns[:6]) == ["study", "question", "run", "group", "variant", "seed"]

@@ -30,7 +30,7 @@ def _kdlab(path, env, *args, **kw):
 
 
 def _interrupt_after_first_epoch(path, env, sig) -> tuple[int, str]:
-    proc = _kdlab(path, env, "teacher")
+    proc = _kdlab(path, env, "train", "teacher")
     lines = []
     seen_first = False
     for line in proc.stdout:  # text mode: tqdm's carriage returns end lines too
@@ -60,7 +60,7 @@ def _run_status(path):
 def test_sigkill_then_resume_gives_the_uninterrupted_result(tmp_path):
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     env_w, env_b = _study_dir(whole), _study_dir(broken)
-    ref = _kdlab(whole, env_w, "teacher")
+    ref = _kdlab(whole, env_w, "train", "teacher")
     out_ref = ref.communicate(timeout=300)[0]
     assert ref.returncode == 0, out_ref
 
@@ -68,7 +68,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_result(tmp_path):
     assert code == -signal.SIGKILL, out
     assert (broken / "checkpoints/teacher.pt").exists(), "killed after the run ended: the test proved nothing"
     assert not (broken / "models/teacher.pt").exists() and not (broken / "metrics/teacher.json").exists()
-    resumed = _kdlab(broken, env_b, "teacher")
+    resumed = _kdlab(broken, env_b, "train", "teacher")
     out2 = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0, out2
     assert "resuming after epoch" in out2
@@ -100,7 +100,7 @@ def test_a_checkpoint_of_other_code_is_not_resumed(tmp_path):
     assert code == -signal.SIGKILL and (study / "checkpoints/teacher.pt").exists(), out
     train = src / "kdlab/core/train.py"
     train.write_text(train.read_text().replace("return max(0.0, 1.0 - t)", "return max(0.0, 1.0 - t) ** 2"))
-    resumed = _kdlab(study, env, "teacher")
+    resumed = _kdlab(study, env, "train", "teacher")
     out2 = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0, out2
     assert "belongs to other params, data or code; starting over" in out2 and "resuming" not in out2
@@ -119,7 +119,7 @@ def test_sigint_checkpoints_and_closes_the_run_as_killed(tmp_path):
 
 def test_nan_loss_stops_with_epoch_step_and_terms(tmp_path):
     env = _study_dir(tmp_path, {"teacher": {"lr": 1e30}})
-    proc = _kdlab(tmp_path, env, "teacher")
+    proc = _kdlab(tmp_path, env, "train", "teacher")
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode == 1, out
     assert "non-finite loss at epoch 1, step" in out and "'ce':" in out

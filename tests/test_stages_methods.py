@@ -7,6 +7,7 @@ from conftest import merge, tiny
 from kdlab import distill
 from kdlab.core import data
 from kdlab.pipeline import cache, params, stages, workspace
+from kdlab.pipeline.train import train
 
 TINY = tiny({"data": {"val_size": 40, "synthetic": {"n_train": 240, "n_test": 60}}, "teacher": {"epochs": 1},
              "train": {"batch_size": 32, "eval_batch_size": 100, "compile": "auto"},
@@ -21,7 +22,7 @@ def study(tmp_path_factory):
     mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     p = params.from_dict({**TINY, "study": {"variants": [m for m in distill.names() if m != "raw"], "seeds": [0]}})
     data.prepare(p.data, workspace.PREPARED)
-    stages.run_teacher(p)
+    train(p, stages.teacher_spec(p))
     cache.run_cache(p)
     yield p
     mp.undo()
@@ -35,7 +36,7 @@ def _needs_question_1s_cache(name: str) -> bool:
 
 @pytest.mark.parametrize("variant", [m for m in distill.names() if m != "raw" and not _needs_question_1s_cache(m)])
 def test_every_method_trains_through_the_student_stage(study, variant):
-    metrics = stages.run_student(study, variant, 0)
+    metrics = train(study, stages.student_spec(study, variant, 0))
     assert 0 <= metrics["test_acc"] <= 1 and metrics["epochs"] == 1
     ctx = workspace.context(study, 0)
     path, _ = workspace.run_files(variant, 0)
@@ -54,12 +55,12 @@ def test_a_method_that_needs_question_1s_cache_is_refused_by_the_default_stage_b
     names = [m for m in distill.names() if _needs_question_1s_cache(m)]
     assert names == ["kd_correct_clean"]
     with pytest.raises(StageError, match="only question 1's study records"):
-        stages.run_student(study, names[0], 0)
+        train(study, stages.student_spec(study, names[0], 0))
     assert not workspace.run_files(names[0], 0)[1].exists()
 
 
 def test_question_3_prunes_the_teacher_trains_every_arm_and_gathers_them(study):
-    """kdlab prune_teacher -> kdlab pruned_student (every arm and criterion) -> kdlab pruning, in process: the pruned teachers
+    """kdlab prune_teacher -> kdlab train pruned/... (every arm and criterion) -> kdlab pruning, in process: the pruned teachers
     meet their targets and reload from their history, and the study has every group and comparison."""
     from kdlab.analysis import pruning as gathered
     from kdlab.pipeline import pruning
@@ -75,9 +76,9 @@ def test_question_3_prunes_the_teacher_trains_every_arm_and_gathers_them(study):
         model = workspace.load_model(workspace.PRUNED_TEACHERS / f"{name}.pt", ctx, "rerun")
         assert sum(t.numel() for t in model.parameters()) == e["params"]
         assert set(e["stages"]) == {"stem", "layer1", "layer2", "layer3"}
-    for criterion, size, init, variant in pruning.groups(p):
+    for criterion, size, init, variant in stages.groups(p):
         for seed in p.study.seeds:
-            pruning.run_pruned_student(p, size, criterion, init, variant, seed)
+            train(p, stages.pruned_spec(p, size, criterion, init, variant, seed))
     summary = gathered.run_pruning(p)
     assert len(summary["groups"]) == 2 * 4 + 1
     pruned_kd, fresh_kd = "prune.activation.x1.0.kd", "shape.activation.x1.0.kd"

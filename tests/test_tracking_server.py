@@ -62,7 +62,7 @@ def test_a_stage_logs_to_a_shared_mlflow_server(tmp_path):
     try:
         study = tmp_path / "study"
         env = study_dir(study, TINY, tracking=base)
-        out = subprocess.run([sys.executable, "-m", "kdlab", "teacher"], cwd=study, env=env, capture_output=True,
+        out = subprocess.run([sys.executable, "-m", "kdlab", "train", "teacher"], cwd=study, env=env, capture_output=True,
                              text=True, timeout=600)
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
         assert not (study / "mlflow.db").exists() and not (study / "mlartifacts").exists()  # nothing local

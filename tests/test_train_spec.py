@@ -84,3 +84,39 @@ def test_inits_that_conflict_or_lack_their_source_are_refused(tmp_path):
         train._initial_model(_spec(tmp_path, init="pruned"), distill.build("kd", p), ctx, None, None, {})
     with pytest.raises(io.StageError, match="needs the teacher, and the run names none"):
         train._teacher(_spec(tmp_path, init="carved"), ctx, {})
+
+
+def test_every_training_stage_names_a_run_of_its_study_and_every_run_has_its_stage():
+    """`kdlab train RUN` in the three dvc.yaml files, as DVC renders them from the shipped params, against the
+    runs each study's params define (kdlab.cli._study_runs): the same sets, both ways."""
+    import shlex
+
+    from dvc.repo import Repo
+
+    from conftest import REPO
+    from kdlab import cli
+
+    p = params.load(REPO / "params.yaml")
+    repo = Repo(str(REPO))
+    for pipeline, study in (("dvc.yaml", None), ("studies/q1/dvc.yaml", "studies/q1/params.yaml"),
+                            ("studies/q23/dvc.yaml", "studies/q23/params.yaml")):
+        cmds = [shlex.split(s.cmd) for s in repo.stage.collect(str(REPO / pipeline)) if s.cmd.startswith("kdlab train")]
+        assert all(c[2:4] == ["--study", study] for c in cmds) if study else all(len(c) == 3 for c in cmds)
+        runs = cli._study_runs(p, study and str(REPO / study))
+        assert sorted(c[-1] for c in cmds) == sorted(runs), pipeline
+
+
+def test_an_unknown_run_is_refused_with_the_studys_runs(in_tmp, capsys):
+    from conftest import REPO, shipped_with
+    from kdlab import cli
+
+    (in_tmp / "params.yaml").write_text(__import__("yaml").safe_dump(shipped_with({})))
+    assert cli.main(["train", "students/kd-99"]) == 2
+    err = capsys.readouterr().err
+    assert "no run 'students/kd-99' in the default study" in err and "students/kd-0" in err
+    q1 = str(REPO / "studies/q1/params.yaml")  # the run after --study, as dvc.yaml writes it
+    assert cli.main(["train", "--study", q1, "students/kd.main-w0.5-e16-s0"]) == 2
+    assert "the closest: students/kd.main-w0.5-e15-s0" in capsys.readouterr().err
+    assert cli.main(["cache", "students/kd-0"]) == 2
+    assert "no other command takes one" in capsys.readouterr().err
+    assert not (in_tmp / "models").exists()

@@ -61,7 +61,7 @@ def test_a_hostile_checkpoint_is_refused_and_never_run(tmp_path):
     env = study_dir(tmp_path, TINY)
     marker = tmp_path / "pwned"
     _hostile(tmp_path / "checkpoints/teacher.pt", marker)
-    res = _kdlab(tmp_path, env, "teacher")
+    res = _kdlab(tmp_path, env, "train", "teacher")
     _one_line_failure(res, 1, "checkpoints/teacher.pt", "objects other than tensors")
     assert not marker.exists(), "the checkpoint's pickle ran its command"
     assert not (tmp_path / "models/teacher.pt").exists()
@@ -82,12 +82,12 @@ def test_every_loaded_file_refuses_pickled_code(tmp_path, name):
 def test_an_incomplete_params_file_is_refused_before_any_work(tmp_path):
     env = study_dir(tmp_path, TINY)
     (tmp_path / "params.yaml").write_text("")
-    res = _kdlab(tmp_path, env, "teacher")
+    res = _kdlab(tmp_path, env, "train", "teacher")
     _one_line_failure(res, 2, "params.yaml", "does not set data, views, teacher", "git checkout -- params.yaml")
     raw = shipped_with(TINY)
     del raw["teacher"]["epochs"], raw["methods"]["dkd"]["warmup"]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    _one_line_failure(_kdlab(tmp_path, env, "teacher"), 2, "does not set teacher.epochs")
+    _one_line_failure(_kdlab(tmp_path, env, "train", "teacher"), 2, "does not set teacher.epochs")
     raw["teacher"]["epochs"] = 2
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     _one_line_failure(_kdlab(tmp_path, env, "check"), 2, "does not set methods.dkd.warmup")
@@ -111,14 +111,14 @@ def test_prepared_data_of_other_params_are_refused(tmp_path):
     env = study_dir(tmp_path, TINY)
     other = merge(TINY, {"data": {"synthetic": {"classes": 4}}})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(other))
-    res = _kdlab(tmp_path, env, "teacher")
+    res = _kdlab(tmp_path, env, "train", "teacher")
     _one_line_failure(res, 1, "data/prepared was prepared from other data params", "classes 3 (params.data: 4)",
                       "dvc repro prepare")
 
 
 def test_a_teacher_of_other_params_is_refused(tmp_path):
     env = study_dir(tmp_path, TINY)
-    assert _kdlab(tmp_path, env, "teacher").returncode == 0
+    assert _kdlab(tmp_path, env, "train", "teacher").returncode == 0
     wider = merge(TINY, {"teacher": {"width": 0.75}})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(wider))
     res = _kdlab(tmp_path, env, "cache")
@@ -193,12 +193,12 @@ def _statuses(path: Path) -> list[str]:
 def test_an_artifact_store_failure_keeps_the_checkpoint_and_closes_the_run(tmp_path):
     env = study_dir(tmp_path, TINY)
     (tmp_path / "mlartifacts").write_text("a file where the artifact directory should be")
-    res = _kdlab(tmp_path, env, "teacher")
+    res = _kdlab(tmp_path, env, "train", "teacher")
     _one_line_failure(res, 1, "MLflow could not log", "resumes from its checkpoint")
     assert (tmp_path / "models/teacher.pt").exists() and (tmp_path / "checkpoints/teacher.pt").exists()
     assert _statuses(tmp_path) == ["FAILED"]
     (tmp_path / "mlartifacts").unlink()
-    res = _kdlab(tmp_path, env, "teacher")
+    res = _kdlab(tmp_path, env, "train", "teacher")
     assert res.returncode == 0, res.stderr[-3000:]
     out = res.stdout + res.stderr
     assert "resuming after epoch 2" in out and "epoch 1/2: loss" not in out  # no epoch trained again
@@ -309,14 +309,14 @@ def test_a_stalled_download_gives_up_and_says_what_to_copy_where(tmp_path):
 
 def test_expected_failures_are_one_line_naming_the_file(tmp_path):
     env = study_dir(tmp_path, TINY)
-    _one_line_failure(_kdlab(tmp_path, env, "teacher", "--params", "nope.yaml"), 2, "nope.yaml", "not found")
+    _one_line_failure(_kdlab(tmp_path, env, "train", "teacher", "--params", "nope.yaml"), 2, "nope.yaml", "not found")
     meta = tmp_path / "data/prepared/meta.json"
     good = meta.read_text()
     meta.write_text("{not json")
-    _one_line_failure(_kdlab(tmp_path, env, "teacher"), 1, "data/prepared/meta.json is not valid JSON",
+    _one_line_failure(_kdlab(tmp_path, env, "train", "teacher"), 1, "data/prepared/meta.json is not valid JSON",
                       "dvc repro prepare")
     meta.write_text(good)
-    assert _kdlab(tmp_path, env, "teacher").returncode == 0
+    assert _kdlab(tmp_path, env, "train", "teacher").returncode == 0
     partial = tmp_path / "data/teacher_logits.partial"
     partial.mkdir(parents=True)
     (partial / "chunk_00000.pt").write_bytes(b"half a chunk")
@@ -325,12 +325,12 @@ def test_expected_failures_are_one_line_naming_the_file(tmp_path):
     assert _kdlab(tmp_path, env, "cache").returncode == 0
     teacher = tmp_path / "models/teacher.pt"
     teacher.write_bytes(teacher.read_bytes()[:1000])  # damaged
-    _one_line_failure(_kdlab(tmp_path, env, "student", "--variant", "kd", "--seed", "0"), 1,
+    _one_line_failure(_kdlab(tmp_path, env, "train", "students/kd-0"), 1,
                       "teacher_logits/train.pt was not built from the current models/teacher.pt", "damaged")
     _one_line_failure(_kdlab(tmp_path, env, "cache"), 1, "models/teacher.pt is unreadable", "dvc repro teacher")
     db = tmp_path / "mlflow.db"
     db.write_bytes(b"not a database" * 100)
-    _one_line_failure(_kdlab(tmp_path, env, "student", "--variant", "raw", "--seed", "0"), 1, "mlflow.db")
+    _one_line_failure(_kdlab(tmp_path, env, "train", "students/raw-0"), 1, "mlflow.db")
 
 
 def test_a_full_disk_is_one_line_naming_the_file(in_tmp, monkeypatch, capsys):

@@ -63,13 +63,14 @@ def test_warm_run_is_the_direct_run(tmp_path):
         if mode == "warm":
             sock = _start(env)
             served = len(_served(sock))
-        for args in (["teacher"], ["cache"], ["student", "--variant", "kd", "--seed", "0"]):
+        for args in (["train", "teacher"], ["cache"], ["train", "students/kd-0"]):
             out = _kdlab(d, env, *args)
             assert out.returncode == 0, out.stderr
         runs[mode] = (d, out.stdout + out.stderr)
     (a, out_a), (b, out_b) = runs["direct"], runs["warm"]
     ran = _served(sock)[served:]
-    assert [line.split(" exit ")[0] for line in ran] == [f"served {c} in {b}" for c in ("teacher", "cache", "student")]
+    commands = ("train teacher", "cache", "train students/kd-0")
+    assert [line.split(" exit ")[0] for line in ran] == [f"served {c} in {b}" for c in commands]
     assert out_b.count("kd-0: val") == out_a.count("kd-0: val") == 1  # the child's output reached the client
     for rel in ("models/teacher.pt", "models/students/kd-0.pt"):
         x, y = torch.load(a / rel, weights_only=True), torch.load(b / rel, weights_only=True)
@@ -98,7 +99,7 @@ def test_the_child_dies_with_its_client(tmp_path):
     """SIGKILL of the client (what DVC or a test does to a stage) leaves no child training on."""
     env = _env(study_dir(tmp_path, tiny({"teacher": {"epochs": 50}})), True)
     _start(env)
-    proc = subprocess.Popen([sys.executable, "-m", "kdlab", "teacher"], cwd=tmp_path, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "kdlab", "train", "teacher"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:
         if "teacher epoch 1/50: loss" in line:  # the child is training
@@ -117,7 +118,7 @@ def test_sigint_is_forwarded(tmp_path):
     """Ctrl-C reaches the child: it stops as a direct run does (exit 130, 'rerun the stage to resume')."""
     env = _env(study_dir(tmp_path, tiny({"teacher": {"epochs": 50}})), True)
     _start(env)
-    proc = subprocess.Popen([sys.executable, "-m", "kdlab", "teacher"], cwd=tmp_path, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "kdlab", "train", "teacher"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     for line in proc.stdout:
@@ -154,11 +155,13 @@ def test_off_when_asked_and_for_the_bench(monkeypatch):
 
     for k in ("KDLAB_WARM", "KDLAB_IMPORTS_LOG", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)
-    assert warm.enabled(["student", "--seed", "0"]) == (sys.platform == "linux")
-    assert not warm.enabled(["bench"]) and not warm.enabled(["ui"]) and not warm.enabled([])
+    from kdlab.cli import WARM_COMMANDS
+
+    assert warm.enabled(["train", "students/kd-0"], WARM_COMMANDS) == (sys.platform == "linux")
+    assert not any(warm.enabled(argv, WARM_COMMANDS) for argv in (["bench"], ["ui"], []))
     for k, v in (("KDLAB_WARM", "0"), ("LOCAL_RANK", "0"), ("KDLAB_IMPORTS_LOG", "/tmp/x")):
         monkeypatch.setenv(k, v)
-        assert not warm.enabled(["student"])
+        assert not warm.enabled(["train", "teacher"], WARM_COMMANDS)
         monkeypatch.delenv(k)
 
 

@@ -22,24 +22,14 @@ def _prepare(p, args):
           f"{meta['classes']} classes")
 
 
-def _teacher(p, args):
-    from kdlab.pipeline.stages import run_teacher
-    run_teacher(p)
+def _train(p, args):
+    from kdlab.pipeline.train import train
+    train(p, args.spec())
 
 
 def _cache(p, args):
     from kdlab.pipeline.cache import run_cache
     run_cache(p)
-
-
-def _student(p, args):
-    from kdlab.pipeline.stages import run_student
-    run_student(p, args.variant, args.seed)
-
-
-def _part(p, args):
-    from kdlab.pipeline.stages import run_student
-    run_student(p, args.variant, args.seed, at=args.at, parts=True)
 
 
 def _parts(p, args):
@@ -50,11 +40,6 @@ def _parts(p, args):
 def _prune_teacher(p, args):
     from kdlab.pipeline.pruning import run_prune_teacher
     run_prune_teacher(p)
-
-
-def _pruned_student(p, args):
-    from kdlab.pipeline.pruning import run_pruned_student
-    run_pruned_student(p, args.size, args.criterion, args.init, args.variant, args.seed)
 
 
 def _pruning(p, args):
@@ -86,13 +71,7 @@ def _q1(stage):
     def call(p, args):
         from kdlab.pipeline import q1
 
-        q = q1.load(args.study)
-        if stage == "teacher":
-            q1.run_q1_teacher(p, q, args.teacher)
-        elif stage == "cache":
-            q1.run_q1_cache(p, q, args.teacher)
-        else:
-            q1.run_q1_student(p, q, args.variant, args.teacher, args.width, args.epochs, args.seed)
+        q1.run_q1_cache(p, q1.load(args.study), args.teacher)
     return call
 
 
@@ -108,12 +87,8 @@ def _q23(stage):
         from kdlab.pipeline import q23
 
         q = q23.load(args.study)
-        if stage == "teacher":
-            q23.run_q23_teacher(p, q, args.teacher)
-        elif stage == "cache":
+        if stage == "cache":
             q23.run_q23_cache(p, q)
-        elif stage == "student":
-            q23.run_q23_student(p, q, args.arm, args.init, args.epochs, args.seed)
         elif stage == "prune":
             q23.run_q23_prune(p, q)
         elif stage == "cka":
@@ -141,17 +116,17 @@ def _readme(p, args):
 
 
 #: the question-2/3 study's stages (kdlab q23_<stage>)
-Q23_STAGES = ("teacher", "cache", "student", "prune", "cka", "report")
-#: the commands that train, and so run under torchrun when train.nproc > 1 (see kdlab.infra.distributed)
-TRAINING_COMMANDS = ("teacher", "student", "part", "pruned_student", "q1_teacher", "q1_student", "q23_teacher",
-                     "q23_student")
+Q23_STAGES = ("cache", "prune", "cka", "report")
+#: the named studies (studies/<name>/params.yaml, whose one section is <name>) and their stage modules
+NAMED_STUDIES = {"q1": "kdlab.pipeline.q1", "q23": "kdlab.pipeline.q23"}
 
-STAGES = {"check": _check, "prepare": _prepare, "teacher": _teacher, "cache": _cache, "student": _student, "part": _part,
-          "parts": _parts, "prune_teacher": _prune_teacher, "pruned_student": _pruned_student, "pruning": _pruning,
-          "evaluate": _evaluate, "report": _report, "q1_teacher": _q1("teacher"), "q1_cache": _q1("cache"),
-          "q1_student": _q1("student"), "q1_report": _q1_report, **{f"q23_{s}": _q23(s) for s in Q23_STAGES},
-          "results": _results, "sweep": _sweep, "readme": _readme,
-          "bench": _bench, "ui": None}
+#: every command; the one that trains runs under torchrun when train.nproc > 1 (see kdlab.infra.distributed)
+STAGES = {"check": _check, "prepare": _prepare, "train": _train, "cache": _cache, "parts": _parts,
+          "prune_teacher": _prune_teacher, "pruning": _pruning, "evaluate": _evaluate, "report": _report,
+          "q1_cache": _q1("cache"), "q1_report": _q1_report, **{f"q23_{s}": _q23(s) for s in Q23_STAGES},
+          "results": _results, "sweep": _sweep, "readme": _readme, "bench": _bench, "ui": None}
+#: the commands a warm server runs (kdlab.warm): all but the bench (it times itself) and the UI
+WARM_COMMANDS = tuple(c for c in STAGES if c not in ("bench", "ui"))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -159,16 +134,16 @@ def _parser() -> argparse.ArgumentParser:
         prog="kdlab",
         description="kdlab pipeline stages (normally run by `dvc repro`; see dvc.yaml). `check` validates all of "
                     "params.yaml (every method's options and the architectures too), the pipeline's first stage. "
-                    "`part` trains one "
-                    "student of the question-2 study (`--variant parts.method --at LAYER`, or `--variant` one of "
-                    "parts.init) and `parts` measures that study. Question 3: `prune_teacher` prunes the teacher to "
-                    "prune.sizes by each criterion, `pruned_student` trains one student from it (`--size --criterion --init "
-                    "prune|shape --variant kd|raw --seed`; defaults: the first size, prune.criterion, prune, kd), "
-                    "`pruning` measures that study. Question 1 in depth (studies/q1/dvc.yaml): `q1_teacher --teacher RUN`, "
-                    "`q1_cache --teacher T`, `q1_student --variant V [--teacher T] --width W --epochs E --seed S`, "
-                    "`q1_report`, reading `--study` (studies/q1/params.yaml). Questions 2 and 3 with controls (studies/q23/dvc.yaml): "
-                    "`q23_teacher --teacher RUN`, `q23_cache`, `q23_student --arm A --init I --epochs E --seed S`, "
-                    "`q23_prune`, `q23_cka`, `q23_report`, reading `--study` (studies/q23/params.yaml). Extra commands: "
+                    "`train [--study FILE] RUN` trains one teacher or student of a study, named by its model file "
+                    "under models/ (models/<study>/ for a named study) without .pt: `teacher`, `students/kd-0`, "
+                    "`parts/fitnet.layer2-0`, `pruned/prune.l1.x1.0.kd-0`; `--study studies/q1/params.yaml "
+                    "teachers/main` or `students/kd.main-w0.5-e15-s0`; `--study studies/q23/params.yaml "
+                    "students/kd.carved-e10-s0`. An unknown RUN lists the study's runs. `parts` measures the "
+                    "question-2 study, `prune_teacher` prunes the teacher to prune.sizes by each criterion, "
+                    "`pruning` measures that study. Question 1 in depth (studies/q1/dvc.yaml): `q1_cache --teacher T`, "
+                    "`q1_report`; questions 2 and 3 with controls (studies/q23/dvc.yaml): `q23_cache`, `q23_prune`, "
+                    "`q23_cka`, `q23_report`; each reads `--study` (default studies/q1/params.yaml, "
+                    "studies/q23/params.yaml). Extra commands: "
                     "`results [-o CSV]` writes every run of every study (the default and studies/q1, studies/q23) as one "
                     "tidy table (pandas); "
                     "`sweep --param KEY [--by KEY2]` gathers DVC experiments into a table and plot; `readme` copies "
@@ -176,22 +151,10 @@ def _parser() -> argparse.ArgumentParser:
                     "the same KD step several ways (kdlab raw / cached / online, DataLoader+PIL, torchdistill).",
     )
     ap.add_argument("stage", choices=STAGES, help="what to run")
-    ap.add_argument("--variant", help="student: the distillation variant (raw or one of study.variants)")
-    ap.add_argument("--seed", type=int, help="student, part: the seed (one of study.seeds)")
-    ap.add_argument("--at", help="part: the ResNet layer to place parts.method's feature loss at (one of parts.layers)")
-    ap.add_argument("--size", type=float, help="pruned: the target size (one of prune.sizes; default the first)")
-    ap.add_argument("--criterion", help="pruned: the pruning criterion (default prune.criterion)")
-    ap.add_argument("--init", default="prune", help="q23_student: random, carved, pruned or shape; pruned_student: "
-                    "prune (the pruned weights) or shape (that shape, "
-                    "freshly initialised); default prune")
-    ap.add_argument("--teacher", help="q1_*: a teacher run of q1.teachers (q1_teacher), or one of q1.cached; "
-                    "q23_teacher: a run of q23.teachers")
-    ap.add_argument("--arm", help="q23_student: one of q23.arms")
-    ap.add_argument("--width", type=float, help="q1_student: the student's width (q1.student.width or one of q1.widths)")
-    ap.add_argument("--epochs", type=int, help="q1_student: the student's epochs (one of q1.budgets); q23_student: "
-                    "q23.epochs or q23.matched_epochs")
-    ap.add_argument("--study", help="q1_*, q23_*: the study's params file (default studies/q1/params.yaml, "
-                    "studies/q23/params.yaml)")
+    ap.add_argument("run", nargs="?", help="train: the run, named by its model file (see above)")
+    ap.add_argument("--teacher", help="q1_cache: one of q1.cached")
+    ap.add_argument("--study", help="train: a named study's params file (default: the default study, params.yaml); "
+                    "q1_*, q23_*: the study's params file (default studies/q1/params.yaml, studies/q23/params.yaml)")
     ap.add_argument("--param", default="loss.alpha", help="sweep: the swept param (default loss.alpha)")
     ap.add_argument("--by", help="sweep: a second swept param (a grid): one curve per value, e.g. loss.temperature")
     ap.add_argument("-o", "--out", default="reports/results_all.csv", help="results: the CSV to write (default "
@@ -208,95 +171,70 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _check_pruned_args(p, args) -> str | None:
-    from kdlab.pipeline.pruning import INITS, VARIANTS, pruned_models
+def _study_runs(p, study: str | None) -> dict:
+    """Every training run of the default study (``study`` None) or of the named study whose params file is
+    ``study``, by name."""
+    import importlib
+    from pathlib import Path
 
-    args.size = p.prune.sizes[0] if args.size is None else args.size
-    args.criterion = args.criterion or p.prune.criterion
-    args.variant = args.variant or "kd"
-    if args.size not in p.prune.sizes:
-        return f"--size {args.size} is not in prune.sizes {p.prune.sizes}"
-    if (args.criterion, args.size) not in pruned_models(p):
-        return (f"--criterion {args.criterion!r} at --size {args.size}: no such pruned teacher; the study prunes "
-                f"prune.criterion={p.prune.criterion!r} at every size and prune.compare {p.prune.compare} at the "
-                f"first size ({p.prune.sizes[0]})")
-    if args.init not in INITS:
-        return f"--init {args.init!r}: allowed: {', '.join(INITS)}"
-    if args.variant not in VARIANTS:
-        return f"--variant {args.variant!r}: a pruned student trains with one of {', '.join(VARIANTS)}"
-    if args.seed not in p.study.seeds:
-        return f"--seed {args.seed!r} is not in study.seeds {p.study.seeds}"
+    from kdlab.infra.schema import ParamsError, read_yaml
+
+    if study is None:
+        from kdlab.pipeline.stages import runs
+        return runs(p)
+    sections = list(read_yaml(Path(study)) or {})
+    if len(sections) != 1 or sections[0] not in NAMED_STUDIES:
+        raise ParamsError(study, f"a named study's params file holds one section, one of {sorted(NAMED_STUDIES)}; "
+                          f"found {sections}")
+    module = importlib.import_module(NAMED_STUDIES[sections[0]])
+    return module.runs(p, module.load(study))
+
+
+def _check_train_args(p, args) -> str | None:
+    from kdlab.infra.schema import ParamsError
+
+    try:
+        runs = _study_runs(p, args.study)
+    except ParamsError as e:
+        return str(e)
+    if args.run not in runs:
+        import difflib
+        from collections import Counter
+
+        kinds = Counter(name.split("/")[0] + ("/..." if "/" in name else "") for name in runs)
+        close = difflib.get_close_matches(args.run, list(runs), n=5, cutoff=0.5)
+        return (f"no run {args.run!r} in {args.study or 'the default study'} ({len(runs)} runs: "
+                f"{', '.join(f'{n} {k}' for k, n in kinds.items())})"
+                + (f"; the closest: {', '.join(close)}" if close else ""))
+    args.spec = runs[args.run]
     return None
 
 
-def _check_q1_args(args) -> str | None:
-    from kdlab.infra.schema import ParamsError
-    from kdlab.pipeline import q1
+def _check_named_args(args) -> str | None:
+    """What is wrong with a named study's stage arguments (q1_cache's ``--teacher``), if anything."""
+    import importlib
 
+    from kdlab.infra.schema import ParamsError
+
+    name = args.stage.split("_")[0]
+    args.study = args.study or f"studies/{name}/params.yaml"
     try:
-        q = q1.load(args.study)
+        q = importlib.import_module(NAMED_STUDIES[name]).load(args.study)
     except ParamsError as e:
         return str(e)
-    if args.stage == "q1_teacher" and args.teacher not in q.teachers:
-        return f"--teacher {args.teacher!r} is not in q1.teachers {sorted(q.teachers)}"
     if args.stage == "q1_cache" and args.teacher not in q.cached:
         return f"--teacher {args.teacher!r} is not in q1.cached {list(q.cached)}"
-    if args.stage != "q1_student":
-        return None
-    allowed = {"variant": ["raw", *q.variants, *q.controls], "width": [q.student.width, *q.widths],
-               "epochs": q.budgets, "seed": q.seeds}
-    for key, values in allowed.items():
-        if getattr(args, key) not in values:
-            return f"--{key} {getattr(args, key)!r}: the study's are {values}"
-    if args.teacher is not None and args.teacher not in q.cached:
-        return f"--teacher {args.teacher!r} is not in q1.cached {list(q.cached)}"
     return None
 
 
-def _check_q23_args(args) -> str | None:
-    from kdlab.infra.schema import ParamsError
-    from kdlab.pipeline import q23
-
-    try:
-        q = q23.load(args.study)
-    except ParamsError as e:
-        return str(e)
-    if args.stage == "q23_teacher" and args.teacher not in q.teachers:
-        return f"--teacher {args.teacher!r} is not in q23.teachers {sorted(q.teachers)}"
-    if args.stage != "q23_student":
-        return None
-    if (args.arm, args.init, args.epochs) not in q23.expected_students(q):
-        return (f"--arm {args.arm!r} --init {args.init!r} --epochs {args.epochs!r} is no student group of the study: "
-                f"{', '.join(f'{a} {i} {e}' for a, i, e in q23.expected_students(q))}")
-    if args.seed not in q.seeds:
-        return f"--seed {args.seed!r}: the study's are {q.seeds}"
-    return None
-
-
-def _check_run_args(p, args, baseline: str) -> str | None:
-    """What is wrong with ``--variant/--at/--seed`` (and pruned_student's options), if anything."""
-    if args.stage == "pruned_student":
-        return _check_pruned_args(p, args)
-    if args.stage.startswith(("q1_", "q23_")):
-        args.study = args.study or f"studies/{args.stage.split('_')[0]}/params.yaml"
-        return _check_q1_args(args) if args.stage.startswith("q1_") else _check_q23_args(args)
-    if args.stage not in ("student", "part"):
-        return None
-    if args.stage == "student":
-        if args.variant != baseline and args.variant not in p.study.variants:
-            return f"--variant {args.variant!r} is neither {baseline!r} nor in study.variants {p.study.variants}"
-        if args.at:
-            return "--at is for `kdlab part` (the question-2 study)"
-    elif args.at is not None:
-        if args.variant != p.parts.method:
-            return f"--variant {args.variant!r} with --at: the placed method is parts.method={p.parts.method!r}"
-        if args.at not in p.parts.layers:
-            return f"--at {args.at!r} is not in parts.layers {p.parts.layers}"
-    elif args.variant not in p.parts.init:
-        return (f"--variant {args.variant!r} is not in parts.init {p.parts.init} (or give --at LAYER for "
-                f"parts.method={p.parts.method!r})")
-    if args.seed not in p.study.seeds:
-        return f"--seed {args.seed!r} is not in study.seeds {p.study.seeds}"
+def _check_run_args(p, args) -> str | None:
+    """What is wrong with the command's arguments, if anything."""
+    if (args.run is not None) != (args.stage == "train"):
+        return "train takes one run (kdlab train RUN); no other command takes one"
+    if args.stage == "train":
+        return _check_train_args(p, args)
+    if args.stage.split("_")[0] in NAMED_STUDIES:
+        return _check_named_args(args)
     return None
 
 
@@ -319,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         from kdlab import warm
 
-        if warm.enabled(sys.argv[1:]):
+        if warm.enabled(sys.argv[1:], WARM_COMMANDS):
             code = warm.run(sys.argv[1:])
             if code is not None:
                 return code
@@ -328,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(argv: list[str] | None = None) -> int:
     """Run one command in this process."""
-    args = _parser().parse_args(argv)
+    args = _parser().parse_intermixed_args(argv)
     if args.stage == "ui":
         return ui(args.port)
     from kdlab.infra.io import StageError
@@ -340,11 +278,11 @@ def run(argv: list[str] | None = None) -> int:
     except ParamsError as e:
         print(f"kdlab: {e}", file=sys.stderr)
         return 2
-    problem = _check_run_args(p, args, params_mod.BASELINE)
+    problem = _check_run_args(p, args)
     if problem:
         print(f"kdlab: {problem}", file=sys.stderr)
         return 2
-    if args.stage in TRAINING_COMMANDS and p.train.nproc > 1:  # this process becomes torchrun
+    if args.stage == "train" and p.train.nproc > 1:  # this process becomes torchrun
         from kdlab.infra.distributed import launch
 
         launch(p.train.nproc, sys.argv[1:] if argv is None else argv)

@@ -45,10 +45,6 @@ from pathlib import Path
 
 from kdlab.infra import io
 
-#: commands worth a warm start: the pipeline's stages and the gathering commands (not bench: it times itself)
-COMMANDS = ("check", "prepare", "teacher", "cache", "student", "part", "parts", "prune_teacher", "pruned_student",
-            "pruning", "evaluate", "report", "results", "sweep", "readme", "q1_teacher", "q1_cache", "q1_student",
-            "q1_report", "q23_teacher", "q23_cache", "q23_student", "q23_prune", "q23_cka", "q23_report")
 #: environment variables that matter when a module is imported or a thread pool is created: a client whose
 #: values differ gets its own server
 ENV_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "PYTHONPATH",
@@ -59,9 +55,10 @@ _DEPS = ("torch", "torchvision", "mlflow", "torch_pruning", "numpy", "sqlalchemy
 _HEADER = struct.Struct("!I")
 
 
-def enabled(argv: list[str]) -> bool:
-    """Whether ``kdlab argv`` (run as a program) should go through a warm server."""
-    return (bool(argv) and argv[0] in COMMANDS and sys.platform == "linux"
+def enabled(argv: list[str], commands) -> bool:
+    """Whether ``kdlab argv`` (run as a program) should go through a warm server: ``commands`` are those worth a
+    warm start (kdlab.cli.WARM_COMMANDS)."""
+    return (bool(argv) and argv[0] in commands and sys.platform == "linux"
             and os.environ.get("KDLAB_WARM", "1") != "0" and "LOCAL_RANK" not in os.environ
             and not os.environ.get("KDLAB_IMPORTS_LOG"))
 

@@ -124,7 +124,8 @@ def serve(path: str) -> None:
                 conn, request, started = children.pop(pid)
                 msg = ({"signal": os.WTERMSIG(status)} if os.WIFSIGNALED(status)
                        else {"exit": os.WEXITSTATUS(status)})
-                print(f"served {request['argv'][0]} in {request['cwd']} exit {msg.get('exit', -msg.get('signal', 0))} "
+                command = " ".join(request["argv"])
+                print(f"served {command} in {request['cwd']} exit {msg.get('exit', -msg.get('signal', 0))} "
                       f"after {time.monotonic() - started:.2f} s", flush=True)
                 try:
                     sel.unregister(conn)

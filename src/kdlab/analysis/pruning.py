@@ -11,7 +11,7 @@ from kdlab.analysis.present import ci, diff, finish, headline_gain, plt, table, 
 from kdlab.infra import io, tracking
 from kdlab.infra.schema import flatten
 from kdlab.pipeline.params import BASELINE, Params
-from kdlab.pipeline.pruning import INITS, VARIANTS, groups, model_name, pruned_models, run_name, stage_of
+from kdlab.pipeline.stages import INITS, VARIANTS, groups, model_name, pruned_models, run_name, stage_of
 from kdlab.pipeline.workspace import PRUNE_JSON, PRUNING_JSON, PRUNING_MD, run_files
 
 # ---------------------------------------------------------------- kdlab pruning

@@ -64,7 +64,7 @@ def _q2(p: Params) -> list[tuple[dict, Path]]:
 
 
 def _q3(p: Params) -> list[tuple[dict, Path]]:
-    from kdlab.pipeline.pruning import groups, run_name
+    from kdlab.pipeline.stages import groups, run_name
 
     rows = []
     for criterion, size, init, variant in groups(p):

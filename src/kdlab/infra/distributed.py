@@ -1,6 +1,6 @@
 """Data-parallel training under torchrun (``train.nproc`` > 1).
 
-The training commands (teacher, student, part, pruned_student) start themselves under ``torchrun --standalone
+The training command (``kdlab train``, every study's) starts itself under ``torchrun --standalone
 --nproc_per_node=train.nproc`` (:func:`launch`); NCCL on CUDA (one GPU per process, ``LOCAL_RANK``), gloo on
 the CPU. Every rank holds the whole split and the cached logits and derives the same permutation and view ids
 from the shared seed; it takes its slice of every global batch (``TrainBatches(rank=, world=)``), so

@@ -1,6 +1,7 @@
 """The teacher's logits for every view a student can draw (shared/DESIGN.md): one writer (:func:`write_cache`,
-resumable) and one reader (:func:`kdlab.pipeline.workspace.read_cache`) for every study. ``kdlab cache`` is the default study's
-(data/teacher_logits/train.pt), :func:`run_study_cache` a named study's, which also measures the teacher.
+resumable) and one reader (:func:`kdlab.pipeline.workspace.read_cache`) for every study. ``kdlab cache`` is the
+default study's (data/teacher_logits/train.pt), :func:`run_study_cache` a named study's, which also measures the
+teacher.
 
 A cache holds ``view_ids`` (N, K) int16 and ``logits`` (N, K, classes) fp16, with the teacher file's sha256, the
 view settings and (a named study's) the subset's size, so a cache built by another teacher, with other views or
@@ -78,8 +79,8 @@ def teacher_logits_for(teacher, images, view_table, normalize, pad: int, batch_s
 def write_cache(p: Params, ctx: Context, teacher, teacher_path: Path, out: Path, partial: Path,
                 subset: Subset | None = None, extra: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``teacher``'s logits on the cached views of ``ctx``'s training split into ``out``, stamped with
-    ``teacher_path``'s sha256 and :func:`kdlab.pipeline.workspace.cache_stamp` (``extra``: more tensors to keep with them); chunks go to
-    ``partial`` on the way, so an interrupted stage resumes. Returns (view_ids, logits)."""
+    ``teacher_path``'s sha256 and :func:`kdlab.pipeline.workspace.cache_stamp` (``extra``: more tensors to keep with
+    them); chunks go to ``partial`` on the way, so an interrupted stage resumes. Returns (view_ids, logits)."""
     train = ctx.splits["train"]
     table = views.view_table(len(train["labels"]), p.views.pad, p.views.flip, p.cache.views, p.cache.seed)
     head = {"teacher_sha256": io.sha256(teacher_path), **cache_stamp(p, subset)}

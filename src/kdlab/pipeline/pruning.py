@@ -1,6 +1,6 @@
 """Question 3, what can be pruned while distilling: ``kdlab prune_teacher`` prunes the teacher to each target
-size by each criterion (:mod:`kdlab.core.channels`); ``kdlab pruned_student`` trains one student from such a
-model; ``kdlab pruning`` gathers the study (:mod:`kdlab.analysis.pruning`).
+size by each criterion (:mod:`kdlab.core.channels`); ``kdlab train pruned/<run>`` trains one student from such a model
+(:func:`kdlab.pipeline.stages.pruned_spec`); ``kdlab pruning`` gathers the study (:mod:`kdlab.analysis.pruning`).
 
 Target sizes (``prune.sizes``) are multiples of the default student's parameter count (``student.arch`` x
 ``student.width``). At every size, the teacher pruned by ``prune.criterion`` is trained four ways over
@@ -19,11 +19,10 @@ from kdlab.core.models import count_params
 from kdlab.core.surgery import keep_blocks
 from kdlab.core.train import accuracy, kd_finetuner, predict
 from kdlab.infra import io, tracking
-from kdlab.infra.schema import ParamsError, flatten
+from kdlab.infra.schema import flatten
 from kdlab.pipeline.cache import cached_batches
-from kdlab.pipeline.params import BASELINE, LossParams, Params
-from kdlab.pipeline.spec import RunSpec, Source
-from kdlab.pipeline.train import train
+from kdlab.pipeline.params import LossParams, Params
+from kdlab.pipeline.stages import model_name, pruned_models
 from kdlab.pipeline.workspace import (
     CACHE_FILE,
     PROFILE_PLOT,
@@ -33,39 +32,7 @@ from kdlab.pipeline.workspace import (
     build_model,
     context,
     load_teacher,
-    run_files,
 )
-
-INITS = ("prune", "shape")
-VARIANTS = ("kd", BASELINE)
-
-
-def pruned_models(p: Params) -> list[tuple[str, float]]:
-    """(criterion, size) of every pruned teacher the study needs."""
-    first = p.prune.sizes[0]
-    return [(p.prune.criterion, s) for s in p.prune.sizes] + [(c, first) for c in p.prune.compare]
-
-
-def model_name(criterion: str, size: float) -> str:
-    return f"{criterion}.x{float(size)}"  # x1.0, x0.5: as dvc.yaml writes ${item.size}
-
-
-def run_name(init: str, criterion: str, size: float, variant: str) -> str:
-    """``prune.activation.x1.0.kd``: the pruned weights, trained with KD; ``shape...``: that shape, re-initialised."""
-    return f"{init}.{model_name(criterion, size)}.{variant}"
-
-
-def groups(p: Params) -> list[tuple[str, float, str, str]]:
-    """(criterion, size, init, variant) of every student group of the study, in the table's order."""
-    out = [(p.prune.criterion, s, init, v) for s in p.prune.sizes for init in INITS for v in VARIANTS]
-    return out + [(c, p.prune.sizes[0], "prune", "kd") for c in p.prune.compare]
-
-
-def stage_of(p: Params, criterion: str, size: float, init: str, variant: str, seed: int) -> str:
-    if criterion != p.prune.criterion:
-        return f"criteria@{criterion}-{seed}"
-    return f"{'pruned_student' if variant == 'kd' else 'pruned_student_raw'}@{float(size)}-{init}-{seed}"
-
 
 # ---------------------------------------------------------------- kdlab prune_teacher
 
@@ -115,25 +82,3 @@ def run_prune_teacher(p: Params) -> dict:
         io.save_json(rows, PROFILE_PLOT)
         run.log_artifact(PRUNE_JSON)
     return summary
-
-
-# ---------------------------------------------------------------- kdlab pruned_student
-
-def run_pruned_student(p: Params, size: float, criterion: str, init: str, variant: str, seed: int) -> dict:
-    """One student: the teacher pruned by ``criterion`` to ``size`` (``init=prune``) or that shape freshly
-    initialised (``init=shape``), trained with ``variant`` (kd or raw)."""
-    if init not in INITS:
-        raise ParamsError("--init", f"unknown {init!r}; allowed: {', '.join(INITS)}")
-    cls = distill.method_class(variant)
-    if cls.uses_teacher_model or cls.builds_from_teacher:
-        raise ParamsError("--variant", f"{variant} needs the teacher itself; a pruned student trains with a "
-                          f"logits method or on labels ({', '.join(VARIANTS)})")
-    name = run_name(init, criterion, size, variant)
-    start = "with its pruned weights" if init == "prune" else "that shape freshly initialised"
-    about = f"Question 3: the teacher pruned by `{criterion}` to x{size} of the student's parameters, {start}. "
-    return train(p, RunSpec(f"{name}-{seed}", "student", p.student, seed, run_files(name, seed, "pruned"), variant,
-                            init="pruned" if init == "prune" else "shape",
-                            pruned=Source(PRUNED_TEACHERS / f"{model_name(criterion, size)}.pt",
-                                          "dvc repro prune_teacher"),
-                            teacher=TEACHER_FILE, cache=CACHE_FILE,
-                            tags={"variant": name, "init": init, "criterion": criterion, "size": size}, about=about))

@@ -5,16 +5,17 @@ views, ``train.*`` and ``loss.*`` are the default study's (params.yaml). Every r
 the prepared training split (``q1.train_images``) and chooses its checkpoint on a seeded subset of the
 validation split (``q1.val_images``), so that a dozen budgets, sizes and teachers fit in the 2-core CPU's time.
 
-Stages (``kdlab q1_teacher | q1_cache | q1_student``; ``q1_report`` is :mod:`kdlab.analysis.q1_report`):
+Stages (``kdlab train --study studies/q1/params.yaml RUN``, ``kdlab q1_cache``; ``q1_report`` is
+:mod:`kdlab.analysis.q1_report`), the runs named as :func:`runs` lists them:
 
-- ``q1_teacher --teacher RUN``: trains ``q1.teachers[RUN]`` on the labels, keeping its best-on-validation
+- ``train teachers/RUN``: trains ``q1.teachers[RUN]`` on the labels, keeping its best-on-validation
   state (``final.pt``) and its weights at the end of each of its ``snapshots`` epochs (``e<k>.pt``): the
   early-stopped teachers of the same run.
 - ``q1_cache --teacher T``: ``T`` is a run (its final state) or ``RUN_e<k>`` (a snapshot). The teacher's logits
   on the cached views of the subset (as :mod:`kdlab.pipeline.cache`), whether it is right on each clean training image,
   its accuracy on validation and test, how many training views and images it gets wrong, and its test
   predictions with their confidence.
-- ``q1_student --variant V [--teacher T] --width W --epochs E --seed S``: the student ``q1.student`` at width W
+- ``train students/V.T-wW-eE-sS`` (``raw-wW-eE-sS``: no teacher): the student ``q1.student`` at width W
   trained E epochs with the distillation method V (``raw``: labels only) from teacher T's cache; writes its
   metrics and its test predictions.
 
@@ -24,16 +25,16 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 from kdlab import distill
 from kdlab.infra import io
 from kdlab.infra.schema import ParamsError, build, choice, flatten_dict, no_duplicates, positive, read_yaml
-from kdlab.pipeline.cache import run_study_cache
 from kdlab.pipeline.params import ModelParams, Params
 from kdlab.pipeline.spec import RunSpec, Source
 from kdlab.pipeline.study import StudentSpec, TeacherRun, subset, teacher_spec
-from kdlab.pipeline.train import train
 
 #: the study's params file (relative to the repository root, where its stages run)
 STUDY = Path("studies/q1/params.yaml")
@@ -158,32 +159,52 @@ def study_params(q: Q1) -> dict:
 
 # ---------------------------------------------------------------- stages
 
-def run_q1_teacher(p: Params, q: Q1, name: str) -> dict:
-    return train(p, teacher_spec(q, name, TEACHERS / name, METRICS / "teachers", "q1", study_params(q)))
-
-
 def run_q1_cache(p: Params, q: Q1, name: str) -> dict:
+    from kdlab.pipeline.cache import run_study_cache  # here: the students never import the cache's writer
+
     return run_study_cache(p, subset(q), name, teacher_file(name, q), REBUILD, CACHES / f"{name}.pt",
                            CACHE_METRICS / f"{name}.json", TESTS / f"teacher.{name}.json")
 
 
-def run_q1_student(p: Params, q: Q1, variant: str, teacher: str | None, width: float, epochs: int,
-                   seed: int) -> dict:
+def student_spec(p: Params, q: Q1, variant: str, teacher: str | None, width: float, epochs: int,
+                 seed: int) -> RunSpec:
     cls = distill.method_class(variant)
     if cls.uses_teacher_model or cls.builds_from_teacher:
         raise io.StageError(f"question 1's study distils from cached logits; {variant!r} runs the teacher model")
     if cls.uses_teacher_logits == (teacher is None):
-        raise io.StageError(f"--variant {variant}: {'give' if teacher is None else 'no'} --teacher")
+        raise io.StageError(f"{variant}: {'give' if teacher is None else 'no'} teacher")
     name = student_name(variant, teacher, width, epochs, seed)
     about = (f"Question 1: {q.student.arch} x{width} for {epochs} epochs on {q.train_images} training images, "
              f"{'from teacher `' + teacher + '`' if teacher else 'labels only'}. ")
     record = {"variant": variant, "teacher": teacher, "arch": q.student.arch, "width": width, "epochs": epochs,
               "seed": seed}
-    return train(p, RunSpec(
+    return RunSpec(
         name, "student", ModelParams(q.student.arch, width, epochs, q.student.lr, seed, "auto"), seed,
         (STUDENTS / f"{name}.pt", METRICS / "students" / f"{name}.json"), variant,
         teacher=Source(teacher_file(teacher, q), REBUILD) if teacher else None,
         cache=Source(CACHES / f"{teacher}.pt", REBUILD) if teacher else None, subset=subset(q),
         curve=TESTS / f"{name}.json", record=record, predictions=True,
         tags={"variant": variant, "q1_teacher": teacher or "", "width": width, "epochs": epochs}, about=about,
-        extra=study_params(q)))
+        extra=study_params(q))
+
+
+def students(q: Q1) -> list[tuple[str, str | None, float, int]]:
+    """(variant, teacher, width, epochs) of every student group of the study (studies/q1/dvc.yaml's arms), each
+    over q1.seeds."""
+    w = q.student.width
+    out = [("raw", None, w, e) for e in q.budgets] + [(v, q.teacher, w, e) for v in q.variants for e in q.budgets]
+    out += [(v, t, width, q.converged) for width in q.widths for v, t in (("raw", None), ("kd", q.teacher))]
+    out += [("kd", t, w, q.quality_epochs) for t in q.quality]
+    out += [(v, q.control_teacher, w, q.quality_epochs) for v in q.controls]
+    return list(dict.fromkeys(out))
+
+
+def runs(p: Params, q: Q1) -> dict[str, Callable[[], RunSpec]]:
+    """Every training run of the study, by name (its model file or folder under models/q1/, without ``.pt``)."""
+    out = {f"teachers/{name}": partial(teacher_spec, q, name, TEACHERS / name, METRICS / "teachers", "q1",
+                                       study_params(q)) for name in q.teachers}
+    for v, t, width, epochs in students(q):
+        for seed in q.seeds:
+            out[f"students/{student_name(v, t, width, epochs, seed)}"] = partial(student_spec, p, q, v, t, width,
+                                                                                epochs, seed)
+    return out

@@ -7,11 +7,11 @@ views, ``train.*``, ``loss.*`` and ``methods.*`` are the default study's (params
 seeded subset of the validation split. It trains its own teachers: ``q23.teacher`` is distilled from, and
 ``q23.reference`` (the same architecture, another seed) is CKA's reference point.
 
-Stages (``kdlab q23_teacher | q23_cache | q23_student | q23_prune | q23_cka``; ``q23_report`` is
-:mod:`kdlab.analysis.q23_report`):
+Stages (``kdlab train --study studies/q23/params.yaml RUN``, ``kdlab q23_cache | q23_prune | q23_cka``;
+``q23_report`` is :mod:`kdlab.analysis.q23_report`), the runs named as :func:`runs` lists them:
 
-- ``q23_teacher --teacher RUN``, ``q23_cache``: as question 1's (the cache is ``q23.teacher``'s).
-- ``q23_student --arm A --init I --epochs E --seed S``: the student trained with arm ``A`` (``q23.arms``: a
+- ``train teachers/RUN``, ``q23_cache``: as question 1's (the cache is ``q23.teacher``'s).
+- ``train students/A.I-eE-sS``: the student trained with arm ``A`` (``q23.arms``: a
   method and its option overrides) from initialisation ``I``: ``random`` (``q23.student``), ``carved`` (the
   teacher's blocks ``q23.keep`` with their weights), ``pruned`` (the pruned teacher ``q23_prune`` chose) or
   ``shape`` (that shape, freshly initialised). It keeps the student's weights at the end of the epochs
@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -38,11 +40,9 @@ from kdlab import distill
 from kdlab.core.train import accuracy, kd_finetuner, predict
 from kdlab.infra import io
 from kdlab.infra.schema import ParamsError, build, choice, flatten_dict, no_duplicates, positive, read_yaml
-from kdlab.pipeline.cache import cached_batches, run_study_cache
 from kdlab.pipeline.params import PRUNE_CRITERIA, ModelParams, Params
 from kdlab.pipeline.spec import RunSpec, Source
 from kdlab.pipeline.study import StudentSpec, TeacherRun, subset, teacher_spec
-from kdlab.pipeline.train import train
 from kdlab.pipeline.workspace import build_model, context, model_from_checkpoint
 
 STUDY = Path("studies/q23/params.yaml")
@@ -206,23 +206,21 @@ def load_teacher_model(ctx, name: str) -> tuple[dict, nn.Module]:
 
 # ---------------------------------------------------------------- teachers, the cache, students
 
-def run_q23_teacher(p: Params, q: Q23, name: str) -> dict:
-    return train(p, teacher_spec(q, name, TEACHERS / name, METRICS / "teachers", "q23", study_params(q)))
-
-
 def run_q23_cache(p: Params, q: Q23) -> dict:
+    from kdlab.pipeline.cache import run_study_cache  # here: the students never import the cache's writer
+
     return run_study_cache(p, subset(q), q.teacher, teacher_file(q.teacher), REBUILD, CACHE, METRICS / "cache.json",
                            METRICS / "teacher_test.json")
 
 
-def run_q23_student(p: Params, q: Q23, arm_name: str, init: str, epochs: int, seed: int) -> dict:
+def student_spec(p: Params, q: Q23, arm_name: str, init: str, epochs: int, seed: int) -> RunSpec:
     arm = q.arms[arm_name]
     if distill.method_class(arm.method).builds_from_teacher:
         raise io.StageError(f"q23.arms.{arm_name}: {arm.method} builds its student; the study's --init does that")
     name = student_name(arm_name, init, epochs, seed)
     about = (f"Questions 2 and 3 with controls: arm `{arm_name}` ({arm.method}, {arm.options or 'default options'}) "
              f"from {init} weights, {epochs} epochs on {q.train_images} training images. ")
-    return train(p, RunSpec(
+    return RunSpec(
         name, "student", ModelParams(q.student.arch, q.student.width, epochs, q.student.lr, seed, "auto"), seed,
         (STUDENTS / f"{name}.pt", METRICS / "students" / f"{name}.json"), arm.method, dict(arm.options), init,
         blocks=q.keep, pruned=Source(PRUNED, REBUILD), teacher=Source(teacher_file(q.teacher), REBUILD),
@@ -230,7 +228,18 @@ def run_q23_student(p: Params, q: Q23, arm_name: str, init: str, epochs: int, se
         calibration_images=q.calibration_images, snapshots=tuple(q.snapshots) if epochs == q.epochs else (),
         snapshot_dir=SNAPSHOTS / name,
         tags={"variant": arm_name, "q23_arm": arm_name, "method": arm.method, "init": init, "epochs": epochs},
-        about=about, extra=study_params(q)))
+        about=about, extra=study_params(q))
+
+
+def runs(p: Params, q: Q23) -> dict[str, Callable[[], RunSpec]]:
+    """Every training run of the study, by name (its model file or folder under models/q23/, without ``.pt``)."""
+    out = {f"teachers/{name}": partial(teacher_spec, q, name, TEACHERS / name, METRICS / "teachers", "q23",
+                                       study_params(q)) for name in q.teachers}
+    for arm, init, epochs in expected_students(q):
+        for seed in q.seeds:
+            out[f"students/{student_name(arm, init, epochs, seed)}"] = partial(student_spec, p, q, arm, init, epochs,
+                                                                                seed)
+    return out
 
 
 # ---------------------------------------------------------------- why pruned teachers start at chance
@@ -295,6 +304,8 @@ def run_q23_prune(p: Params, q: Q23) -> dict:
         m, _, _ = channels.prune_to(teacher, c, small, calib, pr.max_ratio, seed=t.seed, key=MAX_RATIO,
                                     transform=lambda pruned: keep_blocks(pruned, q.keep, "q23.keep"))
         measure(f"channels+blocks.{c}", m, "channels, then blocks", c, "full")
+    from kdlab.pipeline.cache import cached_batches
+
     kd_batches = cached_batches(p, ctx, CACHE, REBUILD, teacher_file(q.teacher), t.seed, subset(q))
     between = kd_finetuner(distill.build("kd", p), kd_batches, pr.finetune_steps, q.student.lr, p.train, ctx.device,
                            ctx.precision)
