@@ -33,8 +33,8 @@ from kdlab.pipeline.workspace import (
     CHECKPOINTS,
     Context,
     build_model,
-    check_trained,
     context,
+    load_checked,
     memory_format,
     model_from_checkpoint,
     read_cache,
@@ -69,14 +69,12 @@ def _teacher(spec: RunSpec, ctx: Context, resume_key: dict) -> tuple[dict, torch
     in use."""
     if spec.teacher is None:
         raise io.StageError(f"run {spec.name}: its method or init needs the teacher, and the run names none")
-    ckpt = io.load_torch(spec.teacher.path, spec.teacher.rebuild)
-    if spec.teacher_model is not None:
-        check_trained(ckpt, spec.teacher.path, spec.teacher_model, ctx, spec.teacher.rebuild)
+    ckpt, model = load_checked(spec.teacher, spec.teacher_model, ctx)
     resume_key["teacher_sha256"] = io.sha256(spec.teacher.path)
     # its own memory format where its params name one (a student carved from it, and re-initialised, inherits
     # the format, and a re-initialisation draws in memory order), else the student's
     fmt = spec.teacher_model if hasattr(spec.teacher_model, "channels_last") else spec.model
-    return ckpt, memory_format(model_from_checkpoint(ckpt, ctx), fmt, ctx)
+    return ckpt, memory_format(model, fmt, ctx)
 
 
 def _initial_model(spec: RunSpec, method, ctx: Context, t: dict | None, teacher, resume_key: dict):

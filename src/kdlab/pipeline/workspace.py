@@ -160,12 +160,19 @@ def check_trained(ckpt: dict, path: Path, spec, ctx: Context, rebuild: str) -> N
         raise io.StageError(f"{path} was trained with {diff}; rebuild it with `{rebuild}`")
 
 
+def load_checked(source: Source, expected, ctx: Context) -> tuple[dict, torch.nn.Module]:
+    """(checkpoint, model) of the model file ``source``, refused unless it was trained as ``expected`` (anything
+    with ``arch`` and ``width``; None: any architecture) on the prepared data in use."""
+    ckpt = io.load_torch(source.path, source.rebuild)
+    if expected is not None:
+        check_trained(ckpt, source.path, expected, ctx, source.rebuild)
+    return ckpt, model_from_checkpoint(ckpt, ctx)
+
+
 def load_teacher(p, ctx: Context) -> tuple[dict, torch.nn.Module]:
     """(checkpoint, model) of models/teacher.pt, refused unless it was trained as params.teacher asks, on the
     prepared data in use."""
-    ckpt = io.load_torch(TEACHER, "dvc repro teacher")
-    check_trained(ckpt, TEACHER, p.teacher, ctx, "dvc repro teacher")
-    return ckpt, model_from_checkpoint(ckpt, ctx)
+    return load_checked(TEACHER_FILE, p.teacher, ctx)
 
 
 # ---------------------------------------------------------------- inputs
