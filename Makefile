@@ -53,21 +53,25 @@ plots: setup web/node_modules/.installed
 smoke: setup web/node_modules/.installed
 	$(BIN)/python scripts/smoke.py
 
+# dvc repro --pull: what the in-repo remote (dvc-remote/) holds is pulled, not retrained; dvc push keeps what ran
 repro: setup
 	$(BIN)/python -m kdlab.warm start >/dev/null
-	dvc repro
+	dvc repro --pull
+	dvc push -q
 	$(BIN)/kdlab readme
 
 # question 1 in depth (studies/q1/dvc.yaml, its own pipeline: `make repro` never runs it), about an hour here
 q1: setup
 	$(BIN)/python -m kdlab.warm start >/dev/null
-	dvc repro studies/q1/dvc.yaml
+	dvc repro --pull studies/q1/dvc.yaml
+	dvc push -q studies/q1/dvc.yaml
 	$(BIN)/kdlab readme
 
 # questions 2 and 3 with their controls: their own pipeline (studies/q23/dvc.yaml), about an hour here
 q23: setup
 	$(BIN)/python -m kdlab.warm start >/dev/null
-	dvc repro studies/q23/dvc.yaml
+	dvc repro --pull studies/q23/dvc.yaml
+	dvc push -q studies/q23/dvc.yaml
 	$(BIN)/kdlab readme
 
 # the same study at the founding note's setting (CIFAR-10, ResNet-50 -> ResNet-18; needs a GPU and the CIFAR-10

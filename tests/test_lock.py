@@ -26,3 +26,17 @@ def test_a_fresh_clone_has_no_code_or_params_dependency_modified(tmp_path):
                 if path.startswith("src/") or path.startswith("params.yaml"):
                     changed.setdefault(stage, []).append((path, what))
     assert not changed, changed
+
+
+def test_the_default_dvc_remote_is_a_directory_git_tracks_inside_the_repo():
+    """What `dvc push` stores travels with `git clone` (issue 28): the default remote resolves inside the repo, to
+    a path git does not ignore."""
+    from dvc.repo import Repo
+
+    config = Repo(str(REPO)).config
+    url = config["remote"][config["core"]["remote"]]["url"]
+    remote = (REPO / ".dvc" / url).resolve()
+    assert remote.parent == REPO and remote.is_dir(), remote
+    probe = remote.relative_to(REPO) / "files/md5/ab/cdef"
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(probe)], cwd=REPO, timeout=60)
+    assert ignored.returncode == 1, f"git ignores {probe}"

@@ -447,20 +447,46 @@ def test_plots_page_draws_every_chart_offline(repo, tmp_path):
         assert ">HEAD<" in html and ">workspace<" in html, cid
 
 
-def test_push_then_a_colleague_pulls_instead_of_retraining(repo, tmp_path):
-    """The shipped DVC remote (.dvc/config: a directory beside the repo) works as is: dvc push, then a fresh
-    git clone pulls the teacher, students and cache and finds every stage up to date."""
+def _make_dvc_commands(target: str) -> list[list[str]]:
+    """The dvc commands of a Makefile target's recipe, as the user's `make <target>` runs them."""
+    recipe = re.search(rf"^{target}:.*\n((?:\t.*\n)+)", (REPO / "Makefile").read_text(), re.M).group(1)
+    return [line.split() for line in (raw.strip() for raw in recipe.splitlines()) if line.startswith("dvc ")]
+
+
+def test_a_fresh_clone_pulls_from_the_in_repo_remote_instead_of_retraining(repo, tmp_path):
+    """The shipped DVC remote is a directory inside the repo (.dvc/config: dvc-remote/). `make repro`'s dvc
+    commands (dvc repro --pull, dvc push) fill it; committed, a fresh git clone's `make repro` pulls every output,
+    rebuilds only the prepared data (push: false, byte-identical from its source), trains nothing and leaves
+    git status clean; scripts/shipped.py finds every output in the remote, and names one that is taken away."""
     root, env = repo
     shutil.copy(REPO / ".dvc/config", root / ".dvc/config")
-    _run(["git", "commit", "-qam", "the shipped remote"], root, env)
-    out = _run(["dvc", "push"], root, env)
-    storage = root.parent / "kdlab-dvc-storage"
-    assert storage.is_dir() and any(storage.rglob("*")), out
+    commands = _make_dvc_commands("repro")
+    assert ["dvc", "repro", "--pull"] in commands and any(c[:2] == ["dvc", "push"] for c in commands), commands
+    for cmd in commands:
+        _run(cmd, root, env)
+    remote = root / "dvc-remote"
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    prepared = lock["prepare"]["outs"][0]["md5"]
+    teacher = next(o["md5"] for o in lock["teacher"]["outs"] if o["path"] == "models/teacher.pt")
+    assert (remote / "files/md5" / teacher[:2] / teacher[2:]).is_file()
+    assert not (remote / "files/md5" / prepared[:2] / prepared[2:]).exists(), "the prepared data was pushed"
+    _run(["git", "add", "-A"], root, env)
+    _run(["git", "commit", "-qm", "results and their outputs, in the repo"], root, env)
+    assert not _run(["git", "status", "--porcelain"], root, env).strip()
+
     colleague = tmp_path / "colleague"
     _run(["git", "clone", "-q", str(root), str(colleague)], tmp_path, env)
-    _run(["dvc", "pull"], colleague, env)
-    for rel in ("models/teacher.pt", "models/students/kd-0.pt", "data/prepared/meta.json"):
+    shipped = [sys.executable, str(REPO / "scripts/shipped.py"), "--repo", str(colleague), "dvc.yaml"]
+    assert "0 missing" in _run(shipped, colleague, env)
+    for cmd in commands:
+        out = _run(cmd, colleague, env)
+        assert _ran(out) <= {"prepare"}, _ran(out)
+    for rel in ("models/teacher.pt", "models/students/kd-0.pt", "data/prepared/meta.json", "data/prepared/train.pt"):
         assert (colleague / rel).read_bytes() == (root / rel).read_bytes(), rel
     assert any((colleague / "data/teacher_logits").iterdir())
-    status = _run(["dvc", "status"], colleague, env)
-    assert "up to date" in status, status
+    assert "up to date" in _run(["dvc", "status"], colleague, env)
+    assert not _run(["git", "status", "--porcelain"], colleague, env).strip()
+
+    (colleague / "dvc-remote/files/md5" / teacher[:2] / teacher[2:]).unlink()
+    res = subprocess.run(shipped, cwd=colleague, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1 and "missing models/teacher.pt" in res.stdout, res.stdout + res.stderr
