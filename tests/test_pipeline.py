@@ -261,8 +261,12 @@ Q1_TINY = {"q1": {
     "teachers": {"main": {"arch": "resnet8", "width": 0.5, "epochs": 2, "lr": 0.1, "seed": 0, "snapshots": [1]}},
     "teacher": "main", "cached": {"main": "main", "main_e1": "main"}, "student": {"arch": "resnet8", "width": 0.25, "lr": 0.1},
     "budgets": [1], "variants": ["kd", "kd_correct_only"], "converged": 1, "widths": [0.5],
-    "quality": ["main_e1"], "quality_epochs": 1, "control_teacher": "main_e1", "controls": ["kd_correct_clean"]}}
-Q1_STAGES = {"q1_teacher@main", "q1_cache@main", "q1_cache@main_e1", "q1_raw@1-0", "q1_kd@kd-1-0",
+    "quality": ["main_e1"], "quality_epochs": 1, "control_teacher": "main_e1", "controls": ["kd_correct_clean"],
+    "pilot": {"seeds": [0, 1], "epochs": 2, "arms": ["raw", "kd"], "val_images": 60, "max_sd": 50.0, "max_drop": 100.0,
+              "effect": 0.5, "recipes": {
+                  "a": {"lr": 0.1, "schedule": "cosine", "warmup": 0.1, "batch_size": 50, "ema": 0.0, "views": 3},
+                  "b": {"lr": 0.05, "schedule": "onecycle", "warmup": 0.2, "batch_size": 64, "ema": 0.9, "views": "all"}}}}}
+Q1_STAGES = {"q1_pilot", "q1_teacher@main", "q1_cache@main", "q1_cache@main_e1", "q1_raw@1-0", "q1_kd@kd-1-0",
              "q1_kd@kd_correct_only-1-0", "q1_capacity_raw@0.5-0", "q1_capacity_kd@0.5-0", "q1_quality@main_e1-0",
              "q1_controls@kd_correct_clean-0", "q1_report"}
 
@@ -284,6 +288,17 @@ def test_question_1_in_depth_is_its_own_pipeline(repo, tmp_path):
     shown = json.loads(_run(["dvc", "metrics", "show", "--json"], root, env))
     assert any("metrics/q1/headline.json" in str(v) for v in shown.values()), shown
     assert not _ran(_run(["dvc", "repro", "studies/q1/dvc.yaml"], root, env))
+    # the recipe pilot: every run's curve, measured on validation and never tested; the table, the rule's pick
+    pilot = json.loads((root / "metrics/q1/pilot.json").read_text())
+    assert set(pilot["recipes"]) == {"a", "b"} and pilot["adopted"] in ("a", "b")  # the tiny rule admits both
+    for name, r in pilot["recipes"].items():
+        assert r["steps"] == 2 * 4 and set(r["arms"]) == {"raw", "kd"}  # 200 images: 4 batches of 50 or 64
+        assert r["arms"]["kd"]["n"] == 2 and r["arms"]["kd"]["paired_sd_vs_raw"] is not None
+    runs_b = sorted((root / "metrics/q1/pilot/b").glob("*.json"))
+    assert len(runs_b) == 2 * (1 + 2 * 2)  # teacher and 2 x 2 students: metrics and curve each
+    assert all("test_acc" not in json.loads(f.read_text()) for f in runs_b)
+    assert pilot["power"]["seeds_needed"]["0.5"]["1"] >= 2
+    assert "| `b` | 0.05 | onecycle (0.2) | 64 | 0.9 | all |" in (root / "reports/q1/pilot.md").read_text()
     # its runs form their own MLflow study (the q1 params are part of the key), apart from the default study's
     import mlflow
 

@@ -57,3 +57,32 @@ def test_holm_step_down_by_hand():
     assert adj == pytest.approx({"a": 0.03, "b": 0.06, "c": 0.06, "d": 0.02, "none": None})
     assert stats.holm({"x": 0.6, "y": 0.7}) == {"x": 1.0, "y": 1.0}  # capped at 1
     assert stats.holm({"only": 0.02}) == {"only": 0.02}  # a family of one is not adjusted
+
+
+def test_power_matches_the_issue_29_figures_and_inverts():
+    """Paired t, 80% power, two-sided 0.05: SD 1.0 needs 10 seeds for 1 point, 15 at Holm's first step of 4; 3
+    seeds have about 18% power; SD 0.29 needs 3 seeds for 1 point and 5 for 0.5 (issue 29's numbers)."""
+    from kdlab.analysis.stats import detectable, paired_power, seeds_for
+
+    assert abs(paired_power(1.0, 3, 1.0) - 0.18) < 0.01
+    assert seeds_for(1.0, 1.0) == 10 and seeds_for(1.0, 1.0, 0.05 / 4) == 15
+    assert seeds_for(0.29, 1.0) == 3 and seeds_for(0.29, 0.5) == 5
+    d = detectable(1.0, 10)
+    assert paired_power(1.0, 10, d) >= 0.8 > paired_power(1.0, 10, d * 0.98)
+    assert detectable(0.5, 10) < detectable(1.0, 10) < detectable(1.0, 5)
+
+
+def test_tost_and_the_four_word_verdict():
+    from kdlab.analysis.stats import paired, tost, verdict
+
+    base = [90.0, 90.4, 89.8, 90.2, 90.1, 89.9, 90.3, 90.0]
+    same = [b + e for b, e in zip(base, [0.05, -0.04, 0.03, -0.02, 0.04, -0.05, 0.01, -0.02])]
+    eq = tost(same, base, 0.5)
+    assert eq["p"] < 0.001 and tost(same, base, 0.01)["p"] > 0.05  # within 0.5, not within 0.01
+    assert verdict(paired(same, base)["p"], eq["diff"], eq["p"]) == "equivalent"
+    up = [b + 2 + e for b, e in zip(base, [0.1, -0.1, 0.2, 0.0, -0.2, 0.1, 0.0, 0.1])]
+    assert verdict(paired(up, base)["p"], 2.0, tost(up, base, 0.5)["p"]) == "above"
+    assert verdict(paired(base, up)["p"], -2.0, None) == "below"
+    noisy = [b + e for b, e in zip(base, [1.5, -1.2, 0.9, -1.8, 1.1, -0.7, 1.6, -1.4])]
+    t = tost(noisy, base, 0.5)
+    assert verdict(paired(noisy, base)["p"], t["diff"], t["p"]) == "inconclusive"

@@ -3,7 +3,7 @@ import torch
 from kdlab import distill
 from kdlab.core import models, views
 from kdlab.core.loader import Normalize, TrainBatches
-from kdlab.core.train import accuracy, fit, make_schedule, predict
+from kdlab.core.train import WeightAverage, accuracy, fit, make_schedule, predict
 from kdlab.infra import runtime
 from kdlab.pipeline import params
 
@@ -56,9 +56,10 @@ def test_predict_and_accuracy():
     assert accuracy(logits, torch.tensor([0, 1])) == 1.0
 
 
-def _fitnet_run(tmp_path, interrupt_after: int | None):
-    """A FitNet student (its regressor trained too) for 2 epochs, optionally stopped after an epoch and resumed."""
-    p = params.from_dict({"train": {"batch_size": 32, "eval_batch_size": 64, "compile": False},
+def _fitnet_run(tmp_path, interrupt_after: int | None, ema: float = 0.0):
+    """A FitNet student (its regressor trained too) for 2 epochs, optionally stopped after an epoch and resumed:
+    (student, method, the fit's result)."""
+    p = params.from_dict({"train": {"batch_size": 32, "eval_batch_size": 64, "compile": False, "ema": ema},
                           "methods": {"fitnet": {"layers": ["layer2"], "kd": False}}})
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (96, 1, 8, 8), dtype=torch.uint8, generator=g)
@@ -81,22 +82,49 @@ def _fitnet_run(tmp_path, interrupt_after: int | None):
 
     student, method = build()
     try:
-        fit(student, method, batches, (images[:40], labels[:40]), 2, 0.05, p.train, "t", stop, ckpt, "fp")
+        res = fit(student, method, batches, (images[:40], labels[:40]), 2, 0.05, p.train, "t", stop, ckpt, "fp")
     except KeyboardInterrupt:
         student, method = build()  # a new process: fresh models, the checkpoint on disk
-        fit(student, method, batches, (images[:40], labels[:40]), 2, 0.05, p.train, "t", None, ckpt, "fp")
-    return student, method
+        res = fit(student, method, batches, (images[:40], labels[:40]), 2, 0.05, p.train, "t", None, ckpt, "fp")
+    return student, method, res
 
 
 def test_a_resumed_fitnet_run_equals_an_uninterrupted_one(tmp_path, capsys):
     """The method's own trainable parts (FitNet's regressor) are checkpointed and resumed with the student:
     a fresh regressor in epoch 2 would give other weights than the uninterrupted run."""
-    a_student, a_method = _fitnet_run(tmp_path / "a", None)
+    a_student, a_method, _ = _fitnet_run(tmp_path / "a", None)
     assert "resuming" not in capsys.readouterr().out
-    b_student, b_method = _fitnet_run(tmp_path / "b", 1)
+    b_student, b_method, _ = _fitnet_run(tmp_path / "b", 1)
     assert "resuming after epoch 1" in capsys.readouterr().out
     for k, v in a_student.state_dict().items():
         assert torch.equal(v, b_student.state_dict()[k]), k
     for k, v in a_method.state_dict().items():
         assert torch.equal(v, b_method.state_dict()[k]), k
     assert any(k.startswith("regressors.") for k in a_method.state_dict())
+
+
+def test_weight_average_lerps_weights_and_statistics_and_copies_counters():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2))
+    avg = WeightAverage(model, 0.75)
+    before = {k: v.clone() for k, v in avg.model.state_dict().items()}
+    model.train()(torch.randn(4, 1, 3, 3))  # BN statistics and its counter move
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    avg.update()
+    for k, v in avg.model.state_dict().items():
+        now = model.state_dict()[k]
+        want = before[k] * 0.75 + now * 0.25 if v.is_floating_point() else now
+        assert torch.allclose(v, want), k
+    assert int(avg.model[1].num_batches_tracked) == 1 and not torch.equal(avg.model[0].weight, model[0].weight)
+
+
+def test_train_ema_keeps_the_average_and_resumes_it(tmp_path, capsys):
+    """With train.ema the average, not the live weights, is validated and returned, and an interrupted run
+    resumes the average too: its result equals the uninterrupted run's."""
+    student, _, a = _fitnet_run(tmp_path / "a", None, ema=0.9)
+    assert any(not torch.equal(v, student.state_dict()[k]) for k, v in a.last_state.items() if v.is_floating_point())
+    _, _, b = _fitnet_run(tmp_path / "b", 1, ema=0.9)
+    assert "resuming after epoch 1" in capsys.readouterr().out
+    for k, v in a.last_state.items():
+        assert torch.equal(v, b.last_state[k]), k
+    assert a.history[-1]["val_acc"] == b.last_val_acc

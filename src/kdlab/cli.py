@@ -81,6 +81,18 @@ def _q1_report(p, args):
     run_q1_report(p, q1.load(args.study))
 
 
+def _pilot(p, args):
+    from pathlib import Path
+
+    from kdlab.analysis.pilot import run_pilot_report
+    from kdlab.pipeline.pilot import load, run_pilot
+
+    study = load(Path(args.study))
+    run_pilot(p, study)
+    run_pilot_report(study.pilot, study.metrics, study.metrics / "pilot.json", study.report, study.name,
+                     study.train_images)
+
+
 def _q23(stage):
     """A stage of the question-2/3 study with controls (studies/q23): its params file is --study."""
     def call(p, args):
@@ -123,7 +135,7 @@ NAMED_STUDIES = {"q1": "kdlab.pipeline.q1", "q23": "kdlab.pipeline.q23"}
 #: every command; the one that trains runs under torchrun when train.nproc > 1 (see kdlab.infra.distributed)
 STAGES = {"check": _check, "prepare": _prepare, "train": _train, "cache": _cache, "parts": _parts,
           "prune_teacher": _prune_teacher, "pruning": _pruning, "evaluate": _evaluate, "report": _report,
-          "q1_cache": _q1("cache"), "q1_report": _q1_report, **{f"q23_{s}": _q23(s) for s in Q23_STAGES},
+          "q1_cache": _q1("cache"), "q1_report": _q1_report, "pilot": _pilot, **{f"q23_{s}": _q23(s) for s in Q23_STAGES},
           "results": _results, "sweep": _sweep, "readme": _readme, "bench": _bench, "ui": None}
 #: the commands a warm server runs (kdlab.warm): all but the bench (it times itself) and the UI
 WARM_COMMANDS = tuple(c for c in STAGES if c not in ("bench", "ui"))
@@ -143,7 +155,8 @@ def _parser() -> argparse.ArgumentParser:
                     "`pruning` measures that study. Question 1 in depth (studies/q1/dvc.yaml): `q1_cache --teacher T`, "
                     "`q1_report`; questions 2 and 3 with controls (studies/q23/dvc.yaml): `q23_cache`, `q23_prune`, "
                     "`q23_cka`, `q23_report`; each reads `--study` (default studies/q1/params.yaml, "
-                    "studies/q23/params.yaml). Extra commands: "
+                    "studies/q23/params.yaml). `pilot --study FILE`: a named study's recipe pilot (its `pilot` section; "
+                    "validation only). Extra commands: "
                     "`results [-o CSV]` writes every run of every study (the default and studies/q1, studies/q23) as one "
                     "tidy table (pandas); "
                     "`sweep --param KEY [--by KEY2]` gathers DVC experiments into a table and plot; `readme` copies "
@@ -154,7 +167,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("run", nargs="?", help="train: the run, named by its model file (see above)")
     ap.add_argument("--teacher", help="q1_cache: one of q1.cached")
     ap.add_argument("--study", help="train: a named study's params file (default: the default study, params.yaml); "
-                    "q1_*, q23_*: the study's params file (default studies/q1/params.yaml, studies/q23/params.yaml)")
+                    "q1_*, q23_*: the study's params file (default studies/q1/params.yaml, studies/q23/params.yaml); "
+                    "pilot: required")
     ap.add_argument("--param", default="loss.alpha", help="sweep: the swept param (default loss.alpha)")
     ap.add_argument("--by", help="sweep: a second swept param (a grid): one curve per value, e.g. loss.temperature")
     ap.add_argument("-o", "--out", default="reports/results_all.csv", help="results: the CSV to write (default "
@@ -235,6 +249,16 @@ def _check_run_args(p, args) -> str | None:
         return _check_train_args(p, args)
     if args.stage.split("_")[0] in NAMED_STUDIES:
         return _check_named_args(args)
+    if args.stage == "pilot":
+        if not args.study:
+            return "pilot takes a named study's params file: kdlab pilot --study studies/q1/params.yaml"
+        from kdlab.infra.schema import ParamsError
+        from kdlab.pipeline.pilot import load
+
+        try:
+            load(args.study)
+        except ParamsError as e:
+            return str(e)
     return None
 
 

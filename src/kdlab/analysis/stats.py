@@ -116,3 +116,62 @@ def paired_pairs(df, by: str, value: str, pairs, pair_on: str = "seed", confiden
         both = wide[[a, b]].dropna()
         out[f"{a}_vs_{b}"] = paired(both[a].to_numpy(float), both[b].to_numpy(float), confidence)
     return out
+
+
+def paired_power(sd: float, n: int, effect: float, alpha: float = 0.05) -> float:
+    """Power of the two-sided paired t-test over ``n`` pairs at level ``alpha`` to detect a mean difference
+    ``effect`` when the differences have standard deviation ``sd`` (noncentral t)."""
+    if n < 2:
+        return 0.0
+    if sd <= 0:
+        return 1.0
+    df, nc = n - 1, effect / (sd / math.sqrt(n))
+    crit = sps.t.ppf(1 - alpha / 2, df)
+    return float(sps.nct.sf(crit, df, nc) + sps.nct.cdf(-crit, df, nc))
+
+
+def seeds_for(sd: float, effect: float, alpha: float = 0.05, power: float = 0.8, most: int = 500) -> int | None:
+    """The fewest pairs (seeds) with which the paired t-test reaches ``power`` for ``effect``; None past ``most``."""
+    for n in range(2, most + 1):
+        if paired_power(sd, n, effect, alpha) >= power:
+            return n
+    return None
+
+
+def detectable(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float | None:
+    """The smallest mean difference the paired t-test over ``n`` pairs detects with ``power`` (bisection)."""
+    if n < 2:
+        return None
+    lo, hi = 0.0, max(sd, 1e-12)
+    while paired_power(sd, n, hi, alpha) < power:
+        hi *= 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if paired_power(sd, n, mid, alpha) < power else (lo, mid)
+    return hi
+
+
+def tost(a: Sequence[float], b: Sequence[float], margin: float) -> dict:
+    """Paired two one-sided tests of equivalence: H0 |mean(a - b)| >= ``margin`` against H1 within it. ``p`` is
+    the larger one-sided p-value (equivalence at level alpha when p < alpha, that is when the 1 - 2 alpha
+    interval lies inside +/- margin)."""
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    n, diff = len(d), float(d.mean()) if len(d) else float("nan")
+    if n < 2:
+        return {"diff": diff, "margin": margin, "p": None, "n": n}
+    se = float(d.std(ddof=1)) / math.sqrt(n)
+    if se == 0:
+        return {"diff": diff, "margin": margin, "p": 0.0 if abs(diff) < margin else 1.0, "n": n}
+    lower = sps.t.sf((diff + margin) / se, n - 1)   # H0: diff <= -margin
+    upper = sps.t.cdf((diff - margin) / se, n - 1)  # H0: diff >= +margin
+    return {"diff": diff, "margin": margin, "p": _clean(max(lower, upper)), "n": n}
+
+
+def verdict(p_adjusted: float | None, diff: float, tost_p_adjusted: float | None, alpha: float = 0.05) -> str:
+    """The four words: ``above`` / ``below`` (the difference test rejects, Holm-adjusted), ``equivalent`` (it
+    does not, and the equivalence test within the declared margin rejects, Holm-adjusted), else ``inconclusive``."""
+    if p_adjusted is not None and p_adjusted < alpha:
+        return "above" if diff > 0 else "below"
+    if tost_p_adjusted is not None and tost_p_adjusted < alpha:
+        return "equivalent"
+    return "inconclusive"

@@ -97,9 +97,27 @@ class NonFiniteLoss(FloatingPointError):
     pass
 
 
+class WeightAverage:
+    """An exponential moving average of a model's whole state (weights and batch-norm statistics; counters are
+    copied), updated after every step by ``decay`` (0.99: about the last 100 steps). ``model``: the average."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).requires_grad_(False)
+        pairs = list(zip(self.model.state_dict().values(), model.state_dict().values()))
+        self._floats = ([a for a, _ in pairs if a.is_floating_point()], [b for a, b in pairs if a.is_floating_point()])
+        self._counts = [(a, b) for a, b in pairs if not a.is_floating_point()]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        torch._foreach_lerp_(self._floats[0], self._floats[1], 1 - self.decay)
+        for a, b in self._counts:
+            a.copy_(b)
+
+
 def _save_checkpoint(path: Path, fingerprint: str, epoch: int, model, method, opt, sched, best, history,
-                     elapsed) -> None:
-    io.save_torch({
+                     elapsed, average: WeightAverage | None = None) -> None:
+    io.save_torch({**({"average": average.model.state_dict()} if average else {}),
         "fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(), "method": method.state_dict(),
         "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(), "best": best, "history": history, "elapsed": elapsed,
@@ -108,7 +126,8 @@ def _save_checkpoint(path: Path, fingerprint: str, epoch: int, model, method, op
     }, path)
 
 
-def _resume(path: Path | None, fingerprint: str, model, method, opt, sched, desc: str):
+def _resume(path: Path | None, fingerprint: str, model, method, opt, sched, desc: str,
+            average: WeightAverage | None = None):
     """(next epoch, best, history, elapsed) from a checkpoint of this very run, else a fresh start."""
     fresh = (1, (-1.0, 0, None), [], 0.0)
     if path is None or not path.exists():
@@ -121,6 +140,8 @@ def _resume(path: Path | None, fingerprint: str, model, method, opt, sched, desc
     method.load_state_dict(ckpt["method"])
     opt.load_state_dict(ckpt["optimizer"])
     sched.load_state_dict(ckpt["scheduler"])
+    if average is not None:
+        average.model.load_state_dict(ckpt["average"])
     torch.set_rng_state(ckpt["torch_rng"])
     if ckpt["cuda_rng"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
@@ -195,7 +216,10 @@ def fit(model: nn.Module, method: nn.Module, batches: TrainBatches,
     device = batches.normalize.mean.device
     opt = make_optimizer([*model.parameters(), *method.parameters()], lr, tp)
     sched = make_schedule(opt, epochs * len(batches), tp)
-    first, best, history, elapsed = _resume(checkpoint, fingerprint, model, method, opt, sched, desc)
+    # train.ema > 0: the average of the weights is what is validated, kept and returned, the model what trains
+    average = WeightAverage(model, tp.ema) if getattr(tp, "ema", 0) else None
+    evaluated = average.model if average else model
+    first, best, history, elapsed = _resume(checkpoint, fingerprint, model, method, opt, sched, desc, average)
     if on_epoch:
         for row in history:
             on_epoch(row)
@@ -251,6 +275,8 @@ def fit(model: nn.Module, method: nn.Module, batches: TrainBatches,
 
             terms = step(full_step if n == batches.local_batch_size else short_step, batch, opt, sched,
                          device=device, precision=precision, scale=scale, check=check)
+            if average is not None:
+                average.update()
             if first_step_seconds is None:  # with torch.compile: the compilation, measured apart
                 first_step_seconds = time.perf_counter() - step_start
             seen += n
@@ -264,16 +290,16 @@ def fit(model: nn.Module, method: nn.Module, batches: TrainBatches,
                                                             torch.tensor(float(seen), device=device)]))
             sums, seen = dict(zip(keys, total[:-1])), total[-1].item()
         terms_mean = {k: (v / seen).item() for k, v in sums.items()}
-        val_acc = val_accuracy(model, *val, batches.normalize, tp.eval_batch_size, tp.precision)
+        val_acc = val_accuracy(evaluated, *val, batches.normalize, tp.eval_batch_size, tp.precision)
         row = {"epoch": epoch, "val_acc": val_acc, "loss": sum(terms_mean.values()),
                "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - start,
                **{f"loss/{k}": v for k, v in terms_mean.items()}}
         history.append(row)
         if val_acc > best[0]:
-            best = (val_acc, epoch, copy.deepcopy(model.state_dict()))
+            best = (val_acc, epoch, copy.deepcopy(evaluated.state_dict()))
         if checkpoint is not None and main:
             _save_checkpoint(checkpoint, fingerprint, epoch, model, method, opt, sched, best, history,
-                             row["seconds"])
+                             row["seconds"], average)
         if main:
             tqdm.write(f"{desc} epoch {epoch}/{epochs}: loss {row['loss']:.4f} val_acc {val_acc:.4f} "
                        f"({row['seconds']:.0f}s)")
@@ -282,7 +308,7 @@ def fit(model: nn.Module, method: nn.Module, batches: TrainBatches,
         if on_steps is not None and step_losses:
             on_steps(epoch, torch.stack(step_losses).tolist())
     return FitResult(best_state=best[2], best_epoch=best[1], best_val_acc=best[0], last_val_acc=history[-1]["val_acc"],
-                     last_state=copy.deepcopy(model.state_dict()), history=history,
+                     last_state=copy.deepcopy(evaluated.state_dict()), history=history,
                      train_seconds=time.perf_counter() - start, compiled=compiled,
                      first_step_seconds=first_step_seconds)
 

@@ -144,6 +144,7 @@ class TrainParams:
     nproc: int = 1          # data-parallel processes (torchrun) per training stage
     precision: Literal["auto", "fp32", "bf16"] = "auto"   # auto: bf16 autocast on CUDA, fp32 on the CPU
     compile: Union[bool, Literal["auto"]] = "auto"        # torch.compile the training step; auto: on CUDA
+    ema: float = 0.0        # > 0: validate and keep an exponential moving average of the weights (decay per step)
 
     def check(self, key: str) -> None:
         positive(f"{key}.batch_size", self.batch_size)
@@ -153,6 +154,8 @@ class TrainParams:
             unit_interval(f"{key}.{k}", getattr(self, k))
         positive(f"{key}.threads", self.threads, strict=False)
         positive(f"{key}.nproc", self.nproc)
+        if not 0 <= self.ema < 1:
+            raise ParamsError(f"{key}.ema", f"{self.ema} is not a decay in [0, 1) (0: no average)")
         if self.batch_size % self.nproc:
             raise ParamsError(f"{key}.batch_size", f"{self.batch_size} does not divide by train.nproc={self.nproc} "
                               f"(each process takes an equal slice of every batch)")

@@ -76,6 +76,8 @@ class Q1:
     #: question 1b's controls, distilled from ``control_teacher`` at ``quality_epochs``
     control_teacher: str = "main_e10"
     controls: list[str] = dataclasses.field(default_factory=list)
+    #: the recipe pilot's params (kdlab pilot: :mod:`kdlab.pipeline.pilot` reads and checks them)
+    pilot: dict = dataclasses.field(default_factory=dict)
 
     def check(self) -> None:
         positive("q1.train_images", self.train_images)
@@ -154,7 +156,8 @@ def student_name(variant: str, teacher: str | None, width: float, epochs: int, s
 
 
 def study_params(q: Q1) -> dict:
-    return flatten_dict(dataclasses.asdict(q), "q1.")
+    """The study's params a run logs and resumes by (the pilot's are the pilot runs' own)."""
+    return flatten_dict({k: v for k, v in dataclasses.asdict(q).items() if k != "pilot"}, "q1.")
 
 
 # ---------------------------------------------------------------- stages

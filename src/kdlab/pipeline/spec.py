@@ -66,6 +66,8 @@ class RunSpec:
     snapshots: tuple = ()
     snapshot_dir: Path | None = None
     snapshot_as_model: bool = False
+    #: False: the test split is never evaluated (a pilot that chooses a recipe on validation alone)
+    test: bool = True
     #: also write ``record`` with the validation curve here (and, with ``predictions``, test accuracy and predictions)
     curve: Path | None = None
     record: dict = field(default_factory=dict)

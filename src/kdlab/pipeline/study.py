@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Literal, Union
 
+from kdlab.infra.schema import ParamsError, choice, no_duplicates, positive, unit_interval
 from kdlab.pipeline.params import ModelParams
 from kdlab.pipeline.spec import RunSpec, Subset
 
@@ -26,6 +28,63 @@ class StudentSpec:
     arch: str = "resnet8"
     width: float = 0.5
     lr: float = 0.2
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """A candidate training recipe: the peak lr of the teacher and the student and the ``train.*`` and
+    ``cache.views`` it sets."""
+    lr: float = 0.2
+    schedule: Literal["onecycle", "cosine"] = "onecycle"
+    warmup: float = 0.2
+    batch_size: int = 128
+    ema: float = 0.0
+    views: Union[int, Literal["all"]] = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Pilot:
+    seeds: list[int] = dataclasses.field(default_factory=list)
+    #: every run's budget (teacher and students)
+    epochs: int = 30
+    #: the student's methods: ``raw`` and methods that read the cached logits
+    arms: list[str] = dataclasses.field(default_factory=lambda: ["raw", "kd"])
+    #: validation images each run is measured on (a seeded subset of the validation split; all of it at its size)
+    val_images: int = 5000
+    #: the adoption rule: every arm's seed SD of the final validation accuracy at most ``max_sd`` points, and no
+    #: epoch-to-epoch validation drop above ``max_drop`` points in the second half of any run
+    max_sd: float = 0.35
+    max_drop: float = 5.0
+    #: the smallest effect of interest (points) the power analysis sizes seeds for
+    effect: float = 0.5
+    recipes: dict[str, Recipe] = dataclasses.field(default_factory=dict)
+
+    def check(self, key: str) -> None:
+        if not self.recipes:
+            return
+        from kdlab import distill
+
+        no_duplicates(f"{key}.seeds", self.seeds)
+        if len(self.seeds) < 2:
+            raise ParamsError(f"{key}.seeds", "at least two: the pilot measures a seed SD")
+        positive(f"{key}.epochs", self.epochs)
+        positive(f"{key}.val_images", self.val_images)
+        positive(f"{key}.max_sd", self.max_sd)
+        positive(f"{key}.max_drop", self.max_drop)
+        positive(f"{key}.effect", self.effect)
+        for arm in self.arms:
+            choice(f"{key}.arms", arm, distill.names())
+            cls = distill.method_class(arm)
+            if cls.uses_teacher_model or cls.builds_from_teacher:
+                raise ParamsError(f"{key}.arms", f"{arm} runs the teacher model; the pilot's arms read its cache")
+        for name, r in self.recipes.items():
+            positive(f"{key}.recipes.{name}.lr", r.lr)
+            positive(f"{key}.recipes.{name}.batch_size", r.batch_size)
+            unit_interval(f"{key}.recipes.{name}.warmup", r.warmup)
+            if not 0 <= r.ema < 1:
+                raise ParamsError(f"{key}.recipes.{name}.ema", f"{r.ema} is not a decay in [0, 1)")
+            if r.views != "all" and r.views < 1:
+                raise ParamsError(f"{key}.recipes.{name}.views", f"'all' or a positive count, got {r.views}")
 
 
 def subset(q) -> Subset:

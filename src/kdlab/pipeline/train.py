@@ -194,15 +194,19 @@ def _fit_and_write(p: Params, spec: RunSpec, ctx: Context, method, model, batche
                   fingerprint(p, ctx, spec, resume_key), on_steps, _snapshotter(spec, ctx, model))
         if not distributed.is_main():  # rank 0 alone tests, writes and logs
             return {}
-        model.load_state_dict(res.last_state)
         bs, prec = p.train.eval_batch_size, p.train.precision
-        test_acc_last = accuracy(predict(model, *test, ctx.normalize, bs, prec), test[1])
+        tested = {}
+        if spec.test:
+            model.load_state_dict(res.last_state)
+            test_acc_last = accuracy(predict(model, *test, ctx.normalize, bs, prec), test[1])
+            model.load_state_dict(res.best_state)
+            test_out = predict(model, *test, ctx.normalize, bs, prec)
+            tested = {"test_acc": accuracy(test_out, test[1]), "test_acc_last": test_acc_last}
         model.load_state_dict(res.best_state)
-        test_out = predict(model, *test, ctx.normalize, bs, prec)
-        test_acc = accuracy(test_out, test[1])
         metrics = {
-            "val_acc": res.best_val_acc, "test_acc": test_acc, "best_epoch": res.best_epoch,
-            "val_acc_last": res.last_val_acc, "test_acc_last": test_acc_last, "epochs": m.epochs,
+            "val_acc": res.best_val_acc, **({"test_acc": tested["test_acc"]} if tested else {}),
+            "best_epoch": res.best_epoch, "val_acc_last": res.last_val_acc,
+            **({"test_acc_last": tested["test_acc_last"]} if tested else {}), "epochs": m.epochs,
             "params": models.count_params(model), "train_seconds": res.train_seconds,
             "wall_seconds": time.perf_counter() - start,
         }
@@ -213,8 +217,8 @@ def _fit_and_write(p: Params, spec: RunSpec, ctx: Context, method, model, batche
         io.save_json(metrics, metrics_path)
         if spec.curve is not None:  # the validation curve (where it plateaus) and, if asked, the test predictions
             out = {**spec.record, "val_curve": [row["val_acc"] for row in res.history]}
-            if spec.predictions:
-                out.update(test_acc=test_acc, val_acc=res.best_val_acc, pred=io.digits(test_out.argmax(1)))
+            if spec.predictions and spec.test:
+                out.update(test_acc=tested["test_acc"], val_acc=res.best_val_acc, pred=io.digits(test_out.argmax(1)))
             io.save_json(out, spec.curve)
         # "val_acc" is the per-epoch curve in MLflow; the chosen epoch's value goes in as best_val_acc. What
         # describes the run rather than measures it is a tag; the metrics file's hash lets a later study that
@@ -229,7 +233,8 @@ def _fit_and_write(p: Params, spec: RunSpec, ctx: Context, method, model, batche
     # only once the run is logged and closed: a tracking failure above leaves the checkpoint, and a rerun
     # resumes after the last epoch instead of training again
     checkpoint.unlink(missing_ok=True)
-    print(f"{spec.name}: val {metrics['val_acc']:.4f} (epoch {res.best_epoch}) test {test_acc:.4f} "
+    tested = f" test {metrics['test_acc']:.4f}" if spec.test else " (not tested)"
+    print(f"{spec.name}: val {metrics['val_acc']:.4f} (epoch {res.best_epoch}){tested} "
           f"in {metrics['wall_seconds']:.0f}s")
     return metrics
 

@@ -1,0 +1,138 @@
+"""The recipe pilot of a named study (issue 29; ``kdlab pilot --study FILE``; its params, the study's ``pilot``
+section, are :class:`kdlab.pipeline.study.Pilot`):
+before the study's arms run, each candidate training recipe (peak lr, schedule and warm-up, batch size, an
+average of the weights, the views the students cache) trains the study's teacher, caches its logits and trains
+the student on the labels and with KD over the pilot's seeds, on the study's training subset. Everything is
+measured on the validation split alone (the runs are never tested); :mod:`kdlab.analysis.pilot` tables each
+recipe's seed SD and curve smoothness, adopts one by the rule the params declare, and turns its SD into seeds.
+
+A recipe's teacher, cache and students are scratch (``checkpoints/pilot/``: no later stage reads them); what the
+pilot keeps is each run's metrics and validation curve under ``metrics/<study>/pilot/<recipe>/``. A run whose
+curve file already records the same recipe, budget and code is not trained again, so an interrupted pilot
+resumes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from kdlab.infra import io
+from kdlab.infra.schema import ParamsError, build, flatten_dict, read_yaml
+from kdlab.pipeline.params import ModelParams, Params
+from kdlab.pipeline.spec import RunSpec, Source, Subset
+from kdlab.pipeline.study import Pilot, Recipe, StudentSpec, TeacherRun
+
+SCRATCH = Path("checkpoints/pilot")
+
+
+@dataclasses.dataclass(frozen=True)
+class PilotStudy:
+    """What the pilot reads of a named study's params file: its name (the file's one section), its ``pilot``,
+    the architecture of its teacher ``teacher`` (one of ``teachers``), its ``student`` and its training subset."""
+    name: str
+    pilot: Pilot
+    teacher: ModelParams
+    student: ModelParams
+    train_images: int
+    subset_seed: int
+
+    @property
+    def metrics(self) -> Path:
+        return Path("metrics") / self.name
+
+    @property
+    def report(self) -> Path:
+        return Path("reports") / self.name / "pilot.md"
+
+    def logged(self) -> dict:
+        """The params each pilot run logs and resumes by (besides the default study's)."""
+        return flatten_dict({"pilot": dataclasses.asdict(self.pilot), "train_images": self.train_images,
+                             "subset_seed": self.subset_seed}, f"{self.name}.")
+
+
+def load(path: Path) -> PilotStudy:
+    """The pilot of the named study ``path`` (``studies/q1/params.yaml``), checked; the rest of the file is its
+    study's to check. Reads no study module: editing a study's code does not re-run its pilot."""
+    raw = read_yaml(Path(path)) or {}
+    if len(raw) != 1:
+        raise ParamsError(str(path), "a named study's params file holds exactly one section")
+    (name, sec), = raw.items()
+    if not isinstance(sec, dict) or "pilot" not in sec:
+        raise ParamsError(f"{name}.pilot", f"{path} declares no pilot")
+    for key in ("teachers", "teacher", "student", "train_images", "subset_seed"):
+        if key not in sec:
+            raise ParamsError(f"{name}.{key}", "the pilot reads it; not set")
+    pilot = build(Pilot, sec["pilot"], f"{name}.pilot")
+    pilot.check(f"{name}.pilot")
+    if sec["teacher"] not in (sec["teachers"] or {}):
+        raise ParamsError(f"{name}.teacher", f"{sec['teacher']!r} is not in {name}.teachers")
+    t = build(TeacherRun, sec["teachers"][sec["teacher"]], f"{name}.teachers.{sec['teacher']}")
+    s = build(StudentSpec, sec["student"], f"{name}.student")
+    return PilotStudy(name, pilot, ModelParams(t.arch, t.width, t.epochs, t.lr, t.seed, "auto"),
+                      ModelParams(s.arch, s.width, 1, s.lr, 0, "auto"), int(sec["train_images"]),
+                      int(sec["subset_seed"]))
+
+
+def recipe_params(p: Params, r: Recipe) -> Params:
+    """``p`` with the recipe's ``train.*`` and ``cache.views``."""
+    train = dataclasses.replace(p.train, schedule=r.schedule, warmup=r.warmup, batch_size=r.batch_size, ema=r.ema)
+    return dataclasses.replace(p, train=train, cache=dataclasses.replace(p.cache, views=r.views))
+
+
+def steps_per_epoch(images: int, r: Recipe) -> int:
+    return -(-images // r.batch_size)
+
+
+def run_dir(metrics: Path, name: str) -> Path:
+    return metrics / "pilot" / name
+
+
+def _done(curve: Path, record: dict) -> bool:
+    if not curve.exists():
+        return False
+    have = json.loads(curve.read_text())
+    return {k: have.get(k) for k in record} == record
+
+
+def run_pilot(p: Params, study: PilotStudy) -> None:
+    """Train every run of the pilot that is not done yet (see the module's docstring)."""
+    from kdlab.pipeline.cache import write_cache
+    from kdlab.pipeline.train import train
+    from kdlab.pipeline.workspace import context, model_from_checkpoint
+
+    pilot, study_name, train_images = study.pilot, study.name, study.train_images
+    teacher, student, metrics, extra = study.teacher, study.student, study.metrics, study.logged()
+    sub = Subset(train_images, pilot.val_images, study.subset_seed)
+    code = io.code_digest()  # a run of other code is trained again, as a checkpoint of other code is not resumed
+    for name, r in pilot.recipes.items():
+        pr, out, scratch = recipe_params(p, r), run_dir(metrics, name), SCRATCH / study_name / name
+        record = {"recipe": dataclasses.asdict(r), "epochs": pilot.epochs,
+                  "steps": pilot.epochs * steps_per_epoch(train_images, r), "code": code}
+        rebuild = f"rm -r {scratch} {out}  # then rerun the pilot"
+        teacher_file, cache_file = scratch / "teacher.pt", scratch / "cache.pt"
+        t_model = dataclasses.replace(teacher, epochs=pilot.epochs, lr=r.lr)
+        t_record = {**record, "arm": "teacher", "seed": teacher.seed}
+        if not (_done(out / "teacher.curve.json", t_record) and cache_file.exists()):
+            train(pr, RunSpec(f"{study_name}-pilot-{name}-teacher", "teacher", t_model, teacher.seed,
+                              (teacher_file, out / "teacher.json"), subset=sub, all_views=True, test=False,
+                              curve=out / "teacher.curve.json", record=t_record,
+                              tags={"pilot_recipe": name}, about=f"The {study_name} pilot's recipe `{name}`. ",
+                              extra=extra))
+            ctx = context(pr, pr.cache.seed, sub)
+            write_cache(pr, ctx, model_from_checkpoint(io.load_torch(teacher_file, rebuild), ctx), teacher_file,
+                        cache_file, scratch / "cache.partial", sub)
+        s_model = dataclasses.replace(student, epochs=pilot.epochs, lr=r.lr)
+        for arm in pilot.arms:
+            for seed in pilot.seeds:
+                run, s_record = f"{arm}-s{seed}", {**record, "arm": arm, "seed": seed}
+                if _done(out / f"{run}.curve.json", s_record):
+                    continue
+                reads = arm != "raw"
+                train(pr, RunSpec(f"{study_name}-pilot-{name}-{run}", "student", dataclasses.replace(s_model, seed=seed),
+                                  seed, (scratch / f"{run}.pt", out / f"{run}.json"), arm,
+                                  teacher=Source(teacher_file, rebuild) if reads else None,
+                                  cache=Source(cache_file, rebuild) if reads else None, subset=sub, test=False,
+                                  curve=out / f"{run}.curve.json", record=s_record,
+                                  tags={"pilot_recipe": name, "variant": arm},
+                                  about=f"The {study_name} pilot's recipe `{name}`. ", extra=extra))
