@@ -58,6 +58,22 @@ def _identity_regressors(method):
 
 # ---------------------------------------------------------------- logits methods
 
+def test_label_smoothing_is_cross_entropy_against_the_smoothed_target():
+    """ls: -sum(q log p) with q = (1 - s) one-hot + s / classes, by hand; its option is checked."""
+    m = distill.build("ls", _p(ls={"smoothing": 0.2}))
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]])
+    labels = torch.tensor([0, 2])
+    _, terms = m(lambda x: logits, Batch(torch.zeros(2, 1, 2, 2), labels))
+    logp = F.log_softmax(logits, dim=1)
+    q = torch.full((2, 3), 0.2 / 3)
+    q[0, 0] += 0.8
+    q[1, 2] += 0.8
+    assert set(terms) == {"ce"} and torch.allclose(terms["ce"], -(q * logp).sum(1).mean())
+    assert not torch.allclose(terms["ce"], F.cross_entropy(logits, labels))
+    with pytest.raises(ParamsError, match="methods.ls.smoothing"):
+        distill.build("ls", _p(ls={"smoothing": 1.5}))
+
+
 def test_kd_online_runs_the_teacher_on_the_same_images():
     x = torch.tensor([[[[1.0, 0.0]], [[0.5, -1.0]]]])           # (1, 2, 1, 2): 2 "classes"
     student, teacher = Toy(1.0), Toy(3.0)
@@ -214,7 +230,7 @@ def test_extractors_tap_the_model_itself_and_stop_at_the_deepest_tap():
     assert set(cut(x)) == {"layer1"}
 
 
-@pytest.mark.parametrize("name", ["raw", "kd", "kd_correct_only", "kd_online", "dkd", "fitnet", "at",
+@pytest.mark.parametrize("name", ["raw", "ls", "kd", "kd_correct_only", "kd_online", "dkd", "fitnet", "at",
                                   "init_teacher", "init_random"])
 def test_every_method_compiles_as_one_graph_and_matches_eager(name):
     """train.fit runs ``torch.compile(method)``: no graph break (fullgraph), the same terms as eager, and no

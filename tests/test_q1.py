@@ -52,6 +52,34 @@ def test_bad_study_params_are_refused_naming_the_key(tmp_path, change, key):
         q1.load(_write(tmp_path / "p.yaml", {"q1": {**SMALL["q1"], **change}}))
 
 
+def test_a_recipe_a_teacher_on_more_data_and_an_online_teacher_reach_the_run_specs(tmp_path):
+    """q1.recipe sets train.* and cache.views of every run (its lr is every run's); a teacher may train on its
+    own, larger subset; kd_online reads the teacher model (its architecture checked), not a cache."""
+    recipe = {"lr": 0.1, "schedule": "cosine", "warmup": 0.05, "batch_size": 50, "ema": 0.9, "views": "all"}
+    teachers = {"main": {**SMALL["q1"]["teachers"]["main"], "train_images": 300}}
+    q = q1.load(_write(tmp_path / "p.yaml", {"q1": {**SMALL["q1"], "recipe": recipe, "teachers": teachers,
+                                                    "variants": ["kd", "kd_online"]}}))
+    p = params.from_dict(shipped_with({}))
+    want = {"train": {"schedule": "cosine", "warmup": 0.05, "batch_size": 50, "ema": 0.9}, "cache": {"views": "all"}}
+    runs = q1.runs(p, q)
+    teacher = runs["teachers/main"]()
+    assert teacher.overrides == want and teacher.subset.train_images == 300 and teacher.model.lr == 0.1
+    online = runs["students/kd_online.main-w0.25-e1-s0"]()
+    assert online.overrides == want and online.subset.train_images == 100
+    assert online.cache is None and online.teacher.path.as_posix() == "models/q1/teachers/main/final.pt"
+    assert (online.teacher_model.arch, online.teacher_model.width) == ("resnet8", 0.5)
+    kd = runs["students/kd.main-w0.25-e1-s0"]()
+    assert kd.cache.path.as_posix() == "data/q1/logits/main.pt" and kd.teacher_model is None
+    pr = params.with_overrides(p, kd.overrides)
+    assert (pr.train.batch_size, pr.train.ema, pr.cache.views, pr.train.momentum) == (50, 0.9, "all", p.train.momentum)
+    with pytest.raises(ParamsError, match=r"q1\.student\.lr"):  # the recipe's lr is every run's
+        q1.load(_write(tmp_path / "p.yaml", {"q1": {**SMALL["q1"], "recipe": recipe, "teachers": teachers,
+                                                    "student": {**SMALL["q1"]["student"], "lr": 0.2}}}))
+    with pytest.raises(ParamsError, match=r"q1\.recipe\.ema"):
+        q1.load(_write(tmp_path / "p.yaml", {"q1": {**SMALL["q1"], "recipe": {**recipe, "ema": 1.0},
+                                                    "teachers": teachers}}))
+
+
 def test_paired_t_against_hand_computed_values():
     # d = (0.010, 0.020, 0.005): mean 0.0116667, sd 0.0076376, se 0.0044096, t = 2.645751 on 2 df
     r = stats.paired([0.80, 0.82, 0.81], [0.79, 0.80, 0.805])
@@ -72,10 +100,28 @@ def test_holm_within_a_family_of_paired_comparisons():
     fam = q1_report.family({"x": {"diff": 0.01, "p": 0.01}, "y": {"diff": 0.02, "p": 0.04},
                             "z": {"diff": 0.0, "p": None}})
     assert fam["x"]["p_holm"] == pytest.approx(0.02) and fam["y"]["p_holm"] == pytest.approx(0.04)
-    assert fam["z"]["p_holm"] is None
-    assert "no difference detectable" in q1_report.call("a", "b", {**fam["y"], "p_holm": 0.06, "ci_low": -0.01,
-                                                                    "ci_high": 0.05})
+    assert fam["z"]["p_holm"] is None and fam["x"]["verdict"] == "above"
     assert "**above**" in q1_report.call("a", "b", {**fam["x"], "ci_low": 0.005, "ci_high": 0.015})
+
+
+def test_four_word_verdicts_with_equivalence_and_the_detectable_effect():
+    """A family's comparisons: above/below where the Holm-adjusted paired t rejects; equivalent where it does not
+    and TOST within +/-0.5 points does (Holm over the family); else inconclusive, quoting what the seeds detect."""
+    from kdlab.analysis.study_report import family, said
+
+    base = np.array([0.880, 0.884, 0.878, 0.882, 0.881, 0.879, 0.883, 0.880])
+    arms = {"tight": base + np.array([1, -1, 2, -2, 1, 0, -1, 0]) * 1e-4,     # 0.00 +/- 0.01 points
+            "up": base + 0.02 + np.array([1, -1, 2, -2, 1, 0, -1, 0]) * 1e-3,  # +2 points
+            "noisy": base + np.array([15, -12, 9, -18, 11, -7, 16, -14]) * 1e-3}
+    fam = family({k: stats.paired(v, base) for k, v in arms.items()})
+    assert [fam[k]["verdict"] for k in ("tight", "up", "noisy")] == ["equivalent", "above", "inconclusive"]
+    assert said(fam["tight"]) == "equivalent within +/-0.50"
+    sd = float(np.std(arms["noisy"] - base, ddof=1))
+    assert fam["noisy"]["detectable"] == pytest.approx(stats.detectable(sd, 8, 0.05 / 3), rel=1e-6)
+    assert said(fam["noisy"]) == f"inconclusive; detectable: {100 * fam['noisy']['detectable']:.2f} points"
+    assert fam["tight"]["p_tost_holm"] < 0.05 < fam["noisy"]["p_tost_holm"]
+    wide = family({k: stats.paired(v, base) for k, v in arms.items()}, margin=0.0001)  # a margin too tight to meet
+    assert wide["tight"]["verdict"] == "inconclusive"
 
 
 def _frame(preds: dict, labels: np.ndarray) -> pd.DataFrame:

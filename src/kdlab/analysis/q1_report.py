@@ -3,8 +3,10 @@
 Every comparison is paired over seeds (the same seed gives both arms the same initialisation, batch order and
 views): the mean difference with its 95% t interval and the paired t-test's p, then Holm's adjustment within
 each family the report draws conclusions from (budget, capacity, teacher quality, question 1b's controls, and
-the three breakdowns of where the gain comes from). A verdict says "detectable" only where the Holm-adjusted p is
-below 0.05. A student against its teacher is a one-sample comparison: one teacher (one seed), so the teacher's
+the three breakdowns of where the gain comes from). A verdict has four words
+(:func:`kdlab.analysis.study_report.family`): above or below where the Holm-adjusted p is below 0.05, equivalent
+where the Holm-adjusted TOST within +/-0.5 points rejects, else inconclusive with the effect the seeds could have
+detected. A student against its teacher is a one-sample comparison: one teacher (one seed), so the teacher's
 own seed-to-seed spread is not in the interval.
 
 Writes reports/q1/report.md, its pictures, reports/q1/findings.md (the README's ``q1`` block),

@@ -239,7 +239,7 @@ def findings(p: Params, q: Q23, a: dict) -> str:
     tr, ini, sel, pr, ck = a["transfer"], a["init"], a["selective"], a["pruned"], a["cka"]
     c, ic, sc, pc = tr["comparisons"], ini["comparisons"], sel["comparisons"], pr["comparisons"]
     best = _best(tr["acc"])
-    above = [k for k, v in c.items() if said(v) != "not detectable"]
+    above = [k for k, v in c.items() if v.get("verdict") in ("above", "below")]
     st = ck["stages"]
     kd_g, carved_g, raw_g = (group(a_, i, q.epochs) for a_, i in (("kd", "random"), ("kd", "carved"), ("raw", "random")))
     d = pr["diagnosis"]["models"]

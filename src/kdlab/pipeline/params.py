@@ -8,7 +8,7 @@ The generic machinery (building, overrides, flattening) is :mod:`kdlab.infra.sch
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Union
 
@@ -317,6 +317,13 @@ def check(p: Params) -> Params:
             raise ParamsError("cache.views", f"must be 'all' or an integer in [1, {total}] "
                               f"(views.pad={p.views.pad}, views.flip={p.views.flip} give {total} views), "
                               f"got {p.cache.views}")
+    return p
+
+
+def with_overrides(p: Params, overrides: dict) -> Params:
+    """``p`` with ``{section: {field: value}}`` set (values already checked, e.g. a study's recipe)."""
+    for section, fields in overrides.items():
+        p = replace(p, **{section: replace(getattr(p, section), **fields)})
     return p
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from kdlab.infra import io
 from kdlab.infra.schema import ParamsError, build, flatten_dict, read_yaml
-from kdlab.pipeline.params import ModelParams, Params
+from kdlab.pipeline.params import ModelParams, Params, with_overrides
 from kdlab.pipeline.spec import RunSpec, Source, Subset
 from kdlab.pipeline.study import Pilot, Recipe, StudentSpec, TeacherRun
 
@@ -76,8 +76,7 @@ def load(path: Path) -> PilotStudy:
 
 def recipe_params(p: Params, r: Recipe) -> Params:
     """``p`` with the recipe's ``train.*`` and ``cache.views``."""
-    train = dataclasses.replace(p.train, schedule=r.schedule, warmup=r.warmup, batch_size=r.batch_size, ema=r.ema)
-    return dataclasses.replace(p, train=train, cache=dataclasses.replace(p.cache, views=r.views))
+    return with_overrides(p, r.overrides())
 
 
 def steps_per_epoch(images: int, r: Recipe) -> int:

@@ -32,9 +32,9 @@ from typing import Callable
 from kdlab import distill
 from kdlab.infra import io
 from kdlab.infra.schema import ParamsError, build, choice, flatten_dict, no_duplicates, positive, read_yaml
-from kdlab.pipeline.params import ModelParams, Params
+from kdlab.pipeline.params import ModelParams, Params, with_overrides
 from kdlab.pipeline.spec import RunSpec, Source
-from kdlab.pipeline.study import StudentSpec, TeacherRun, subset, teacher_spec
+from kdlab.pipeline.study import Recipe, StudentSpec, TeacherRun, check_recipe, subset, teacher_spec
 
 #: the study's params file (relative to the repository root, where its stages run)
 STUDY = Path("studies/q1/params.yaml")
@@ -76,6 +76,9 @@ class Q1:
     #: question 1b's controls, distilled from ``control_teacher`` at ``quality_epochs``
     control_teacher: str = "main_e10"
     controls: list[str] = dataclasses.field(default_factory=list)
+    #: the training recipe of every run and cache of the study (a :class:`kdlab.pipeline.study.Recipe`, as the
+    #: pilot adopted it; its lr is every teacher's and the student's); empty: the default study's train.*
+    recipe: dict = dataclasses.field(default_factory=dict)
     #: the recipe pilot's params (kdlab pilot: :mod:`kdlab.pipeline.pilot` reads and checks them)
     pilot: dict = dataclasses.field(default_factory=dict)
 
@@ -122,6 +125,12 @@ class Q1:
         for key in ("variants", "controls"):
             for v in getattr(self, key):
                 choice(f"q1.{key}", v, distill.names())
+        r = recipe(self)
+        if r is not None:
+            for key, lr in [*((f"q1.teachers.{n}.lr", t.lr) for n, t in self.teachers.items()),
+                            ("q1.student.lr", self.student.lr)]:
+                if lr != r.lr:
+                    raise ParamsError(key, f"{lr} is not q1.recipe.lr {r.lr}: the recipe's lr is every run's")
 
 
 def teacher_source(q: Q1, name: str) -> tuple[str, int | None]:
@@ -133,6 +142,21 @@ def teacher_source(q: Q1, name: str) -> tuple[str, int | None]:
     if epoch is not None and epoch not in q.teachers[run].snapshots:
         raise ParamsError("q1.cached", f"{name!r}: epoch {epoch} is not in q1.teachers.{run}.snapshots")
     return run, epoch
+
+
+def recipe(q: Q1) -> Recipe | None:
+    """The study's recipe (q1.recipe), checked; None: the default study's train.* as they are."""
+    if not q.recipe:
+        return None
+    r = build(Recipe, q.recipe, "q1.recipe")
+    check_recipe(r, "q1.recipe")
+    return r
+
+
+def overrides(q: Q1) -> dict:
+    """What every run and cache of the study sets of the params (:attr:`RunSpec.overrides`)."""
+    r = recipe(q)
+    return r.overrides() if r else {}
 
 
 def load(path: Path = STUDY) -> Q1:
@@ -165,16 +189,17 @@ def study_params(q: Q1) -> dict:
 def run_q1_cache(p: Params, q: Q1, name: str) -> dict:
     from kdlab.pipeline.cache import run_study_cache  # here: the students never import the cache's writer
 
-    return run_study_cache(p, subset(q), name, teacher_file(name, q), REBUILD, CACHES / f"{name}.pt",
+    return run_study_cache(with_overrides(p, overrides(q)), subset(q), name, teacher_file(name, q), REBUILD,
+                           CACHES / f"{name}.pt",
                            CACHE_METRICS / f"{name}.json", TESTS / f"teacher.{name}.json")
 
 
 def student_spec(p: Params, q: Q1, variant: str, teacher: str | None, width: float, epochs: int,
                  seed: int) -> RunSpec:
     cls = distill.method_class(variant)
-    if cls.uses_teacher_model or cls.builds_from_teacher:
-        raise io.StageError(f"question 1's study distils from cached logits; {variant!r} runs the teacher model")
-    if cls.uses_teacher_logits == (teacher is None):
+    if cls.builds_from_teacher:
+        raise io.StageError(f"question 1's students start from random weights; {variant!r} builds from the teacher")
+    if (cls.uses_teacher_logits or cls.uses_teacher_model) == (teacher is None):
         raise io.StageError(f"{variant}: {'give' if teacher is None else 'no'} teacher")
     name = student_name(variant, teacher, width, epochs, seed)
     about = (f"Question 1: {q.student.arch} x{width} for {epochs} epochs on {q.train_images} training images, "
@@ -185,10 +210,11 @@ def student_spec(p: Params, q: Q1, variant: str, teacher: str | None, width: flo
         name, "student", ModelParams(q.student.arch, width, epochs, q.student.lr, seed, "auto"), seed,
         (STUDENTS / f"{name}.pt", METRICS / "students" / f"{name}.json"), variant,
         teacher=Source(teacher_file(teacher, q), REBUILD) if teacher else None,
-        cache=Source(CACHES / f"{teacher}.pt", REBUILD) if teacher else None, subset=subset(q),
+        teacher_model=q.teachers[teacher_source(q, teacher)[0]] if cls.uses_teacher_model else None,
+        cache=Source(CACHES / f"{teacher}.pt", REBUILD) if cls.uses_teacher_logits else None, subset=subset(q),
         curve=TESTS / f"{name}.json", record=record, predictions=True,
         tags={"variant": variant, "q1_teacher": teacher or "", "width": width, "epochs": epochs}, about=about,
-        extra=study_params(q))
+        extra=study_params(q), overrides=overrides(q))
 
 
 def students(q: Q1) -> list[tuple[str, str | None, float, int]]:
@@ -205,7 +231,7 @@ def students(q: Q1) -> list[tuple[str, str | None, float, int]]:
 def runs(p: Params, q: Q1) -> dict[str, Callable[[], RunSpec]]:
     """Every training run of the study, by name (its model file or folder under models/q1/, without ``.pt``)."""
     out = {f"teachers/{name}": partial(teacher_spec, q, name, TEACHERS / name, METRICS / "teachers", "q1",
-                                       study_params(q)) for name in q.teachers}
+                                       study_params(q), overrides(q)) for name in q.teachers}
     for v, t, width, epochs in students(q):
         for seed in q.seeds:
             out[f"students/{student_name(v, t, width, epochs, seed)}"] = partial(student_spec, p, q, v, t, width,

@@ -80,3 +80,6 @@ class RunSpec:
     about: str = ""
     #: a named study's own params (``q1.*``): logged with the run's, and part of its resume key
     extra: dict = field(default_factory=dict)
+    #: what the run sets of the params, ``{section: {field: value}}`` (a study's recipe: ``train.batch_size``,
+    #: ``cache.views``, ...): the run trains, reads its cache, logs and resumes with those values
+    overrides: dict = field(default_factory=dict)

@@ -21,6 +21,9 @@ class TeacherRun:
     seed: int = 0
     #: also keep the weights at the end of these epochs (early-stopped teachers ``<run>_e<k>``)
     snapshots: list[int] = dataclasses.field(default_factory=list)
+    #: its own seeded subset of the training split (0: the study's ``train_images``): a teacher that has seen
+    #: more data than its students
+    train_images: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +43,12 @@ class Recipe:
     batch_size: int = 128
     ema: float = 0.0
     views: Union[int, Literal["all"]] = 4
+
+    def overrides(self) -> dict:
+        """What the recipe sets of the params, as :attr:`kdlab.pipeline.spec.RunSpec.overrides` (its lr is each
+        run's own)."""
+        return {"train": {"schedule": self.schedule, "warmup": self.warmup, "batch_size": self.batch_size,
+                          "ema": self.ema}, "cache": {"views": self.views}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,13 +87,17 @@ class Pilot:
             if cls.uses_teacher_model or cls.builds_from_teacher:
                 raise ParamsError(f"{key}.arms", f"{arm} runs the teacher model; the pilot's arms read its cache")
         for name, r in self.recipes.items():
-            positive(f"{key}.recipes.{name}.lr", r.lr)
-            positive(f"{key}.recipes.{name}.batch_size", r.batch_size)
-            unit_interval(f"{key}.recipes.{name}.warmup", r.warmup)
-            if not 0 <= r.ema < 1:
-                raise ParamsError(f"{key}.recipes.{name}.ema", f"{r.ema} is not a decay in [0, 1)")
-            if r.views != "all" and r.views < 1:
-                raise ParamsError(f"{key}.recipes.{name}.views", f"'all' or a positive count, got {r.views}")
+            check_recipe(r, f"{key}.recipes.{name}")
+
+
+def check_recipe(r: Recipe, key: str) -> None:
+    positive(f"{key}.lr", r.lr)
+    positive(f"{key}.batch_size", r.batch_size)
+    unit_interval(f"{key}.warmup", r.warmup)
+    if not 0 <= r.ema < 1:
+        raise ParamsError(f"{key}.ema", f"{r.ema} is not a decay in [0, 1)")
+    if r.views != "all" and r.views < 1:
+        raise ParamsError(f"{key}.views", f"'all' or a positive count, got {r.views}")
 
 
 def subset(q) -> Subset:
@@ -92,15 +105,19 @@ def subset(q) -> Subset:
     return Subset(q.train_images, q.val_images, q.subset_seed)
 
 
-def teacher_spec(q, name: str, out: Path, metrics_dir: Path, study: str, extra: dict) -> RunSpec:
+def teacher_spec(q, name: str, out: Path, metrics_dir: Path, study: str, extra: dict,
+                 overrides: dict | None = None) -> RunSpec:
     """The named study ``q``'s teacher run ``q.teachers[name]``, on the labels, into ``out`` (``final.pt``, and
     ``e<k>.pt`` for each of its snapshots) and ``metrics_dir/<name>.json`` (with ``<name>.curve.json``: its
-    validation curve); ``study``: the study's name in run names and tags (``q1``)."""
+    validation curve); ``study``: the study's name in run names and tags (``q1``); ``overrides``: the study's
+    recipe (:attr:`kdlab.pipeline.spec.RunSpec.overrides`)."""
     t = q.teachers[name]
-    about = (f"The {study} study's teacher `{name}` ({q.train_images} training images)"
+    images = t.train_images or q.train_images
+    about = (f"The {study} study's teacher `{name}` ({images} training images)"
              + (f", with snapshots at epochs {t.snapshots}. " if t.snapshots else ". "))
     return RunSpec(f"{study}-teacher-{name}", "teacher", ModelParams(t.arch, t.width, t.epochs, t.lr, t.seed, "auto"),
-                   t.seed, (out / "final.pt", metrics_dir / f"{name}.json"), subset=subset(q), all_views=True,
+                   t.seed, (out / "final.pt", metrics_dir / f"{name}.json"),
+                   subset=Subset(images, q.val_images, q.subset_seed), all_views=True,
                    snapshots=tuple(t.snapshots), snapshot_dir=out, snapshot_as_model=True,
                    curve=metrics_dir / f"{name}.curve.json", record={"teacher": name}, tags={f"{study}_teacher": name},
-                   about=about, extra=extra)
+                   about=about, extra=extra, overrides=overrides or {})

@@ -27,7 +27,7 @@ from kdlab.core.loader import TrainBatches
 from kdlab.core.train import accuracy, fit, predict
 from kdlab.infra import distributed, io, tracking
 from kdlab.infra.schema import flatten
-from kdlab.pipeline.params import Params
+from kdlab.pipeline.params import Params, with_overrides
 from kdlab.pipeline.spec import INITS, RunSpec
 from kdlab.pipeline.workspace import (
     CHECKPOINTS,
@@ -153,6 +153,7 @@ def _snapshotter(spec: RunSpec, ctx: Context, model: torch.nn.Module):
 def train(p: Params, spec: RunSpec) -> dict:
     """Train the run ``spec``, keep its best-on-validation state, test it and write its files and MLflow run;
     returns the metrics (empty on ranks other than 0)."""
+    p = with_overrides(p, spec.overrides)
     method = distill.build(spec.method, p, **spec.options)
     ctx = context(p, spec.seed, spec.subset)
     resume_key: dict = {}
