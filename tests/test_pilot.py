@@ -104,6 +104,9 @@ def test_a_study_file_is_read_for_its_pilot_alone(tmp_path):
     path.write_text(yaml.safe_dump({"qx": {**sec, "teacher": "u"}}))
     with pytest.raises(ParamsError, match="qx.teacher"):
         load(path)
+    path.write_text(yaml.safe_dump({"qx": {**sec, "student": {**sec["student"], "lr": 0}}}))
+    with pytest.raises(ParamsError, match="qx.student.lr"):
+        load(path)
     path.write_text(yaml.safe_dump({"qx": {k: v for k, v in sec.items() if k != "pilot"}}))
     with pytest.raises(ParamsError, match="qx.pilot"):
         load(path)

@@ -46,6 +46,21 @@ def test_the_shipped_study_params_load_and_name_every_arm():
     ({"converged": 3}, "q1.converged"),                        # not a budget
     ({"controls": ["no_such_method"]}, "q1.controls"),
     ({"widths": [0.25]}, "q1.widths"),                         # the student's own width, trained at every budget
+    # issue 31, item 3: a named study's params checked like the root's, one line naming the key
+    ({"widths": [0]}, "q1.widths"),                            # an 89-parameter "w0.0" student
+    ({"widths": [-0.5]}, "q1.widths"),
+    ({"widths": [0.5, 0.5]}, "q1.widths"),                     # DVC would collapse the duplicate silently
+    ({"budgets": [1, 1, 2]}, "q1.budgets"),
+    ({"variants": ["kd", "kd"]}, "q1.variants"),
+    ({"variants": ["raw"]}, "q1.variants"),                    # raw is the baseline at every budget already
+    ({"controls": ["kd_correct_clean", "kd_correct_clean"]}, "q1.controls"),
+    ({"seeds": [0, -1]}, r"q1.seeds\[1\]"),
+    ({"teachers": {"main": {**SMALL["q1"]["teachers"]["main"], "lr": 0}}}, "q1.teachers.main.lr"),
+    ({"teachers": {"main": {**SMALL["q1"]["teachers"]["main"], "lr": -0.1}}}, "q1.teachers.main.lr"),
+    ({"teachers": {"main": {**SMALL["q1"]["teachers"]["main"], "seed": 2 ** 64}}}, "q1.teachers.main.seed"),
+    ({"teachers": {"main": {**SMALL["q1"]["teachers"]["main"], "arch": "resnet18"}}}, "q1.teachers.main.width"),
+    ({"teachers": {"main": {**SMALL["q1"]["teachers"]["main"], "train_images": -5}}}, "q1.teachers.main.train_images"),
+    ({"student": {"arch": "resnet8", "width": 0.25, "lr": 0}}, "q1.student.lr"),
 ])
 def test_bad_study_params_are_refused_naming_the_key(tmp_path, change, key):
     with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
@@ -60,7 +75,8 @@ def test_a_recipe_a_teacher_on_more_data_and_an_online_teacher_reach_the_run_spe
     q = q1.load(_write(tmp_path / "p.yaml", {"q1": {**SMALL["q1"], "recipe": recipe, "teachers": teachers,
                                                     "variants": ["kd", "kd_online"]}}))
     p = params.from_dict(shipped_with({}))
-    want = {"train": {"schedule": "cosine", "warmup": 0.05, "batch_size": 50, "ema": 0.9}, "cache": {"views": "all"}}
+    want = {"train": {"schedule": "cosine", "warmup": 0.05, "batch_size": 50, "ema": 0.9, "compile": "auto"},
+            "cache": {"views": "all"}}
     runs = q1.runs(p, q)
     teacher = runs["teachers/main"]()
     assert teacher.overrides == want and teacher.subset.train_images == 300 and teacher.model.lr == 0.1

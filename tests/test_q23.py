@@ -122,6 +122,18 @@ def _load(tmp_path, raw):
     (lambda q: q.update(snapshots=[0, 10]), "q23.snapshots"),
     (lambda q: q["prune"].update(criteria=["l1", "psychic"]), "q23.prune.criteria"),
     (lambda q: q.update(transfer=["kd", "dkd"], carved=["kd"], pruned=["kd"]), "q23.transfer"),
+    # issue 31, item 3: a named study's params checked like the root's, one line naming the key
+    (lambda q: q["teachers"]["a"].update(lr=0), "q23.teachers.a.lr"),
+    (lambda q: q["teachers"]["a"].update(seed=-1), "q23.teachers.a.seed"),
+    (lambda q: q["teachers"]["a"].update(seed=2 ** 64), "q23.teachers.a.seed"),
+    (lambda q: q["student"].update(width=0), "q23.student.width"),
+    (lambda q: q["student"].update(arch="resnet18", width=0.5), "q23.student.width"),
+    (lambda q: q.update(calibration_images=0), "q23.calibration_images"),
+    (lambda q: q.update(seeds=[0, -1]), r"q23.seeds\[1\]"),
+    (lambda q: q["prune"].update(finetune_steps=-1), "q23.prune.finetune_steps"),
+    (lambda q: q["prune"].update(recalibration_images=-1), "q23.prune.recalibration_images"),
+    (lambda q: q["prune"].update(calibration_images=0), "q23.prune.calibration_images"),
+    (lambda q: q["prune"].update(max_ratio=1.5), "q23.prune.max_ratio"),
 ])
 def test_params_errors_name_the_key(tmp_path, change, key):
     from kdlab.infra.schema import ParamsError

@@ -40,7 +40,7 @@ MAX_EPOCHS = 100_000
 MAX_PRUNE_STEPS = 1000
 
 
-def _seed(key: str, value: int) -> None:
+def check_seed(key: str, value: int) -> None:
     if not 0 <= value < SEED_LIMIT:
         raise ParamsError(key, f"must be in [0, 2**32), got {value}")
 
@@ -87,7 +87,7 @@ class DataParams:
         if self.name == "synthetic" and self.synthetic.n_train < 5:  # its val split is a fifth of n_train at most
             raise ParamsError(f"{key}.synthetic.n_train", f"{self.synthetic.n_train} leaves no validation images "
                               f"(the synthetic validation split is min(data.val_size, n_train // 5)); use at least 5")
-        _seed(f"{key}.split_seed", self.split_seed)
+        check_seed(f"{key}.split_seed", self.split_seed)
 
     @property
     def image_size(self) -> int:
@@ -126,7 +126,7 @@ class ModelParams:
         if self.epochs > MAX_EPOCHS:
             raise ParamsError(f"{key}.epochs", f"{self.epochs} is more than {MAX_EPOCHS:,}")
         positive(f"{key}.lr", self.lr)
-        _seed(f"{key}.seed", self.seed)
+        check_seed(f"{key}.seed", self.seed)
 
 
 @dataclass(frozen=True)
@@ -179,7 +179,7 @@ class CacheParams:
 
     def check(self, key: str) -> None:
         positive(f"{key}.batch_size", self.batch_size)
-        _seed(f"{key}.seed", self.seed)
+        check_seed(f"{key}.seed", self.seed)
 
 
 @dataclass(frozen=True)
@@ -203,7 +203,7 @@ class StudyParams:
             raise ParamsError(f"{key}.seeds", f"has {len(self.seeds)} seeds; at most {MAX_SEEDS} are allowed")
         no_duplicates(f"{key}.seeds", self.seeds)
         for i, s in enumerate(self.seeds):
-            _seed(f"{key}.seeds[{i}]", s)
+            check_seed(f"{key}.seeds[{i}]", s)
 
 
 @dataclass(frozen=True)

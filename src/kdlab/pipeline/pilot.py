@@ -69,9 +69,13 @@ def load(path: Path) -> PilotStudy:
         raise ParamsError(f"{name}.teacher", f"{sec['teacher']!r} is not in {name}.teachers")
     t = build(TeacherRun, sec["teachers"][sec["teacher"]], f"{name}.teachers.{sec['teacher']}")
     s = build(StudentSpec, sec["student"], f"{name}.student")
-    return PilotStudy(name, pilot, ModelParams(t.arch, t.width, t.epochs, t.lr, t.seed, "auto"),
-                      ModelParams(s.arch, s.width, 1, s.lr, 0, "auto"), int(sec["train_images"]),
-                      int(sec["subset_seed"]))
+    teacher = ModelParams(t.arch, t.width, t.epochs, t.lr, t.seed, "auto")
+    student = ModelParams(s.arch, s.width, 1, s.lr, 0, "auto")
+    teacher.check(f"{name}.teachers.{sec['teacher']}")
+    student.check(f"{name}.student")
+    if not isinstance(sec["train_images"], int) or sec["train_images"] < 1:
+        raise ParamsError(f"{name}.train_images", f"a positive number of images, got {sec['train_images']!r}")
+    return PilotStudy(name, pilot, teacher, student, sec["train_images"], int(sec["subset_seed"]))
 
 
 def recipe_params(p: Params, r: Recipe) -> Params:

@@ -34,7 +34,15 @@ from kdlab.infra import io
 from kdlab.infra.schema import ParamsError, build, choice, flatten_dict, no_duplicates, positive, read_yaml
 from kdlab.pipeline.params import ModelParams, Params, with_overrides
 from kdlab.pipeline.spec import RunSpec, Source
-from kdlab.pipeline.study import Recipe, StudentSpec, TeacherRun, check_recipe, subset, teacher_spec
+from kdlab.pipeline.study import (
+    Recipe,
+    StudentSpec,
+    TeacherRun,
+    check_recipe,
+    check_study,
+    subset,
+    teacher_spec,
+)
 
 #: the study's params file (relative to the repository root, where its stages run)
 STUDY = Path("studies/q1/params.yaml")
@@ -83,23 +91,13 @@ class Q1:
     pilot: dict = dataclasses.field(default_factory=dict)
 
     def check(self) -> None:
-        positive("q1.train_images", self.train_images)
-        positive("q1.val_images", self.val_images)
-        no_duplicates("q1.seeds", self.seeds)
-        if not self.seeds:
-            raise ParamsError("q1.seeds", "at least one seed")
-        from kdlab.core.models import ARCHS
-
+        check_study("q1", self, self.widths)
         for name, t in self.teachers.items():
-            choice(f"q1.teachers.{name}.arch", t.arch, ARCHS)
-            positive(f"q1.teachers.{name}.width", t.width)
-            positive(f"q1.teachers.{name}.epochs", t.epochs)
             if "_e" in name:
                 raise ParamsError(f"q1.teachers.{name}", "a run's name may not contain `_e` (snapshots are <run>_e<k>)")
             for k in t.snapshots:
                 if not 0 < k < t.epochs:
                     raise ParamsError(f"q1.teachers.{name}.snapshots", f"{k} is not an epoch before the last ({t.epochs})")
-        choice("q1.student.arch", self.student.arch, ARCHS)
         for key in ("teacher", "control_teacher"):
             if getattr(self, key) not in self.cached:
                 raise ParamsError(f"q1.{key}", f"{getattr(self, key)!r} is not in q1.cached {list(self.cached)}")
@@ -110,8 +108,8 @@ class Q1:
             teacher_source(self, t)
             if t not in self.cached:
                 raise ParamsError("q1.quality", f"{t!r} is not in q1.cached {list(self.cached)}")
-        if not self.budgets or any(b < 1 for b in self.budgets) or sorted(self.budgets) != self.budgets:
-            raise ParamsError("q1.budgets", f"increasing epochs, at least one: {self.budgets}")
+        if not self.budgets or any(b < 1 for b in self.budgets) or sorted(set(self.budgets)) != self.budgets:
+            raise ParamsError("q1.budgets", f"strictly increasing epochs, at least one: {self.budgets}")
         if self.converged not in self.budgets:
             raise ParamsError("q1.converged", f"{self.converged} must be one of q1.budgets {self.budgets}")
         if self.teacher in self.quality or self.control_teacher == self.teacher:
@@ -122,9 +120,14 @@ class Q1:
         if self.quality_epochs not in self.budgets:
             raise ParamsError("q1.quality_epochs", f"{self.quality_epochs} must be one of q1.budgets {self.budgets} "
                               f"(its raw and kd arms are the budget arms')")
+        for key in ("variants", "controls", "quality"):
+            no_duplicates(f"q1.{key}", getattr(self, key))
         for key in ("variants", "controls"):
             for v in getattr(self, key):
                 choice(f"q1.{key}", v, distill.names())
+                if v == "raw":
+                    raise ParamsError(f"q1.{key}", "raw (labels only) is the baseline, trained at every budget already; "
+                                      "list distillation methods here")
         r = recipe(self)
         if r is not None:
             for key, lr in [*((f"q1.teachers.{n}.lr", t.lr) for n, t in self.teachers.items()),

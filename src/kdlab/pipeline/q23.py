@@ -42,7 +42,7 @@ from kdlab.infra import io
 from kdlab.infra.schema import ParamsError, build, choice, flatten_dict, no_duplicates, positive, read_yaml
 from kdlab.pipeline.params import PRUNE_CRITERIA, ModelParams, Params
 from kdlab.pipeline.spec import RunSpec, Source
-from kdlab.pipeline.study import StudentSpec, TeacherRun, subset, teacher_spec
+from kdlab.pipeline.study import StudentSpec, TeacherRun, check_study, subset, teacher_spec
 from kdlab.pipeline.workspace import build_model, context, model_from_checkpoint
 
 STUDY = Path("studies/q23/params.yaml")
@@ -117,24 +117,15 @@ class Q23:
     calibration_images: int = 1000
 
     def check(self) -> None:
-        positive("q23.train_images", self.train_images)
-        positive("q23.val_images", self.val_images)
+        check_study("q23", self)
         positive("q23.epochs", self.epochs)
-        no_duplicates("q23.seeds", self.seeds)
-        if not self.seeds:
-            raise ParamsError("q23.seeds", "at least one seed")
-        from kdlab.core.models import ARCHS
-
-        for name, t in self.teachers.items():
-            choice(f"q23.teachers.{name}.arch", t.arch, ARCHS)
-            positive(f"q23.teachers.{name}.epochs", t.epochs)
+        positive("q23.calibration_images", self.calibration_images)
         for key in ("teacher", "reference"):
             if getattr(self, key) not in self.teachers:
                 raise ParamsError(f"q23.{key}", f"{getattr(self, key)!r} is not in q23.teachers {sorted(self.teachers)}")
         a, b = self.teachers[self.teacher], self.teachers[self.reference]
         if (a.arch, a.width) != (b.arch, b.width) or self.teacher == self.reference:
             raise ParamsError("q23.reference", "must be another run of q23.teacher's architecture and width")
-        choice("q23.student.arch", self.student.arch, ARCHS)
         for name, arm in self.arms.items():
             choice(f"q23.arms.{name}.method", arm.method, distill.names())
         for key in ("transfer", "selective", "carved", "pruned"):
@@ -157,6 +148,12 @@ class Q23:
         if not 0 < self.prune.small < self.prune.size:
             raise ParamsError("q23.prune.small", f"must be in (0, q23.prune.size={self.prune.size})")
         positive("q23.prune.steps", self.prune.steps)
+        positive("q23.prune.finetune_steps", self.prune.finetune_steps, strict=False)
+        positive("q23.prune.calibration_images", self.prune.calibration_images)
+        positive("q23.prune.recalibration_images", self.prune.recalibration_images)
+        if not 0 < self.prune.max_ratio < 1:
+            raise ParamsError(MAX_RATIO, f"the largest fraction of a convolution's channels pruned: in (0, 1), got "
+                              f"{self.prune.max_ratio}")
         if self.cka_images < 4:  # the unbiased CKA's U-statistic needs n > 3
             raise ParamsError("q23.cka_images", f"at least 4 images, got {self.cka_images}")
 
