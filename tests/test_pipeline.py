@@ -264,8 +264,8 @@ Q1_TINY = {"q1": {
     "quality": ["main_e1"], "quality_epochs": 1, "control_teacher": "main_e1", "controls": ["kd_correct_clean"],
     "pilot": {"seeds": [0, 1], "epochs": 2, "arms": ["raw", "kd"], "val_images": 60, "max_sd": 50.0, "max_drop": 100.0,
               "effect": 0.5, "recipes": {
-                  "a": {"lr": 0.1, "schedule": "cosine", "warmup": 0.1, "batch_size": 50, "ema": 0.0, "views": 3},
-                  "b": {"lr": 0.05, "schedule": "onecycle", "warmup": 0.2, "batch_size": 64, "ema": 0.9, "views": "all"}}}}}
+                  "a": {"lr": 0.1, "schedule": "cosine", "warmup": 0.1, "batch_size": 50, "ema": 0.0, "views": 3, "compile": False},
+                  "b": {"lr": 0.05, "schedule": "onecycle", "warmup": 0.2, "batch_size": 64, "ema": 0.9, "views": "all", "compile": False}}}}}
 Q1_STAGES = {"q1_pilot", "q1_teacher@main", "q1_cache@main", "q1_cache@main_e1", "q1_raw@1-0", "q1_kd@kd-1-0",
              "q1_kd@kd_correct_only-1-0", "q1_capacity_raw@0.5-0", "q1_capacity_kd@0.5-0", "q1_quality@main_e1-0",
              "q1_controls@kd_correct_clean-0", "q1_report"}
