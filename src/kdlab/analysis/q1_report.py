@@ -14,7 +14,6 @@ metrics/q1/analysis.json (every number) and metrics/q1/headline.json (the study'
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +35,8 @@ from kdlab.analysis.study_report import (
     short,
 )
 from kdlab.infra import io
-from kdlab.infra.schema import flatten_dict
 from kdlab.pipeline.params import Params
-from kdlab.pipeline.q1 import CACHE_METRICS, METRICS, Q1, STUDY, TESTS, student_name
+from kdlab.pipeline.q1 import CACHE_METRICS, METRICS, Q1, STUDY, TESTS, student_name, study_params
 
 REPORT_DIR = Path("reports/q1")
 REPORT_MD = REPORT_DIR / "report.md"
@@ -469,7 +467,7 @@ def run_q1_report(p: Params, q: Q1) -> dict:
     df = load_runs(q)
     teachers = load_teachers(q)
     a = analyse(p, q, df, teachers)
-    study = flatten_dict(dataclasses.asdict(q), "q1.")  # as the study's training runs log it: the same MLflow study
+    study = study_params(q)  # as the study's training runs log it: the same MLflow study
     publish(p, study, "q1", "question 1 in depth", REPORT_DIR, pictures(q, a), render(p, q, a), findings(p, q, a), a,
             headline(q, a), METRICS)
     return a
