@@ -82,12 +82,10 @@ def _q1_report(p, args):
 
 
 def _pilot(p, args):
-    from pathlib import Path
-
     from kdlab.analysis.pilot import run_pilot_report
-    from kdlab.pipeline.pilot import load, run_pilot
+    from kdlab.pipeline.pilot import run_pilot
 
-    study = load(Path(args.study))
+    study = args.pilot  # loaded and checked with the arguments
     run_pilot(p, study)
     run_pilot_report(study.pilot, study.metrics, study.metrics / "pilot.json", study.report, study.name,
                      study.train_images)
@@ -256,7 +254,7 @@ def _check_run_args(p, args) -> str | None:
         from kdlab.pipeline.pilot import load
 
         try:
-            load(args.study)
+            args.pilot = load(args.study)
         except ParamsError as e:
             return str(e)
     return None

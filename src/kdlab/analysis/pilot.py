@@ -128,7 +128,6 @@ def run_pilot_report(pilot: Pilot, metrics: Path, out_json: Path, out_md: Path, 
         if sds:
             power = power_table(max(sds), sorted({pilot.effect, 1.0}), FAMILIES, SEED_COUNTS)
     io.save_json({**s, "power": power}, out_json)
-    out_md.parent.mkdir(parents=True, exist_ok=True)
-    out_md.write_text(markdown(s, power, study, images))
+    io.save_text(markdown(s, power, study, images), out_md)
     print(f"{study} pilot: adopted {s['adopted'] or 'none'}; {out_md}")
     return s

@@ -157,14 +157,20 @@ def tost(a: Sequence[float], b: Sequence[float], margin: float) -> dict:
     interval lies inside +/- margin)."""
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     n, diff = len(d), float(d.mean()) if len(d) else float("nan")
+    p = tost_p(diff, float(d.std(ddof=1)), n, margin) if n >= 2 else None
+    return {"diff": diff, "margin": margin, "p": p, "n": n}
+
+
+def tost_p(diff: float, sd: float, n: int, margin: float) -> float | None:
+    """:func:`tost`'s p from the mean ``diff`` and the SD ``sd`` of ``n`` paired differences."""
     if n < 2:
-        return {"diff": diff, "margin": margin, "p": None, "n": n}
-    se = float(d.std(ddof=1)) / math.sqrt(n)
-    if se == 0:
-        return {"diff": diff, "margin": margin, "p": 0.0 if abs(diff) < margin else 1.0, "n": n}
+        return None
+    if sd == 0:
+        return 0.0 if abs(diff) < margin else 1.0
+    se = sd / math.sqrt(n)
     lower = sps.t.sf((diff + margin) / se, n - 1)   # H0: diff <= -margin
     upper = sps.t.cdf((diff - margin) / se, n - 1)  # H0: diff >= +margin
-    return {"diff": diff, "margin": margin, "p": _clean(max(lower, upper)), "n": n}
+    return _clean(max(lower, upper))
 
 
 def verdict(p_adjusted: float | None, diff: float, tost_p_adjusted: float | None, alpha: float = 0.05) -> str:

@@ -45,16 +45,14 @@ def family(comparisons: dict[str, dict], margin: float = MARGIN) -> dict[str, di
     family too); else ``inconclusive``, with ``detectable``: the difference these seeds would detect with 80%
     power at Holm's first step (level 0.05 over the family's size), from the pairs' SD."""
     adjusted = stats.holm({k: c["p"] for k, c in comparisons.items()})
-    tost = {k: _tost(c, margin) for k, c in comparisons.items()}
-    tost_adjusted = stats.holm(tost)
+    sds = {k: _pair_sd(c) for k, c in comparisons.items()}
+    tost_adjusted = stats.holm({k: None if sd is None else stats.tost_p(comparisons[k]["diff"], sd, comparisons[k]["n"],
+                                                                         margin) for k, sd in sds.items()})
     m = max(1, sum(p is not None for p in adjusted.values()))
-    out = {}
-    for k, c in comparisons.items():
-        sd = _pair_sd(c)
-        out[k] = {**c, "p_holm": adjusted[k], "margin": margin, "p_tost_holm": tost_adjusted[k],
-                  "verdict": stats.verdict(adjusted[k], c["diff"], tost_adjusted[k], ALPHA),
-                  "detectable": None if sd is None else stats.detectable(sd, c["n"], ALPHA / m, POWER)}
-    return out
+    return {k: {**c, "p_holm": adjusted[k], "margin": margin, "p_tost_holm": tost_adjusted[k],
+                "verdict": stats.verdict(adjusted[k], c["diff"], tost_adjusted[k], ALPHA),
+                "detectable": None if sds[k] is None else stats.detectable(sds[k], c["n"], ALPHA / m, POWER)}
+            for k, c in comparisons.items()}
 
 
 def _pair_sd(c: dict) -> float | None:
@@ -63,17 +61,6 @@ def _pair_sd(c: dict) -> float | None:
     if n < 2 or c.get("ci_high") is None:
         return None
     return (c["ci_high"] - c["diff"]) / float(stats.sps.t.ppf(0.975, n - 1)) * n ** 0.5
-
-
-def _tost(c: dict, margin: float) -> float | None:
-    sd = _pair_sd(c)
-    if sd is None:
-        return None
-    n, diff = c["n"], c["diff"]
-    if sd == 0:
-        return 0.0 if abs(diff) < margin else 1.0
-    se = sd / n ** 0.5
-    return float(max(stats.sps.t.sf((diff + margin) / se, n - 1), stats.sps.t.cdf((diff - margin) / se, n - 1)))
 
 
 def pct(s: dict) -> str:

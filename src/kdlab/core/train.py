@@ -217,7 +217,7 @@ def fit(model: nn.Module, method: nn.Module, batches: TrainBatches,
     opt = make_optimizer([*model.parameters(), *method.parameters()], lr, tp)
     sched = make_schedule(opt, epochs * len(batches), tp)
     # train.ema > 0: the average of the weights is what is validated, kept and returned, the model what trains
-    average = WeightAverage(model, tp.ema) if getattr(tp, "ema", 0) else None
+    average = WeightAverage(model, tp.ema) if tp.ema else None
     evaluated = average.model if average else model
     first, best, history, elapsed = _resume(checkpoint, fingerprint, model, method, opt, sched, desc, average)
     if on_epoch:

@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import Literal, Union
 
-from kdlab.infra.schema import ParamsError, choice, no_duplicates, positive, unit_interval
+from kdlab.infra.schema import ParamsError, choice, no_duplicates, positive
 from kdlab.pipeline.params import ModelParams
 from kdlab.pipeline.spec import RunSpec, Subset
 
@@ -94,11 +94,11 @@ class Pilot:
 
 
 def check_recipe(r: Recipe, key: str) -> None:
+    """A recipe checked as the ``train`` section it sets is (errors name ``<key>.<field>``), its lr and views too."""
+    from kdlab.pipeline.params import TrainParams
+
     positive(f"{key}.lr", r.lr)
-    positive(f"{key}.batch_size", r.batch_size)
-    unit_interval(f"{key}.warmup", r.warmup)
-    if not 0 <= r.ema < 1:
-        raise ParamsError(f"{key}.ema", f"{r.ema} is not a decay in [0, 1)")
+    dataclasses.replace(TrainParams(), **r.overrides()["train"]).check(key)
     if r.views != "all" and r.views < 1:
         raise ParamsError(f"{key}.views", f"'all' or a positive count, got {r.views}")
 

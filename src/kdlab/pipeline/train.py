@@ -196,21 +196,20 @@ def _fit_and_write(p: Params, spec: RunSpec, ctx: Context, method, model, batche
         if not distributed.is_main():  # rank 0 alone tests, writes and logs
             return {}
         bs, prec = p.train.eval_batch_size, p.train.precision
-        tested = {}
+        metrics = {"val_acc": res.best_val_acc, "test_acc": None, "best_epoch": res.best_epoch,
+                   "val_acc_last": res.last_val_acc, "test_acc_last": None, "epochs": m.epochs}
         if spec.test:
             model.load_state_dict(res.last_state)
-            test_acc_last = accuracy(predict(model, *test, ctx.normalize, bs, prec), test[1])
+            metrics["test_acc_last"] = accuracy(predict(model, *test, ctx.normalize, bs, prec), test[1])
             model.load_state_dict(res.best_state)
             test_out = predict(model, *test, ctx.normalize, bs, prec)
-            tested = {"test_acc": accuracy(test_out, test[1]), "test_acc_last": test_acc_last}
-        model.load_state_dict(res.best_state)
-        metrics = {
-            "val_acc": res.best_val_acc, **({"test_acc": tested["test_acc"]} if tested else {}),
-            "best_epoch": res.best_epoch, "val_acc_last": res.last_val_acc,
-            **({"test_acc_last": tested["test_acc_last"]} if tested else {}), "epochs": m.epochs,
+            metrics["test_acc"] = accuracy(test_out, test[1])
+        else:  # a pilot's run: no test figure at all, not even an empty one
+            del metrics["test_acc"], metrics["test_acc_last"]
+        metrics.update({
             "params": models.count_params(model), "train_seconds": res.train_seconds,
             "wall_seconds": time.perf_counter() - start,
-        }
+        })
         if res.compiled and res.first_step_seconds is not None:  # torch.compile's cost, apart from training
             metrics["compile_seconds"] = res.first_step_seconds
         io.save_torch(_model_file(record_arch, ctx, res.best_state, spec.seed, history=res.history, metrics=metrics,
@@ -219,7 +218,7 @@ def _fit_and_write(p: Params, spec: RunSpec, ctx: Context, method, model, batche
         if spec.curve is not None:  # the validation curve (where it plateaus) and, if asked, the test predictions
             out = {**spec.record, "val_curve": [row["val_acc"] for row in res.history]}
             if spec.predictions and spec.test:
-                out.update(test_acc=tested["test_acc"], val_acc=res.best_val_acc, pred=io.digits(test_out.argmax(1)))
+                out.update(test_acc=metrics["test_acc"], val_acc=res.best_val_acc, pred=io.digits(test_out.argmax(1)))
             io.save_json(out, spec.curve)
         # "val_acc" is the per-epoch curve in MLflow; the chosen epoch's value goes in as best_val_acc. What
         # describes the run rather than measures it is a tag; the metrics file's hash lets a later study that
@@ -234,8 +233,8 @@ def _fit_and_write(p: Params, spec: RunSpec, ctx: Context, method, model, batche
     # only once the run is logged and closed: a tracking failure above leaves the checkpoint, and a rerun
     # resumes after the last epoch instead of training again
     checkpoint.unlink(missing_ok=True)
-    tested = f" test {metrics['test_acc']:.4f}" if spec.test else " (not tested)"
-    print(f"{spec.name}: val {metrics['val_acc']:.4f} (epoch {res.best_epoch}){tested} "
+    test_words = f" test {metrics['test_acc']:.4f}" if spec.test else " (not tested)"
+    print(f"{spec.name}: val {metrics['val_acc']:.4f} (epoch {res.best_epoch}){test_words} "
           f"in {metrics['wall_seconds']:.0f}s")
     return metrics
 
