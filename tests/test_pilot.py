@@ -85,27 +85,30 @@ def test_bad_pilot_params_are_refused_naming_the_key():
 
 
 def test_a_study_file_is_read_for_its_pilot_alone(tmp_path):
-    """kdlab pilot reads a named study's pilot, teacher, student and subset, and no study module; a file without
-    a pilot, or whose teacher is not one of its teachers, is refused naming the key."""
+    """kdlab pilot reads a named study's pilot (with its own teacher and student) and subset, and nothing of the
+    study's design or modules; a file without a pilot, or with a bad pilot architecture, is refused naming the key."""
     import yaml
 
     from kdlab.pipeline.pilot import load
 
-    sec = {"train_images": 300, "subset_seed": 2, "teacher": "t",
-           "teachers": {"t": {"arch": "resnet14", "width": 0.5, "epochs": 9, "lr": 0.1, "seed": 4, "snapshots": []}},
-           "student": {"arch": "resnet8", "width": 0.25, "lr": 0.1}, "anything": "the study's own",
-           "pilot": {"seeds": [0, 1], "recipes": {"r": {"lr": 0.05, "views": "all"}}}}
+    sec = {"train_images": 300, "subset_seed": 2, "teacher": "not the pilot's",
+           "teachers": {"t": {"arch": "resnet8", "width": 1.0, "epochs": 9, "lr": 0.3, "seed": 7, "snapshots": []}},
+           "student": {"arch": "resnet8", "width": 1.0, "lr": 0.3}, "anything": "the study's own",
+           "pilot": {"teacher": {"arch": "resnet14", "width": 0.5, "seed": 4}, "student": {"arch": "resnet8", "width": 0.25},
+                     "seeds": [0, 1], "epochs": 3, "recipes": {"r": {"lr": 0.05, "views": "all"}}}}
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump({"qx": sec}))
     s = load(path)
     assert (s.name, s.teacher.arch, s.teacher.width, s.teacher.seed, s.student.width) == ("qx", "resnet14", 0.5, 4, 0.25)
+    assert s.teacher.epochs == s.student.epochs == 3
     assert s.pilot.recipes["r"].views == "all" and str(s.report) == "reports/qx/pilot.md"
-    assert "qx.pilot.recipes.r.lr" in s.logged() and "qx.anything" not in s.logged()
-    path.write_text(yaml.safe_dump({"qx": {**sec, "teacher": "u"}}))
-    with pytest.raises(ParamsError, match="qx.teacher"):
+    assert "qx.pilot.recipes.r.lr" in s.logged() and "qx.pilot.teacher.arch" in s.logged()
+    assert not any(k.startswith(("qx.anything", "qx.teachers", "qx.student")) for k in s.logged())
+    path.write_text(yaml.safe_dump({"qx": {**sec, "pilot": {**sec["pilot"], "teacher": {"arch": "resnet99"}}}}))
+    with pytest.raises(ParamsError, match="qx.pilot.teacher.arch"):
         load(path)
-    path.write_text(yaml.safe_dump({"qx": {**sec, "student": {**sec["student"], "lr": 0}}}))
-    with pytest.raises(ParamsError, match="qx.student.lr"):
+    path.write_text(yaml.safe_dump({"qx": {**sec, "pilot": {**sec["pilot"], "student": {"arch": "resnet8", "width": 0}}}}))
+    with pytest.raises(ParamsError, match="qx.pilot.student.width"):
         load(path)
     path.write_text(yaml.safe_dump({"qx": {k: v for k, v in sec.items() if k != "pilot"}}))
     with pytest.raises(ParamsError, match="qx.pilot"):

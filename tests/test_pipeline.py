@@ -262,7 +262,8 @@ Q1_TINY = {"q1": {
     "teacher": "main", "cached": {"main": "main", "main_e1": "main"}, "student": {"arch": "resnet8", "width": 0.25, "lr": 0.1},
     "budgets": [1], "variants": ["kd", "kd_correct_only"], "converged": 1, "widths": [0.5],
     "quality": ["main_e1"], "quality_epochs": 1, "control_teacher": "main_e1", "controls": ["kd_correct_clean"],
-    "pilot": {"seeds": [0, 1], "epochs": 2, "arms": ["raw", "kd"], "val_images": 60, "max_sd": 50.0, "max_drop": 100.0,
+    "pilot": {"teacher": {"arch": "resnet8", "width": 0.5, "seed": 0}, "student": {"arch": "resnet8", "width": 0.25},
+              "seeds": [0, 1], "epochs": 2, "arms": ["raw", "kd"], "val_images": 60, "max_sd": 50.0, "max_drop": 100.0,
               "effect": 0.5, "recipes": {
                   "a": {"lr": 0.1, "schedule": "cosine", "warmup": 0.1, "batch_size": 50, "ema": 0.0, "views": 3, "compile": False},
                   "b": {"lr": 0.05, "schedule": "onecycle", "warmup": 0.2, "batch_size": 64, "ema": 0.9, "views": "all", "compile": False}}}}}

@@ -21,15 +21,15 @@ from kdlab.infra import io
 from kdlab.infra.schema import ParamsError, build, flatten_dict, read_yaml
 from kdlab.pipeline.params import ModelParams, Params, with_overrides
 from kdlab.pipeline.spec import RunSpec, Source, Subset
-from kdlab.pipeline.study import Pilot, Recipe, StudentSpec, TeacherRun
+from kdlab.pipeline.study import Pilot, Recipe
 
 SCRATCH = Path("checkpoints/pilot")
 
 
 @dataclasses.dataclass(frozen=True)
 class PilotStudy:
-    """What the pilot reads of a named study's params file: its name (the file's one section), its ``pilot``,
-    the architecture of its teacher ``teacher`` (one of ``teachers``), its ``student`` and its training subset."""
+    """What the pilot reads of a named study's params file: its name (the file's one section), its ``pilot``
+    (with the pilot's own teacher and student architectures) and its training subset."""
     name: str
     pilot: Pilot
     teacher: ModelParams
@@ -53,29 +53,27 @@ class PilotStudy:
 
 def load(path: Path) -> PilotStudy:
     """The pilot of the named study ``path`` (``studies/q1/params.yaml``), checked; the rest of the file is its
-    study's to check. Reads no study module: editing a study's code does not re-run its pilot."""
+    study's to check. Reads no study module and none of the study's design (its teachers, student, arms):
+    the pilot comes first, and changing the design after it does not re-run it."""
     raw = read_yaml(Path(path)) or {}
     if len(raw) != 1:
         raise ParamsError(str(path), "a named study's params file holds exactly one section")
     (name, sec), = raw.items()
     if not isinstance(sec, dict) or "pilot" not in sec:
         raise ParamsError(f"{name}.pilot", f"{path} declares no pilot")
-    for key in ("teachers", "teacher", "student", "train_images", "subset_seed"):
+    for key in ("train_images", "subset_seed"):
         if key not in sec:
             raise ParamsError(f"{name}.{key}", "the pilot reads it; not set")
     pilot = build(Pilot, sec["pilot"], f"{name}.pilot")
     pilot.check(f"{name}.pilot")
-    if sec["teacher"] not in (sec["teachers"] or {}):
-        raise ParamsError(f"{name}.teacher", f"{sec['teacher']!r} is not in {name}.teachers")
-    t = build(TeacherRun, sec["teachers"][sec["teacher"]], f"{name}.teachers.{sec['teacher']}")
-    s = build(StudentSpec, sec["student"], f"{name}.student")
-    teacher = ModelParams(t.arch, t.width, t.epochs, t.lr, t.seed, "auto")
-    student = ModelParams(s.arch, s.width, 1, s.lr, 0, "auto")
-    teacher.check(f"{name}.teachers.{sec['teacher']}")
-    student.check(f"{name}.student")
+    models = {}
+    for role in ("teacher", "student"):
+        m = getattr(pilot, role)
+        models[role] = ModelParams(m.arch, m.width, pilot.epochs, 0.1, m.seed, "auto")  # lr: each recipe's
+        models[role].check(f"{name}.pilot.{role}")
     if not isinstance(sec["train_images"], int) or sec["train_images"] < 1:
         raise ParamsError(f"{name}.train_images", f"a positive number of images, got {sec['train_images']!r}")
-    return PilotStudy(name, pilot, teacher, student, sec["train_images"], int(sec["subset_seed"]))
+    return PilotStudy(name, pilot, models["teacher"], models["student"], sec["train_images"], int(sec["subset_seed"]))
 
 
 def recipe_params(p: Params, r: Recipe) -> Params:

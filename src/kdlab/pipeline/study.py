@@ -55,7 +55,19 @@ class Recipe:
 
 
 @dataclasses.dataclass(frozen=True)
+class PilotModel:
+    """An architecture the pilot trains (its lr is each recipe's, its epochs the pilot's)."""
+    arch: str = "resnet8"
+    width: float = 1.0
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
 class Pilot:
+    #: the teacher whose logits the kd arms read, and the student; the pilot's own, so that the study's
+    #: design (its teachers and student) can change after the pilot without invalidating it
+    teacher: PilotModel = PilotModel()
+    student: PilotModel = PilotModel(width=0.5)
     seeds: list[int] = dataclasses.field(default_factory=list)
     #: every run's budget (teacher and students)
     epochs: int = 30
