@@ -260,7 +260,8 @@ def project(tp: dict) -> dict:
 def project_q1(tp: dict, preset: Path, args) -> dict | None:
     """Minutes for question 1 in depth at the GPU preset (studies/q1/params.gpu.yaml) from the measured rates:
     each teacher run (its architecture's training step), each cache (every view of every training image through
-    that teacher), each student run (raw at the raw rate, the KD variants at the best cached-KD rate), over seeds.
+    that teacher), each student run (on the labels at the raw rate, kd_online at its own rate, the other KD
+    methods at the best cached-KD rate), over seeds.
     Per-epoch validation and the test pass are left out (inference on 5k and 10k images)."""
     import yaml
 
@@ -288,16 +289,19 @@ def project_q1(tp: dict, preset: Path, args) -> dict | None:
 
     caches_s = sum(n * n_views / forward.get(arch_of(t), forward[args.teacher]) for t in q["cached"])
     budgets, variants, controls = q["budgets"], q["variants"], q["controls"]
-    raw_epochs = sum(budgets) + len(q["widths"]) * q["converged"]
-    kd_epochs = (len(variants) * sum(budgets) + len(q["widths"]) * q["converged"]
+    raw_epochs = (1 + len(q.get("labels", []))) * sum(budgets)  # raw and the other methods on the labels alone
+    online_epochs = sum(budgets) if "kd_online" in variants else 0
+    kd_epochs = ((len(variants) - ("kd_online" in variants)) * sum(budgets)
                  + (len(q["quality"]) + len(controls)) * q["quality_epochs"])
-    students_s = seeds * n * (raw_epochs / raw_rate + kd_epochs / kd_rate)
+    online_rate = tp["kd_online"]["images_per_s"] if "kd_online" in tp else kd_rate
+    students_s = seeds * n * (raw_epochs / raw_rate + kd_epochs / kd_rate + online_epochs / online_rate)
     total = (teachers_s + caches_s + students_s) / 60
     print(f"question 1 in depth at {preset.name} projected: teachers {teachers_s / 60:.1f} min, caches "
           f"{caches_s / 60:.1f} min ({n_views} views), students {students_s / 60:.1f} min ({seeds} seeds x "
-          f"{raw_epochs} raw + {kd_epochs} KD epochs of {n:,} images): {total:.1f} min")
+          f"{raw_epochs} label + {kd_epochs} cached-KD + {online_epochs} online-KD epochs of {n:,} images): "
+          f"{total:.1f} min")
     return {"teachers_min": teachers_s / 60, "caches_min": caches_s / 60, "students_min": students_s / 60,
-            "total_min": total, "student_epochs": seeds * (raw_epochs + kd_epochs)}
+            "total_min": total, "student_epochs": seeds * (raw_epochs + kd_epochs + online_epochs)}
 
 
 def main() -> None:

@@ -13,14 +13,18 @@ from kdlab.analysis import q1_report, stats
 from kdlab.infra.schema import ParamsError
 from kdlab.pipeline import params, q1
 
-#: a small study: one teacher run with a snapshot, two budgets, two seeds
+#: a small study: two teachers, two budgets, two seeds, three declared families
 SMALL = {"q1": {
     "train_images": 100, "val_images": 50, "subset_seed": 0, "seeds": [0, 1],
-    "teachers": {"main": {"arch": "resnet8", "width": 0.5, "epochs": 3, "lr": 0.1, "seed": 0, "snapshots": [1]}},
-    "teacher": "main", "cached": {"main": "main", "main_e1": "main"}, "student": {"arch": "resnet8", "width": 0.25, "lr": 0.1},
-    "budgets": [1, 2], "variants": ["kd", "kd_correct_only"], "converged": 2, "widths": [0.5],
-    "quality": ["main_e1"], "quality_epochs": 1, "control_teacher": "main_e1",
-    "controls": ["kd_correct_clean", "kd_wrong_only"]}}
+    "teachers": {"main": {"arch": "resnet8", "width": 0.5, "epochs": 3, "lr": 0.1, "seed": 0},
+                 "small": {"arch": "resnet8", "width": 0.25, "epochs": 3, "lr": 0.1, "seed": 0}},
+    "teacher": "main", "cached": {"main": "main", "small": "small"}, "student": {"arch": "resnet8", "width": 0.25, "lr": 0.1},
+    "budgets": [1, 2], "labels": ["ls"], "variants": ["kd", "kd_correct_only"],
+    "quality": ["small"], "quality_epochs": 1, "control_teacher": "small",
+    "controls": ["kd_correct_clean", "kd_wrong_only"],
+    "families": {"kd_vs_labels": ["kd.main-e2 - raw-e2", "kd.main-e2 - ls-e2", "kd_correct_only.main-e2 - kd.main-e2"],
+                 "cap": ["kd.main-e1 - teacher", "kd.small-e1 - teacher"],
+                 "controls": ["kd_correct_clean.small-e1 - kd.small-e1", "kd_wrong_only.small-e1 - kd.small-e1"]}}}
 
 
 def _write(path, raw):
@@ -29,37 +33,50 @@ def _write(path, raw):
 
 
 def test_the_shipped_study_params_load_and_name_every_arm():
+    """The shipped design: every arm once; raw and ls at every budget; born-again (a teacher of the student's
+    shape) among the cap's teachers; every declared comparison names arms the study trains."""
     q = q1.load(REPO / "studies/q1/params.yaml")
-    arms = q1_report.expected_runs(q)
+    arms = q1.students(q)
     assert len(arms) == len(set(arms))
-    assert ("raw", None, q.student.width, q.budgets[-1]) in arms
-    assert ("kd", q.teacher, q.teachers[q.teacher].width, q.converged) in arms  # born-again
-    assert q1.teacher_file("main_e3", q).as_posix() == "models/q1/teachers/main/e3.pt"
+    names = {q1.arm_name(v, t, e) for v, t, _, e in arms}
+    assert {q1.arm_name(m, None, e) for m in ("raw", "ls") for e in q.budgets} <= names
+    assert any(q.teachers[t].arch == q.student.arch and q.teachers[t].width == q.student.width for t in q.quality)
+    assert all(c.split(" - ")[0] in names for fam in q.families.values() for c in fam)
+    assert q1.teacher_file("main", q).as_posix() == "models/q1/teachers/main/final.pt"
     assert q1.student_name("kd", "main", 1.0, 15, 2) == "kd.main-w1.0-e15-s2"
     assert q1.student_name("raw", None, 0.5, 2, 0) == "raw-w0.5-e2-s0"
+    assert (q1.arm_teacher("kd_online.main-e30"), q1.arm_teacher("ls-e40")) == ("main", None)
 
 
 @pytest.mark.parametrize("change, key", [
     ({"cached": {"main": "main", "main_e2": "main"}}, "q1.cached"),   # no such snapshot
-    ({"cached": {"main": "main", "main_e1": "other"}}, "q1.cached.main_e1"),   # not its run
-    ({"quality": ["main"]}, "q1.quality"),                     # the converged teacher's arms are the budget arms
-    ({"converged": 3}, "q1.converged"),                        # not a budget
+    ({"cached": {"main": "main", "small": "main"}}, "q1.cached.small"),   # not its run
+    ({"quality": ["main"]}, "q1.quality"),                     # the teacher's arms are the budget arms
     ({"controls": ["no_such_method"]}, "q1.controls"),
-    ({"widths": [0.25]}, "q1.widths"),                         # the student's own width, trained at every budget
+    ({"labels": ["raw"]}, "q1.labels"),                        # the baseline, at every budget already
+    ({"labels": ["kd"]}, "q1.labels"),                         # reads a teacher
+    ({"labels": ["ls", "ls"]}, "q1.labels"),
+    ({"families": {"x": ["kd.main-e3 - raw-e2"]}}, "q1.families.x"),    # no such arm (budget)
+    ({"families": {"x": ["kd.main-e2 minus raw-e2"]}}, "q1.families.x"),
+    ({"families": {"x": ["raw-e2 - teacher"]}}, "q1.families.x"),       # raw has no teacher
+    ({"families": {"x": ["raw-e2 - raw-e2"]}}, "q1.families.x"),
+    ({"families": {"x": []}}, "q1.families.x"),
+    ({"effect": 0}, "q1.effect"),
+    ({"collapse": -1}, "q1.collapse"),
     # issue 31, item 3: a named study's params checked like the root's, one line naming the key
-    ({"widths": [0]}, "q1.widths"),                            # an 89-parameter "w0.0" student
-    ({"widths": [-0.5]}, "q1.widths"),
-    ({"widths": [0.5, 0.5]}, "q1.widths"),                     # DVC would collapse the duplicate silently
     ({"budgets": [1, 1, 2]}, "q1.budgets"),
     ({"variants": ["kd", "kd"]}, "q1.variants"),
     ({"variants": ["raw"]}, "q1.variants"),                    # raw is the baseline at every budget already
     ({"controls": ["kd_correct_clean", "kd_correct_clean"]}, "q1.controls"),
     ({"seeds": [0, -1]}, r"q1.seeds\[1\]"),
-    ({"teachers": {"main": {**SMALL["q1"]["teachers"]["main"], "lr": 0}}}, "q1.teachers.main.lr"),
-    ({"teachers": {"main": {**SMALL["q1"]["teachers"]["main"], "lr": -0.1}}}, "q1.teachers.main.lr"),
-    ({"teachers": {"main": {**SMALL["q1"]["teachers"]["main"], "seed": 2 ** 64}}}, "q1.teachers.main.seed"),
-    ({"teachers": {"main": {**SMALL["q1"]["teachers"]["main"], "arch": "resnet18"}}}, "q1.teachers.main.width"),
-    ({"teachers": {"main": {**SMALL["q1"]["teachers"]["main"], "train_images": -5}}}, "q1.teachers.main.train_images"),
+    ({"teachers": {**SMALL["q1"]["teachers"], "main": {**SMALL["q1"]["teachers"]["main"], "lr": 0}}}, "q1.teachers.main.lr"),
+    ({"teachers": {**SMALL["q1"]["teachers"], "main": {**SMALL["q1"]["teachers"]["main"], "lr": -0.1}}}, "q1.teachers.main.lr"),
+    ({"teachers": {**SMALL["q1"]["teachers"], "main": {**SMALL["q1"]["teachers"]["main"], "seed": 2 ** 64}}},
+     "q1.teachers.main.seed"),
+    ({"teachers": {**SMALL["q1"]["teachers"], "main": {**SMALL["q1"]["teachers"]["main"], "arch": "resnet18"}}},
+     "q1.teachers.main.width"),
+    ({"teachers": {**SMALL["q1"]["teachers"], "main": {**SMALL["q1"]["teachers"]["main"], "train_images": -5}}},
+     "q1.teachers.main.train_images"),
     ({"student": {"arch": "resnet8", "width": 0.25, "lr": 0}}, "q1.student.lr"),
 ])
 def test_bad_study_params_are_refused_naming_the_key(tmp_path, change, key):
@@ -71,9 +88,11 @@ def test_a_recipe_a_teacher_on_more_data_and_an_online_teacher_reach_the_run_spe
     """q1.recipe sets train.* and cache.views of every run (its lr is every run's); a teacher may train on its
     own, larger subset; kd_online reads the teacher model (its architecture checked), not a cache."""
     recipe = {"lr": 0.1, "schedule": "cosine", "warmup": 0.05, "batch_size": 50, "ema": 0.9, "views": "all"}
-    teachers = {"main": {**SMALL["q1"]["teachers"]["main"], "train_images": 300}}
+    ls = q1.runs(params.from_dict(shipped_with({})), q1.load(_write(tmp_path / "p.yaml", SMALL)))["students/ls-w0.25-e2-s1"]()
+    assert ls.method == "ls" and ls.teacher is None and ls.cache is None
+    teachers = {**SMALL["q1"]["teachers"], "main": {**SMALL["q1"]["teachers"]["main"], "train_images": 300}}
     q = q1.load(_write(tmp_path / "p.yaml", {"q1": {**SMALL["q1"], "recipe": recipe, "teachers": teachers,
-                                                    "variants": ["kd", "kd_online"]}}))
+                                                    "variants": ["kd", "kd_online"], "families": {}}}))
     p = params.from_dict(shipped_with({}))
     want = {"train": {"schedule": "cosine", "warmup": 0.05, "batch_size": 50, "ema": 0.9, "compile": "auto"},
             "cache": {"views": "all"}}
@@ -140,43 +159,46 @@ def test_four_word_verdicts_with_equivalence_and_the_detectable_effect():
     assert wide["tight"]["verdict"] == "inconclusive"
 
 
-def _frame(preds: dict, labels: np.ndarray) -> pd.DataFrame:
-    rows = [{"arm": arm, "variant": arm.split(".")[0], "width": 0.25, "epochs": 2, "seed": s,
-             "test_acc": float((p == labels).mean()), "pred": p} for (arm, s), p in preds.items()]
+def _frame(preds: dict, labels: np.ndarray, val: dict | None = None) -> pd.DataFrame:
+    rows = [{"arm": arm, "seed": s, "test_acc": float((p == labels).mean()), "pred": p,
+             "val_acc": (val or {}).get((arm, s), 0.9), "collapsed": (val or {}).get((arm, s), 0.9) < 0.5}
+            for (arm, s), p in preds.items()]
     return pd.DataFrame(rows)
 
 
-def test_breakdown_per_class_confidence_and_teacher_right_on_hand_made_predictions(tmp_path):
-    """Ten test images of two classes. The teacher is wrong on images 8 and 9 and unsure on 0 and 1. With two
-    seeds, kd gains exactly the images listed below over raw, so every subset's gain is known by hand."""
+def test_inherited_errors_collapse_and_the_cap_on_hand_made_predictions(tmp_path):
+    """Ten test images. Teacher main is wrong on images 8 and 9. Every number below is counted by hand: a
+    student's agreement with the teacher, its accuracy where the teacher is right and wrong; a run below
+    q1.collapse is left out of its arm's pairs and counted; the cap is the student minus its teacher."""
     q = q1.load(_write(tmp_path / "p.yaml", SMALL))
     labels = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
-    teacher = {"labels": labels, "pred": np.array([0, 0, 0, 0, 0, 1, 1, 1, 0, 0]),
-               "confidence": np.array([0.5, 0.55, 0.95, 0.999, 0.995, 0.97, 0.98, 0.999, 0.7, 0.8])}
-    raw = np.array([0, 0, 0, 1, 1, 1, 1, 1, 0, 0])   # wrong on 3, 4 (class 0) and 8, 9 (class 1)
-    kd0 = np.array([0, 0, 0, 0, 1, 1, 1, 1, 0, 0])   # seed 0: also right on 3
-    kd1 = np.array([0, 0, 0, 0, 0, 1, 1, 1, 0, 1])   # seed 1: also right on 3, 4 and 9
-    df = _frame({("raw", 0): raw, ("raw", 1): raw, ("kd.main", 0): kd0, ("kd.main", 1): kd1}, labels)
-    br = q1_report.breakdown(q, df, teacher, ["zero", "one"])
-    # class 0 (5 images): raw 3/5; kd 4/5 and 5/5: gains 0.2 and 0.4, mean 0.3
-    assert br["class"]["zero"]["diff"] == pytest.approx(0.3) and br["class"]["zero"]["images"] == 5
-    # class 1: raw 3/5; kd 3/5 and 4/5: gains 0 and 0.2
-    assert br["class"]["one"]["diff"] == pytest.approx(0.1)
-    # confidence bins [0, .6): images 0, 1 (no change); [.6, .9): 8, 9 (seed 1 gains 9: 0 and 0.5);
-    # [.9, .99): 2, 5, 6 (no change); [.99, 1]: 3, 4, 7 (raw 1/3; kd 2/3 and 3/3)
-    conf = br["confidence"]
-    assert [c["images"] for c in conf.values()] == [2, 2, 3, 3]
-    assert [c["diff"] for c in conf.values()] == pytest.approx([0.0, 0.25, 0.0, 0.5])
-    # teacher wrong on 8, 9: gain (0 + 0.5) / 2; right on the other 8: (1/8 + 2/8) / 2
-    assert br["teacher"]["teacher wrong"]["diff"] == pytest.approx(0.25)
-    assert br["teacher"]["teacher right"]["diff"] == pytest.approx(0.1875)
-    assert br["teacher"]["teacher right"]["raw_acc"] == pytest.approx(6 / 8)
-    # each table is its own Holm family (a subset where no seed changes has no p, and no adjusted p)
-    assert all("p_holm" in c for kind in br.values() for c in kind.values())
+    teachers = {"main": {"labels": labels, "pred": np.array([0, 0, 0, 0, 0, 1, 1, 1, 0, 0]), "test_acc": 0.8},
+                "small": {"labels": labels, "pred": labels.copy(), "test_acc": 1.0}}
+    raw = np.array([0, 0, 0, 1, 1, 1, 1, 1, 0, 0])   # = teacher on 8 of 10; right 6 of the teacher's right 8
+    kd0 = np.array([0, 0, 0, 0, 1, 1, 1, 1, 0, 0])   # seed 0: agrees on 9; right on 7 of 8, 0 of 2
+    kd1 = np.array([0, 0, 0, 0, 0, 1, 1, 1, 0, 1])   # seed 1: agrees on 9; right on 8 of 8, 1 of 2
+    kd2 = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0, 0])   # seed 2: collapsed (validation 0.3)
+    preds = {("raw-e1", 0): raw, ("raw-e1", 1): raw, ("raw-e1", 2): raw,
+             ("kd.main-e1", 0): kd0, ("kd.main-e1", 1): kd1, ("kd.main-e1", 2): kd2}
+    df = _frame(preds, labels, {("kd.main-e1", 2): 0.3})
+    inh = q1_report.inherited(q, df, teachers)
+    assert inh["raw-e1"]["teacher"] == "main" and inh["raw-e1"]["teacher_wrong"] == 2
+    assert inh["raw-e1"]["agreement"]["mean"] == pytest.approx(0.8)
+    assert inh["raw-e1"]["teacher_right"]["mean"] == pytest.approx(6 / 8)
+    assert inh["kd.main-e1"]["agreement"]["mean"] == pytest.approx(0.9) and inh["kd.main-e1"]["agreement"]["n"] == 2
+    assert inh["kd.main-e1"]["teacher_right"]["mean"] == pytest.approx((7 / 8 + 1) / 2)
+    assert inh["kd.main-e1"]["teacher_wrong_acc"]["mean"] == pytest.approx(0.25)
+    rows = q1_report.arm_rows(q, df)
+    assert (rows["kd.main-e1"]["collapsed"], rows["kd.main-e1"]["runs"], rows["raw-e1"]["collapsed"]) == (1, 3, 0)
+    c = q1_report.compare(df, teachers, "kd.main-e1 - raw-e1")  # seeds 0 and 1: gains 0.1 and 0.3
+    assert (c["n"], c["diff"]) == (2, pytest.approx(0.2))
+    cap = q1_report.compare(df, teachers, "kd.main-e1 - teacher")  # 0.7 and 0.9 against the teacher's 0.8
+    assert (cap["n"], cap["diff"], cap["b"]) == (2, pytest.approx(0.0, abs=1e-12), "teacher")
+    assert (cap["ci_low"], cap["ci_high"]) == pytest.approx((-0.1 * 12.7062, 0.1 * 12.7062), rel=1e-4)  # t(1)
 
 
 def fake_study(root, q, teacher_acc=0.9, kd_gain=0.02, seed=0):
-    """The files a trained study leaves (q1_cache and q1_student), with made-up predictions: kd and its kin are
+    """The files a trained study and its pilot leave, with made-up predictions: the students reading a teacher are
     right on ``kd_gain`` more of the test images than raw."""
     rng = np.random.default_rng(seed)
     n, classes = 400, 10
@@ -193,6 +215,7 @@ def fake_study(root, q, teacher_acc=0.9, kd_gain=0.02, seed=0):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(obj))
 
+    dump(root / q1_report.PILOT_JSON, {"adopted": "r", "power": {"sd": 0.4}})
     for name in q.cached:
         acc = teacher_acc if name == q.teacher else teacher_acc - 0.2
         pred = noisy(acc, rng)
@@ -206,10 +229,10 @@ def fake_study(root, q, teacher_acc=0.9, kd_gain=0.02, seed=0):
     for name, t in q.teachers.items():
         dump(root / q1.METRICS / "teachers" / f"{name}.curve.json",
              {"teacher": name, "val_curve": np.linspace(0.5, teacher_acc, t.epochs).tolist()})
-    for variant, teacher, width, epochs in q1_report.expected_runs(q):
+    for variant, teacher, width, epochs in q1.students(q):
         for s in q.seeds:
             rs = np.random.default_rng([seed, s, epochs, int(100 * width)])
-            acc = 0.8 + 0.01 * epochs + (kd_gain if variant != "raw" else 0.0) + rs.normal(0, 0.002)
+            acc = 0.8 + 0.01 * epochs + (kd_gain if teacher else 0.0) + rs.normal(0, 0.002)
             pred = noisy(acc, rs)
             name = q1.student_name(variant, teacher, width, epochs, s)
             test_acc = float((pred == labels).mean())
@@ -221,31 +244,37 @@ def fake_study(root, q, teacher_acc=0.9, kd_gain=0.02, seed=0):
 
 
 def test_report_from_a_hand_made_study(in_tmp):
+    """Every declared family Holm-adjusted over exactly its comparisons and worded with a verdict; the seeds the
+    pilot's SD asks for per family; the plateau rule; the inherited errors; pictures, findings and headline."""
     raw = {**SMALL["q1"], "seeds": [0, 1, 2, 3]}
     q = q1.load(_write(in_tmp / "p.yaml", {"q1": raw}))
     p = params.from_dict(shipped_with({}))
     fake_study(in_tmp, q, kd_gain=0.05)
     a = q1_report.run_q1_report(p, q)
     head = json.loads((in_tmp / q1_report.HEADLINE_JSON).read_text())
-    # every budget's comparisons, Holm-adjusted over the 2 budgets x 3 comparisons
-    assert set(head["budget"]) == {"e1", "e2"}
-    assert set(head["budget"]["e2"]) == {"raw", "kd_vs_raw", "kd_correct_only_vs_raw", "kd_correct_only_vs_kd"}
-    comps = a["budget"]["comparisons"]
-    assert len(comps) == 6
-    assert stats.holm({k: c["p"] for k, c in comps.items()}) == {k: c["p_holm"] for k, c in comps.items()}
+    assert set(a["families"]) == set(head) - {"teachers", "arms", "raw_last_quarter_val_gain"} == set(q.families)
+    for name, comparisons in q.families.items():
+        fam = a["families"][name]
+        assert list(fam) == comparisons
+        assert stats.holm({k: c["p"] for k, c in fam.items()}) == {k: c["p_holm"] for k, c in fam.items()}
+        assert all(c["verdict"] in ("above", "below", "equivalent", "inconclusive") for c in fam.values())
     # the made-up kd gain of 5 points on 400 images shows, and is worded from the adjusted p
-    assert head["budget"]["e2"]["kd_vs_raw"]["gain"] == pytest.approx(5, abs=3)
-    assert set(head["capacity"]) == {"w0.25", "w0.5"} and set(head["quality"]) == {"main_e1", "main"}
-    assert set(head["controls"]) == {"kd_correct_clean_vs_kd", "kd_correct_clean_vs_raw", "kd_wrong_only_vs_kd",
-                                     "kd_wrong_only_vs_raw"}
+    kd = head["kd_vs_labels"]["kd.main-e2-raw-e2"]
+    assert kd["gain"] == pytest.approx(5, abs=3)
+    assert a["families"]["kd_vs_labels"]["kd.main-e2 - raw-e2"]["verdict"] == "above"
+    assert a["families"]["kd_vs_labels"]["kd.main-e2 - raw-e2"]["margin"] == pytest.approx(q.effect / 100)
+    # seeds from the pilot's SD (0.4 points) for each family's Holm level, and what the 4 seeds detect
+    pw = a["power"]["families"]
+    assert pw["kd_vs_labels"]["needed"] == stats.seeds_for(0.4, q.effect, 0.05 / 3, 0.8)
+    assert pw["cap"]["detectable"] == pytest.approx(stats.detectable(0.4, 4, 0.05 / 2, 0.8))
+    assert a["plateau"]["gain"] == pytest.approx(a["arms"]["raw-e2"]["val"] - a["arms"]["raw-e1"]["val"])
+    assert a["plateau"]["plateaued"] is False  # the made-up raw gains a point per epoch
+    assert set(a["inherited"]) == {q1.arm_name(v, t, e) for v, t, _, e in q1.students(q)}
     report = (in_tmp / q1_report.REPORT_MD).read_text()
-    for picture in ("gain_vs_budget.png", "gain_vs_teacher.png", "student_vs_teacher.png", "curves.png"):
+    for picture in ("arms.png", "student_vs_teacher.png", "curves.png"):
         assert f"]({picture})" in report and (in_tmp / "reports/q1" / picture).stat().st_size > 1000
-    # accuracy intervals stay within [0, 100]
-    for s in (x for e in a["budget"]["acc"].values() for x in e.values()):
+    assert "## Inherited errors" in report and "not plateaued" in report
+    for s in (r["test"] for r in a["arms"].values()):
         assert 0 <= s["ci_low"] <= s["mean"] <= s["ci_high"] <= 1
     findings = (in_tmp / q1_report.FINDINGS_MD).read_text()
-    assert "Does the KD gain survive a converged student?" in findings
-    assert "Holm" in findings and "match or beat its teacher" in findings
-    analysis = json.loads((in_tmp / q1_report.ANALYSIS_JSON).read_text())
-    assert set(analysis["breakdown"]) == {"class", "confidence", "teacher"}
+    assert "Does KD cap the student at its teacher?" in findings and "Holm" in findings and "**above**" in findings

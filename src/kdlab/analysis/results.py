@@ -89,7 +89,6 @@ def _not_default(rows: list[tuple[dict, Path]]) -> list[tuple[dict, Path]]:
 
 def _named(p: Params) -> list[tuple[dict, Path]]:
     """The named studies' runs, where their params files are: (identity with the study's key, metrics file)."""
-    from kdlab.analysis.q1_report import expected_runs
     from kdlab.pipeline import q1, q23
 
     flat, rows = flatten(p), []
@@ -97,7 +96,7 @@ def _named(p: Params) -> list[tuple[dict, Path]]:
         q = q1.load()
         key = tracking.study_key({**flat, **q1.study_params(q)})
         rows += _teachers("q1", key, 1, q.teachers, q1.METRICS)
-        for variant, teacher, width, epochs in expected_runs(q):
+        for variant, teacher, width, epochs in q1.students(q):
             for seed in q.seeds:
                 name = q1.student_name(variant, teacher, width, epochs, seed)
                 rows.append(({"study": key, "question": 1, "run": f"q1/{name}", "group": name.rsplit("-s", 1)[0],

@@ -1,23 +1,24 @@
 """Question 1 in depth, the named study in ``studies/q1`` (``make q1``): does distillation cap the student?
 
 Its params are ``studies/q1/params.yaml`` (section ``q1``, checked by :func:`load`); data, views, the cache's
-views, ``train.*`` and ``loss.*`` are the default study's (params.yaml). Every run trains on a seeded subset of
-the prepared training split (``q1.train_images``) and chooses its checkpoint on a seeded subset of the
-validation split (``q1.val_images``), so that a dozen budgets, sizes and teachers fit in the 2-core CPU's time.
+views, ``train.*`` and ``loss.*`` are the default study's (params.yaml), ``q1.recipe`` (the recipe the pilot
+adopted) overrides the training recipe of every run. Every run trains on a seeded subset of the prepared
+training split (``q1.train_images``; a teacher may have its own, larger one) and chooses its checkpoint on a
+seeded subset of the validation split (``q1.val_images``).
 
-Stages (``kdlab train --study studies/q1/params.yaml RUN``, ``kdlab q1_cache``; ``q1_report`` is
-:mod:`kdlab.analysis.q1_report`), the runs named as :func:`runs` lists them:
+Stages (``kdlab train --study studies/q1/params.yaml RUN``, ``kdlab q1_cache``; ``q1_pilot`` is
+:mod:`kdlab.pipeline.pilot`, ``q1_report`` :mod:`kdlab.analysis.q1_report`), the runs named as :func:`runs` lists
+them:
 
-- ``train teachers/RUN``: trains ``q1.teachers[RUN]`` on the labels, keeping its best-on-validation
-  state (``final.pt``) and its weights at the end of each of its ``snapshots`` epochs (``e<k>.pt``): the
-  early-stopped teachers of the same run.
-- ``q1_cache --teacher T``: ``T`` is a run (its final state) or ``RUN_e<k>`` (a snapshot). The teacher's logits
-  on the cached views of the subset (as :mod:`kdlab.pipeline.cache`), whether it is right on each clean training image,
-  its accuracy on validation and test, how many training views and images it gets wrong, and its test
-  predictions with their confidence.
-- ``train students/V.T-wW-eE-sS`` (``raw-wW-eE-sS``: no teacher): the student ``q1.student`` at width W
-  trained E epochs with the distillation method V (``raw``: labels only) from teacher T's cache; writes its
-  metrics and its test predictions.
+- ``train teachers/RUN``: trains ``q1.teachers[RUN]`` on the labels, keeping its best-on-validation state
+  (``final.pt``).
+- ``q1_cache --teacher T``: the teacher's logits on the cached views of the subset (as
+  :mod:`kdlab.pipeline.cache`), whether it is right on each clean training image, its accuracy on validation and
+  test, how many training views and images it gets wrong, and its test predictions with their confidence.
+- ``train students/V.T-wW-eE-sS`` (``raw-wW-eE-sS``, ``ls-...``: on the labels alone): the student
+  ``q1.student`` trained E epochs with the method V from teacher T (its cache, or its model for ``kd_online``);
+  writes its metrics and its test predictions. An arm (:func:`arm_name`: ``kd.main-e30``) is a method, teacher
+  and budget over ``q1.seeds``; :func:`students` lists them.
 
 Every file is tensors or plain data (:func:`kdlab.infra.io.load_torch`, JSON).
 """
@@ -65,19 +66,18 @@ class Q1:
     subset_seed: int = 0
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
     teachers: dict[str, TeacherRun] = dataclasses.field(default_factory=dict)
-    #: the converged teacher of the budget and capacity arms
+    #: the teacher of the budget arms (``variants`` at every budget)
     teacher: str = "main"
     #: every teacher with a logit cache (a run, or a snapshot ``<run>_e<k>``) -> the run it comes from, so that
     #: its cache stage depends on that run's directory alone (dvc.yaml)
     cached: dict[str, str] = dataclasses.field(default_factory=dict)
     student: StudentSpec = StudentSpec()
-    #: student epochs: raw and every one of ``variants`` at each
+    #: student epochs: raw, every one of ``labels`` and every one of ``variants`` at each
     budgets: list[int] = dataclasses.field(default_factory=list)
+    #: methods on the labels alone besides raw (``ls``: the control for KD's regularisation)
+    labels: list[str] = dataclasses.field(default_factory=list)
+    #: methods distilled from ``teacher`` at every budget
     variants: list[str] = dataclasses.field(default_factory=list)
-    #: the budget of the capacity arms (one of ``budgets``)
-    converged: int = 15
-    #: student widths (besides student.width) trained raw and kd at the last budget; the teacher's = born-again
-    widths: list[float] = dataclasses.field(default_factory=list)
     #: the other teachers, each distilled with kd at ``quality_epochs``
     quality: list[str] = dataclasses.field(default_factory=list)
     quality_epochs: int = 5
@@ -87,11 +87,23 @@ class Q1:
     #: the training recipe of every run and cache of the study (a :class:`kdlab.pipeline.study.Recipe`, as the
     #: pilot adopted it; its lr is every teacher's and the student's); empty: the default study's train.*
     recipe: dict = dataclasses.field(default_factory=dict)
+    #: the families of comparisons the report tests, declared before the runs (Holm within each family): family
+    #: -> comparisons ``"A - B"`` of arms (:func:`arm_name`), or ``"A - teacher"`` (the student minus the accuracy
+    #: of the teacher it was distilled from)
+    families: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    #: the smallest effect of interest and the equivalence margin (points)
+    effect: float = 0.5
+    #: raw has plateaued at the last budget when it gains less than this (points, validation) over the budget
+    #: before it
+    plateau: float = 0.2
+    #: a run whose final validation accuracy is below this (points) has collapsed: the report counts it and leaves
+    #: its seed out of its arm's pairs (declared before the runs, never averaged in)
+    collapse: float = 50.0
     #: the recipe pilot's params (kdlab pilot: :mod:`kdlab.pipeline.pilot` reads and checks them)
     pilot: dict = dataclasses.field(default_factory=dict)
 
     def check(self) -> None:
-        check_study("q1", self, self.widths)
+        check_study("q1", self)
         for name, t in self.teachers.items():
             if "_e" in name:
                 raise ParamsError(f"q1.teachers.{name}", "a run's name may not contain `_e` (snapshots are <run>_e<k>)")
@@ -110,30 +122,47 @@ class Q1:
                 raise ParamsError("q1.quality", f"{t!r} is not in q1.cached {list(self.cached)}")
         if not self.budgets or any(b < 1 for b in self.budgets) or sorted(set(self.budgets)) != self.budgets:
             raise ParamsError("q1.budgets", f"strictly increasing epochs, at least one: {self.budgets}")
-        if self.converged not in self.budgets:
-            raise ParamsError("q1.converged", f"{self.converged} must be one of q1.budgets {self.budgets}")
         if self.teacher in self.quality or self.control_teacher == self.teacher:
             raise ParamsError("q1.quality", f"the other teachers (quality, control_teacher) must not include "
                               f"q1.teacher {self.teacher!r}: its arms are the budget arms")
-        if self.student.width in self.widths:
-            raise ParamsError("q1.widths", f"{self.student.width} is q1.student.width, trained at every budget")
         if self.quality_epochs not in self.budgets:
             raise ParamsError("q1.quality_epochs", f"{self.quality_epochs} must be one of q1.budgets {self.budgets} "
                               f"(its raw and kd arms are the budget arms')")
-        for key in ("variants", "controls", "quality"):
+        for key in ("labels", "variants", "controls", "quality"):
             no_duplicates(f"q1.{key}", getattr(self, key))
-        for key in ("variants", "controls"):
-            for v in getattr(self, key):
-                choice(f"q1.{key}", v, distill.names())
-                if v == "raw":
-                    raise ParamsError(f"q1.{key}", "raw (labels only) is the baseline, trained at every budget already; "
-                                      "list distillation methods here")
+        for m in self.labels:
+            choice("q1.labels", m, distill.names())
+            cls = distill.method_class(m)
+            if m == "raw" or cls.uses_teacher_logits or cls.uses_teacher_model or cls.builds_from_teacher:
+                raise ParamsError("q1.labels", f"{m}: list methods on the labels alone other than raw (the baseline)")
+        positive("q1.effect", self.effect)
+        positive("q1.plateau", self.plateau)
+        positive("q1.collapse", self.collapse)
         r = recipe(self)
         if r is not None:
             for key, lr in [*((f"q1.teachers.{n}.lr", t.lr) for n, t in self.teachers.items()),
                             ("q1.student.lr", self.student.lr)]:
                 if lr != r.lr:
                     raise ParamsError(key, f"{lr} is not q1.recipe.lr {r.lr}: the recipe's lr is every run's")
+
+        for key in ("variants", "controls"):
+            for v in getattr(self, key):
+                choice(f"q1.{key}", v, distill.names())
+                if v == "raw":
+                    raise ParamsError(f"q1.{key}", "raw (labels only) is the baseline, trained at every budget already; "
+                                      "list distillation methods here")
+        known = {arm_name(v, t, e) for v, t, _, e in students(self)}
+        for fam, comparisons in self.families.items():
+            if not comparisons:
+                raise ParamsError(f"q1.families.{fam}", "at least one comparison")
+            no_duplicates(f"q1.families.{fam}", comparisons)
+            for c in comparisons:
+                a, _, b = c.partition(" - ")
+                if a not in known or (b not in known and b != "teacher") or a == b:
+                    raise ParamsError(f"q1.families.{fam}", f"{c!r} is not `A - B` or `A - teacher` of two arms "
+                                      f"of the study ({', '.join(sorted(known))})")
+                if b == "teacher" and arm_teacher(a) is None:
+                    raise ParamsError(f"q1.families.{fam}", f"{c!r}: {a} has no teacher")
 
 
 def teacher_source(q: Q1, name: str) -> tuple[str, int | None]:
@@ -182,6 +211,17 @@ def student_name(variant: str, teacher: str | None, width: float, epochs: int, s
     return f"{head}-w{float(width)}-e{epochs}-s{seed}"
 
 
+def arm_name(variant: str, teacher: str | None, epochs: int) -> str:
+    """An arm of the study (its runs over q1.seeds): ``kd.main-e30``, ``raw-e40``."""
+    return f"{variant if teacher is None else variant + '.' + teacher}-e{epochs}"
+
+
+def arm_teacher(arm: str) -> str | None:
+    """The teacher of an arm named by :func:`arm_name` (None: on the labels)."""
+    head = arm.rsplit("-e", 1)[0]
+    return head.split(".", 1)[1] if "." in head else None
+
+
 def study_params(q: Q1) -> dict:
     """The study's params a run logs and resumes by (the pilot's are the pilot runs' own)."""
     return flatten_dict({k: v for k, v in dataclasses.asdict(q).items() if k != "pilot"}, "q1.")
@@ -221,11 +261,11 @@ def student_spec(p: Params, q: Q1, variant: str, teacher: str | None, width: flo
 
 
 def students(q: Q1) -> list[tuple[str, str | None, float, int]]:
-    """(variant, teacher, width, epochs) of every student group of the study (studies/q1/dvc.yaml's arms), each
-    over q1.seeds."""
+    """(variant, teacher, width, epochs) of every arm of the study (studies/q1/dvc.yaml's stages), each over
+    q1.seeds."""
     w = q.student.width
-    out = [("raw", None, w, e) for e in q.budgets] + [(v, q.teacher, w, e) for v in q.variants for e in q.budgets]
-    out += [(v, t, width, q.converged) for width in q.widths for v, t in (("raw", None), ("kd", q.teacher))]
+    out = [(m, None, w, e) for m in ("raw", *q.labels) for e in q.budgets]
+    out += [(v, q.teacher, w, e) for v in q.variants for e in q.budgets]
     out += [("kd", t, w, q.quality_epochs) for t in q.quality]
     out += [(v, q.control_teacher, w, q.quality_epochs) for v in q.controls]
     return list(dict.fromkeys(out))
