@@ -249,16 +249,18 @@ def test_kdlab_results_lists_the_named_studies_runs_too(in_tmp, capsys):
     write(in_tmp / "metrics/teacher.json", 0.9)
     write(in_tmp / "metrics/q1/teachers/main.json", 0.88)
     write(in_tmp / f"metrics/q1/students/kd.main-w0.5-e{a.budgets[0]}-s0.json", 0.85)
-    write(in_tmp / "metrics/q1/students/raw-w1.0-e30-s2.json", 0.86)
+    write(in_tmp / f"metrics/q1/students/raw-w0.5-e{a.budgets[-1]}-s2.json", 0.86)
     write(in_tmp / f"metrics/q23/students/kd.carved-e{b.epochs}-s1.json", 0.84)
     write(in_tmp / f"metrics/q23/students/kd.pruned-e{b.epochs}-s0.json", 0.83)
     df = results.run_results(p, in_tmp / "all.csv", named=True)
     by_run = df.set_index("run")
     assert set(by_run.index) == {"teacher", "q1/teacher.main", f"q1/kd.main-w0.5-e{a.budgets[0]}-s0",
-                                 "q1/raw-w1.0-e30-s2", f"q23/kd.carved-e{b.epochs}-s1", f"q23/kd.pruned-e{b.epochs}-s0"}
+                                 f"q1/raw-w0.5-e{a.budgets[-1]}-s2", f"q23/kd.carved-e{b.epochs}-s1",
+                                 f"q23/kd.pruned-e{b.epochs}-s0"}
     kd = by_run.loc[f"q1/kd.main-w0.5-e{a.budgets[0]}-s0"]
     assert (kd.question, kd.variant, kd.teacher, kd.width, kd.seed, kd.test_acc) == (1, "kd", "main", 0.5, 0, 0.85)
-    assert pd.isna(by_run.loc["q1/raw-w1.0-e30-s2", "teacher"]) and by_run.loc["q1/raw-w1.0-e30-s2", "width"] == 1.0
+    raw = by_run.loc[f"q1/raw-w0.5-e{a.budgets[-1]}-s2"]
+    assert pd.isna(raw.teacher) and (raw.width, raw.variant) == (0.5, "raw")
     carved, pruned = by_run.loc[f"q23/kd.carved-e{b.epochs}-s1"], by_run.loc[f"q23/kd.pruned-e{b.epochs}-s0"]
     assert (carved.question, carved.init, carved.variant, carved.teacher) == (2, "carved", "kd", b.teacher)
     assert (pruned.question, pruned.init) == (3, "pruned")
@@ -269,6 +271,6 @@ def test_kdlab_results_lists_the_named_studies_runs_too(in_tmp, capsys):
     # the default study's teacher, student and budget describe its own rows only; data and loss are every study's
     assert by_run.loc["teacher", "student.epochs"] == p.student.epochs
     assert pd.isna(kd["student.epochs"]) and pd.isna(carved["teacher.arch"]) and kd["loss.alpha"] == p.loss.alpha
-    assert "metrics/q1/students/kd.main-w0.5-e30-s0.json" in df.attrs["missing"]
+    assert f"metrics/q1/students/kd.main-w0.5-e{a.budgets[-1]}-s0.json" in df.attrs["missing"]
     assert "default: 1, q1: 3, q23: 2" in capsys.readouterr().out
     assert list(results.frame(p).run) == ["teacher"]  # the report stage's table: the default study alone

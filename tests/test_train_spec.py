@@ -115,8 +115,8 @@ def test_an_unknown_run_is_refused_with_the_studys_runs(in_tmp, capsys):
     err = capsys.readouterr().err
     assert "no run 'students/kd-99' in the default study" in err and "students/kd-0" in err
     q1 = str(REPO / "studies/q1/params.yaml")  # the run after --study, as dvc.yaml writes it
-    assert cli.main(["train", "--study", q1, "students/kd.main-w0.5-e16-s0"]) == 2
-    assert "the closest: students/kd.main-w0.5-e15-s0" in capsys.readouterr().err
+    assert cli.main(["train", "--study", q1, "students/kd.main-w0.5-e31-s0"]) == 2
+    assert "the closest: students/kd.main-w0.5-e30-s0" in capsys.readouterr().err
     assert cli.main(["cache", "students/kd-0"]) == 2
     assert "no other command takes one" in capsys.readouterr().err
     assert not (in_tmp / "models").exists()
