@@ -26,7 +26,20 @@ import pandas as pd
 
 from kdlab.analysis import stats
 from kdlab.analysis.present import plt, table
-from kdlab.analysis.study_report import call, errorbar, family, gain, holm_gain, interval, pct, publish, said, short
+from kdlab.analysis.study_report import (
+    ALPHA,
+    POWER,
+    call,
+    errorbar,
+    family,
+    gain,
+    holm_gain,
+    interval,
+    pct,
+    publish,
+    said,
+    short,
+)
 from kdlab.infra import io
 from kdlab.pipeline.params import Params, with_overrides
 from kdlab.pipeline.q1 import (
@@ -94,9 +107,8 @@ def load_teachers(q: Q1) -> dict[str, dict]:
         t = io.load_json(TESTS / f"teacher.{name}.json", REBUILD)
         curve = io.load_json(METRICS / "teachers" / f"{run}.curve.json", REBUILD)["val_curve"]
         r = q.teachers[run]
-        out[name] = {**c, "pred": digits(t["pred"]), "labels": digits(t["labels"]),
-                     "confidence": np.asarray(t["confidence"], dtype=float), "val_curve": curve, "arch": r.arch,
-                     "width": r.width, "epochs": r.epochs, "images": r.train_images or q.train_images}
+        out[name] = {**c, "pred": digits(t["pred"]), "labels": digits(t["labels"]), "val_curve": curve,
+                     "arch": r.arch, "width": r.width, "epochs": r.epochs, "images": r.train_images or q.train_images}
     return out
 
 
@@ -174,8 +186,8 @@ def power(q: Q1, pilot: dict) -> dict:
     for name, comparisons in q.families.items():
         m = len(comparisons)
         out["families"][name] = {
-            "size": m, "needed": None if sd is None else stats.seeds_for(sd, q.effect, 0.05 / m, 0.8),
-            "detectable": None if sd is None else stats.detectable(sd, len(q.seeds), 0.05 / m, 0.8)}
+            "size": m, "needed": None if sd is None else stats.seeds_for(sd, q.effect, ALPHA / m, POWER),
+            "detectable": None if sd is None else stats.detectable(sd, len(q.seeds), ALPHA / m, POWER)}
     return out
 
 
@@ -191,6 +203,11 @@ def _arm(arm: str) -> str:
 
 def _side(c: dict) -> str:
     return "its teacher" if c["b"] == "teacher" else _arm(c["b"])
+
+
+def _label(c: dict) -> str:
+    """A comparison as the params declare it: `` `kd.main-e40` - `raw-e40` ``, `` `kd.big-e30` - teacher ``."""
+    return f"{_arm(c['a'])} - {'teacher' if c['b'] == 'teacher' else _arm(c['b'])}"
 
 
 def render(p: Params, q: Q1, a: dict) -> str:
@@ -234,7 +251,7 @@ def render(p: Params, q: Q1, a: dict) -> str:
     lines += [table(pd.DataFrame(arows, columns=["arm", "test % [95% CI]", "val %", "collapsed"])), ""]
     for name, fam in a["families"].items():
         lines += [f"## {QUESTIONS.get(name, name)} (`{name}`)", ""]
-        frows = [[f"{_arm(c['a'])} - {'teacher' if c['b'] == 'teacher' else _arm(c['b'])}", gain(c), said(c)]
+        frows = [[_label(c), gain(c), said(c)]
                  for c in fam.values()]
         lines += [table(pd.DataFrame(frows, columns=["comparison", "difference (points)", "verdict"])), ""]
         lines += [f"- {call(_arm(c['a']), _side(c), c)}" for c in fam.values()]
@@ -266,7 +283,7 @@ def findings(p: Params, q: Q1, a: dict) -> str:
                      f"{q.plateau}).")
     for name, fam in fams.items():
         lines.append(f"- **{QUESTIONS.get(name, name)}** " + "; ".join(
-            f"{_arm(c['a'])} - {'teacher' if c['b'] == 'teacher' else _arm(c['b'])}: {short(c)}, **{said(c)}**"
+            f"{_label(c)}: {short(c)}, **{said(c)}**"
             for c in fam.values()) + ".")
     inh = a["inherited"]
     lines.append("- **Inherited errors:** on the test images the teacher gets wrong, accuracy " + "; ".join(
