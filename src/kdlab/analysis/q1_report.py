@@ -240,7 +240,7 @@ def render(p: Params, q: Q1, a: dict) -> str:
     lines += [table(pd.DataFrame(trows, columns=["teacher", "model", "training images", "epochs", "test %",
                                                  "study's training images wrong %"])), "",
               "## Arms", "",
-              f"Raw's validation accuracy by budget: " + ", ".join(
+              "Raw's validation accuracy by budget: " + ", ".join(
                   f"{e} epochs " + ("every run collapsed" if v is None else f"{100 * v:.2f}%") for e, v in pl["val"].items())
               + (f". From {q.budgets[-2]} to {q.budgets[-1]} epochs (the last quarter) raw gains {100 * pl['gain']:+.2f} "
                  f"points: {'plateaued' if pl['plateaued'] else 'not plateaued'} by the declared rule (gain under "

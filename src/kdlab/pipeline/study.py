@@ -115,11 +115,10 @@ def check_recipe(r: Recipe, key: str) -> None:
         raise ParamsError(f"{key}.views", f"'all' or a positive count, got {r.views}")
 
 
-def check_study(section: str, q, widths=()) -> None:
+def check_study(section: str, q) -> None:
     """What every named study's params must satisfy, checked like the root's (:class:`ModelParams`), each error
-    naming its key: its seeds, every teacher run (architecture, width, epochs, lr, seed, subset size), the
-    student and its other ``widths``."""
-    from kdlab.core.models import ARCHS
+    naming its key: its seeds, every teacher run (architecture, width, epochs, lr, seed, subset size) and the
+    student."""
     from kdlab.pipeline.params import check_seed
 
     if not q.seeds:
@@ -134,11 +133,6 @@ def check_study(section: str, q, widths=()) -> None:
         ModelParams(t.arch, t.width, t.epochs, t.lr, t.seed).check(key)
         positive(f"{key}.train_images", t.train_images, strict=False)
     ModelParams(q.student.arch, q.student.width, 1, q.student.lr, 0).check(f"{section}.student")
-    no_duplicates(f"{section}.widths", list(widths))
-    for w in widths:
-        positive(f"{section}.widths", w)
-        if w != 1.0 and not ARCHS[q.student.arch].has_width:
-            raise ParamsError(f"{section}.widths", f"{q.student.arch} has no width multiplier")
 
 
 def subset(q) -> Subset:
