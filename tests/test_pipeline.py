@@ -263,8 +263,10 @@ Q1_TINY = {"q1": {
                  "small": {"arch": "resnet8", "width": 0.25, "epochs": 1, "lr": 0.1, "seed": 0, "train_images": 300}},
     "teacher": "main", "cached": {"main": "main", "small": "small"}, "student": {"arch": "resnet8", "width": 0.25, "lr": 0.1},
     "budgets": [1], "labels": ["ls"], "variants": ["kd", "kd_online"], "quality": ["small"], "quality_epochs": 1,
+    "long": {"budgets": [2], "epochs": 2, "labels": ["ls"], "variants": ["kd"]},
     "control_teacher": "small", "controls": ["kd_correct_clean"],
-    "families": {"kd_vs_labels": ["kd.main-e1 - raw-e1", "kd.main-e1 - ls-e1"], "cap": ["kd.small-e1 - teacher"]},
+    "families": {"kd_vs_labels": ["kd.main-e1 - raw-e1", "kd.main-e1 - ls-e1"], "cap": ["kd.small-e1 - teacher"],
+                 "kd_vs_labels_long": ["kd.main-e2 - raw-e2"]},
     "collapse": 1.0,  # the tiny runs reach 20-40% on validation: none of them has collapsed
     "pilot": {"teacher": {"arch": "resnet8", "width": 0.5, "seed": 0}, "student": {"arch": "resnet8", "width": 0.25},
               "seeds": [0, 1], "epochs": 2, "arms": ["raw", "kd"], "val_images": 60, "max_sd": 50.0, "max_drop": 100.0,
@@ -273,7 +275,8 @@ Q1_TINY = {"q1": {
                   "b": {"lr": 0.05, "schedule": "onecycle", "warmup": 0.2, "batch_size": 64, "ema": 0.9, "views": "all", "compile": False}}}}}
 Q1_STAGES = {"q1_pilot", "q1_teacher@main", "q1_teacher@small", "q1_cache@main", "q1_cache@small", "q1_raw@1-0",
              "q1_labels@ls-1-0", "q1_kd@kd-1-0", "q1_kd@kd_online-1-0", "q1_quality@small-0",
-             "q1_controls@kd_correct_clean-0", "q1_report"}
+             "q1_controls@kd_correct_clean-0", "q1_long_raw@2-0", "q1_long_labels@ls-0", "q1_long_kd@kd-0",
+             "q1_report"}
 
 
 def test_question_1_in_depth_is_its_own_pipeline(repo, tmp_path):
@@ -285,7 +288,7 @@ def test_question_1_in_depth_is_its_own_pipeline(repo, tmp_path):
     head = json.loads((root / "metrics/q1/headline.json").read_text())
     assert {"teachers", "arms", "kd_vs_labels", "cap"} <= set(head)
     assert set(head["arms"]) == {"raw-e1", "ls-e1", "kd.main-e1", "kd_online.main-e1", "kd.small-e1",
-                                 "kd_correct_clean.small-e1"}
+                                 "kd_correct_clean.small-e1", "raw-e2", "ls-e2", "kd.main-e2"}
     cache = json.loads((root / "metrics/q1/caches/small.json").read_text())
     assert 0 <= cache["train_views_wrong"] <= 1 and 0 <= cache["train_images_wrong"] <= 1
     report = (root / "reports/q1/report.md").read_text()
@@ -312,8 +315,8 @@ def test_question_1_in_depth_is_its_own_pipeline(repo, tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("kdlab").experiment_id], max_results=500)
     q1_runs = [r for r in runs if "q1.budgets" in r.data.params]
     parents = {r.data.tags.get("mlflow.parentRunId") for r in q1_runs if r.data.tags.get("kdlab.role") != "study"}
-    # 8 training runs (2 teachers, 6 students) and the report's, under one parent: the caches log no run
-    assert len(parents) == 1 and len(q1_runs) == 8 + 1 + 1, [r.info.run_name for r in q1_runs]
+    # 11 training runs (2 teachers, 9 students) and the report's, under one parent: the caches log no run
+    assert len(parents) == 1 and len(q1_runs) == 11 + 1 + 1, [r.info.run_name for r in q1_runs]
 
 
 Q23_TINY = {"q23": {

@@ -46,6 +46,13 @@ def test_the_shipped_study_params_load_and_name_every_arm():
     assert q1.student_name("kd", "main", 1.0, 15, 2) == "kd.main-w1.0-e15-s2"
     assert q1.student_name("raw", None, 0.5, 2, 0) == "raw-w0.5-e2-s0"
     assert (q1.arm_teacher("kd_online.main-e30"), q1.arm_teacher("ls-e40")) == ("main", None)
+    # the longer budgets: raw at each, the long arms at the last alone, and none of the other variants there
+    last = q.long.epochs
+    assert last == q.long.budgets[-1] and q.long.budgets[0] > q.budgets[-1]
+    assert {q1.arm_name("raw", None, e) for e in q.long.budgets} <= names
+    assert {a for a in names if a.endswith(f"-e{last}")} == (
+        {q1.arm_name(m, None, last) for m in ("raw", *q.long.labels)}
+        | {q1.arm_name(v, q.teacher, last) for v in q.long.variants})
 
 
 @pytest.mark.parametrize("change, key", [
@@ -65,6 +72,13 @@ def test_the_shipped_study_params_load_and_name_every_arm():
     ({"collapse": -1}, "q1.collapse"),
     # issue 31, item 3: a named study's params checked like the root's, one line naming the key
     ({"budgets": [1, 1, 2]}, "q1.budgets"),
+    # the longer budgets (q1.long): longer than q1.budgets, its arms at the last, from the study's own lists
+    ({"long": {"budgets": [2, 3], "epochs": 3, "labels": ["ls"], "variants": []}}, "q1.long.budgets"),
+    ({"long": {"budgets": [4, 3], "epochs": 4, "labels": [], "variants": ["kd"]}}, "q1.long.budgets"),
+    ({"long": {"budgets": [3, 4], "epochs": 3, "labels": ["ls"], "variants": []}}, "q1.long.epochs"),
+    ({"long": {"budgets": [], "epochs": 4, "labels": [], "variants": ["kd"]}}, "q1.long.epochs"),
+    ({"long": {"budgets": [3, 4], "epochs": 4, "labels": ["ls"], "variants": ["kd_online"]}}, "q1.long.variants"),
+    ({"long": {"budgets": [3, 4], "epochs": 4, "labels": ["ls", "ls"], "variants": []}}, "q1.long.labels"),
     ({"variants": ["kd", "kd"]}, "q1.variants"),
     ({"variants": ["raw"]}, "q1.variants"),                    # raw is the baseline at every budget already
     ({"controls": ["kd_correct_clean", "kd_correct_clean"]}, "q1.controls"),

@@ -60,6 +60,17 @@ SNAPSHOT = re.compile(r"^(?P<run>.+)_e(?P<epoch>\d+)$")
 
 
 @dataclasses.dataclass(frozen=True)
+class Long:
+    """Longer budgets, for the comparison of KD and the labels where raw has plateaued: raw at each of
+    ``budgets`` (the plateau rule reads its last two), ``labels`` and ``variants`` (from ``q1.teacher``) at
+    ``epochs``, the last of them. Empty: none."""
+    budgets: list[int] = dataclasses.field(default_factory=list)
+    epochs: int = 0
+    labels: list[str] = dataclasses.field(default_factory=list)
+    variants: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
 class Q1:
     train_images: int = 5000
     val_images: int = 2000
@@ -78,6 +89,8 @@ class Q1:
     labels: list[str] = dataclasses.field(default_factory=list)
     #: methods distilled from ``teacher`` at every budget
     variants: list[str] = dataclasses.field(default_factory=list)
+    #: longer budgets for raw, and for some of ``labels`` and ``variants`` at the last of them (:class:`Long`)
+    long: Long = Long()
     #: the other teachers, each distilled with kd at ``quality_epochs``
     quality: list[str] = dataclasses.field(default_factory=list)
     quality_epochs: int = 5
@@ -102,6 +115,21 @@ class Q1:
     #: the recipe pilot's params (kdlab pilot: :mod:`kdlab.pipeline.pilot` reads and checks them)
     pilot: dict = dataclasses.field(default_factory=dict)
 
+    def _check_long(self) -> None:
+        lg = self.long
+        if any(b < 1 for b in lg.budgets) or sorted(set(lg.budgets)) != lg.budgets:
+            raise ParamsError("q1.long.budgets", f"strictly increasing epochs: {lg.budgets}")
+        if lg.budgets and lg.budgets[0] <= self.budgets[-1]:
+            raise ParamsError("q1.long.budgets", f"{lg.budgets} must all be longer than q1.budgets {self.budgets}")
+        if (lg.labels or lg.variants) and lg.epochs != (lg.budgets or [None])[-1]:
+            raise ParamsError("q1.long.epochs", f"{lg.epochs} must be the last of q1.long.budgets {lg.budgets} "
+                              "(where raw runs too)")
+        for key, listed in (("labels", self.labels), ("variants", self.variants)):
+            no_duplicates(f"q1.long.{key}", getattr(lg, key))
+            for m in getattr(lg, key):
+                if m not in listed:
+                    raise ParamsError(f"q1.long.{key}", f"{m!r} is not in q1.{key} {listed}")
+
     def check(self) -> None:
         check_study("q1", self)
         for name, t in self.teachers.items():
@@ -125,6 +153,7 @@ class Q1:
         if self.teacher in self.quality or self.control_teacher == self.teacher:
             raise ParamsError("q1.quality", f"the other teachers (quality, control_teacher) must not include "
                               f"q1.teacher {self.teacher!r}: its arms are the budget arms")
+        self._check_long()
         if self.quality_epochs not in self.budgets:
             raise ParamsError("q1.quality_epochs", f"{self.quality_epochs} must be one of q1.budgets {self.budgets} "
                               f"(its raw and kd arms are the budget arms')")
@@ -266,6 +295,9 @@ def students(q: Q1) -> list[tuple[str, str | None, float, int]]:
     w = q.student.width
     out = [(m, None, w, e) for m in ("raw", *q.labels) for e in q.budgets]
     out += [(v, q.teacher, w, e) for v in q.variants for e in q.budgets]
+    out += [("raw", None, w, e) for e in q.long.budgets]
+    out += [(m, None, w, q.long.epochs) for m in q.long.labels]
+    out += [(v, q.teacher, w, q.long.epochs) for v in q.long.variants]
     out += [("kd", t, w, q.quality_epochs) for t in q.quality]
     out += [(v, q.control_teacher, w, q.quality_epochs) for v in q.controls]
     return list(dict.fromkeys(out))
