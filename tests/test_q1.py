@@ -243,6 +243,7 @@ def fake_study(root, q, teacher_acc=0.9, kd_gain=0.02, seed=0):
     for name, t in q.teachers.items():
         dump(root / q1.METRICS / "teachers" / f"{name}.curve.json",
              {"teacher": name, "val_curve": np.linspace(0.5, teacher_acc, t.epochs).tolist()})
+        dump(root / q1.METRICS / "teachers" / f"{name}.json", {"test_acc": teacher_acc, "wall_seconds": 600.0})
     for variant, teacher, width, epochs in q1.students(q):
         for s in q.seeds:
             rs = np.random.default_rng([seed, s, epochs, int(100 * width)])
@@ -250,7 +251,8 @@ def fake_study(root, q, teacher_acc=0.9, kd_gain=0.02, seed=0):
             pred = noisy(acc, rs)
             name = q1.student_name(variant, teacher, width, epochs, s)
             test_acc = float((pred == labels).mean())
-            dump(root / q1.METRICS / "students" / f"{name}.json", {"test_acc": test_acc, "params": int(1e4 * width)})
+            dump(root / q1.METRICS / "students" / f"{name}.json", {"test_acc": test_acc, "params": int(1e4 * width),
+                                                                   "wall_seconds": 30.0 * epochs})
             dump(root / q1.TESTS / f"{name}.json", {
                 "variant": variant, "teacher": teacher, "arch": "resnet8", "width": width, "epochs": epochs,
                 "seed": s, "test_acc": test_acc, "val_acc": acc, "val_curve": np.linspace(0.5, acc, epochs).tolist(),
@@ -260,13 +262,14 @@ def fake_study(root, q, teacher_acc=0.9, kd_gain=0.02, seed=0):
 def test_report_from_a_hand_made_study(in_tmp):
     """Every declared family Holm-adjusted over exactly its comparisons and worded with a verdict; the seeds the
     pilot's SD asks for per family; the plateau rule; the inherited errors; pictures, findings and headline."""
-    raw = {**SMALL["q1"], "seeds": [0, 1, 2, 3]}
+    raw = {**SMALL["q1"], "seeds": [0, 1, 2, 3],
+           "long": {"budgets": [3, 5], "epochs": 5, "labels": ["ls"], "variants": ["kd"]}}
     q = q1.load(_write(in_tmp / "p.yaml", {"q1": raw}))
     p = params.from_dict(shipped_with({}))
     fake_study(in_tmp, q, kd_gain=0.05)
     a = q1_report.run_q1_report(p, q)
     head = json.loads((in_tmp / q1_report.HEADLINE_JSON).read_text())
-    assert set(a["families"]) == set(head) - {"teachers", "arms", "raw_last_quarter_val_gain"} == set(q.families)
+    assert set(a["families"]) == set(head) - {"teachers", "arms", "raw_val_gain"} == set(q.families)
     for name, comparisons in q.families.items():
         fam = a["families"][name]
         assert list(fam) == comparisons
@@ -281,13 +284,27 @@ def test_report_from_a_hand_made_study(in_tmp):
     pw = a["power"]["families"]
     assert pw["kd_vs_labels"]["needed"] == stats.seeds_for(0.4, q.effect, 0.05 / 3, 0.8)
     assert pw["cap"]["detectable"] == pytest.approx(stats.detectable(0.4, 4, 0.05 / 2, 0.8))
-    assert a["plateau"]["gain"] == pytest.approx(a["arms"]["raw-e2"]["val"] - a["arms"]["raw-e1"]["val"])
-    assert a["plateau"]["plateaued"] is False  # the made-up raw gains a point per epoch
+    # the plateau rule at the last two of q1.budgets and of q1.long.budgets: the made-up raw gains a point an epoch
+    checks = a["plateau"]["checks"]
+    assert [(c["from"], c["to"]) for c in checks] == [(1, 2), (3, 5)]
+    for c in checks:
+        v = a["arms"][f"raw-e{c['to']}"]["val"] - a["arms"][f"raw-e{c['from']}"]["val"]
+        assert c["gain"] == pytest.approx(v) and c["gain"] == pytest.approx(0.01 * (c["to"] - c["from"]), abs=0.005)
+        assert c["plateaued"] is False
+    assert head["raw_val_gain"] == {"1-2": round(100 * checks[0]["gain"], 2), "3-5": round(100 * checks[1]["gain"], 2)}
+    assert set(a["arms"]) >= {"raw-e3", "raw-e5", "ls-e5", "kd.main-e5"} and "ls-e3" not in a["arms"]
+    # the wall time the runs recorded: every student, each teacher run once
+    runs = [(e, 4) for *_, e in q1.students(q)]
+    assert a["compute"] == {"students": sum(30.0 * e * n for e, n in runs), "teachers": 1200.0,
+                            "student_runs": 4 * len(runs), "teacher_runs": 2}
     assert set(a["inherited"]) == {q1.arm_name(v, t, e) for v, t, _, e in q1.students(q)}
     report = (in_tmp / q1_report.REPORT_MD).read_text()
     for picture in ("arms.png", "student_vs_teacher.png", "curves.png"):
         assert f"]({picture})" in report and (in_tmp / "reports/q1" / picture).stat().st_size > 1000
-    assert "## Inherited errors" in report and "not plateaued" in report
+    assert "## Inherited errors" in report
+    assert "from 1 to 2 epochs" in report and "from 3 to 5 epochs" in report and "(not plateaued)" in report
+    hours = round((a["compute"]["students"] + 1200) / 60)
+    assert f"Compute: {hours // 60} h {hours % 60} min of training wall time" in report
     for s in (r["test"] for r in a["arms"].values()):
         assert 0 <= s["ci_low"] <= s["mean"] <= s["ci_high"] <= 1
     findings = (in_tmp / q1_report.FINDINGS_MD).read_text()
