@@ -321,8 +321,8 @@ def findings(p: Params, q: Q1, a: dict) -> str:
              f"{_hours(a['compute'])}; `kdlab q1_report` writes this from `metrics/q1/`; details in "
              f"`reports/q1/report.md`):", ""]
     if pl["checks"]:
-        lines.append(f"- **Has raw plateaued?** Its validation accuracy gains {_plateau_words(q, pl)} (rule: under "
-                     f"{q.plateau}).")
+        lines.append(f"- **Has raw plateaued?** Its validation accuracy gains {_plateau_words(q, pl)}; the rule: "
+                     f"under {q.plateau} points.")
     for name, fam in fams.items():
         lines.append(f"- **{QUESTIONS.get(name, name)}** " + "; ".join(
             f"{_label(c)}: {short(c)}, **{said(c)}**"
