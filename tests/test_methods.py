@@ -100,13 +100,16 @@ def test_dkd_by_hand_and_its_known_case():
     # float32 inside: the binary KL of a tiny difference keeps about 5 significant digits
     assert got_t.item() == pytest.approx(tckd, rel=1e-4)
     assert got_n.item() == pytest.approx(nckd, rel=1e-5)
-    # the method: CE + warm-up ramp x (alpha TCKD + beta NCKD); epoch 1 of a 2-epoch warm-up is half way
+    # the method: CE + warm-up ramp x (alpha TCKD + beta NCKD), the ramp per step: the end of epoch 1 of a 2-epoch
+    # warm-up is half way, its first step of 50 a hundredth of the way, and after the warm-up the weight stays 1
     m = distill.build("dkd", _p(dkd={"alpha": 1.0, "beta": 8.0, "warmup": 2.0}))
-    m.begin_epoch(1)
-    _, terms = m(nn.Identity(), Batch(torch.tensor([s]), torch.tensor([y]), teacher_logits=torch.tensor([t])))
-    assert terms["tckd"].item() == pytest.approx(0.5 * tckd, rel=1e-4)
-    assert terms["nckd"].item() == pytest.approx(0.5 * 8 * nckd, rel=1e-5)
-    assert terms["ce"].item() == pytest.approx(-math.log(_softmax(s)[y]), rel=1e-5)
+    one = Batch(torch.tensor([s]), torch.tensor([y]), teacher_logits=torch.tensor([t]))
+    for progress, ramp in ((1.0, 0.5), (1 / 50, 0.01), (2.0, 1.0), (7.5, 1.0)):
+        m.begin_step(progress)
+        _, terms = m(nn.Identity(), one)
+        assert terms["tckd"].item() == pytest.approx(ramp * tckd, rel=1e-4)
+        assert terms["nckd"].item() == pytest.approx(ramp * 8 * nckd, rel=1e-5)
+        assert terms["ce"].item() == pytest.approx(-math.log(_softmax(s)[y]), rel=1e-5)
     # Zhao et al.'s identity: KD = TCKD + (1 - p_teacher(target)) NCKD, per sample
     g = torch.Generator().manual_seed(0)
     s, t, y = torch.randn(16, 7, generator=g) * 3, torch.randn(16, 7, generator=g) * 3, torch.randint(0, 7, (16,), generator=g)
@@ -234,7 +237,7 @@ def test_extractors_tap_the_model_itself_and_stop_at_the_deepest_tap():
                                   "init_teacher", "init_random"])
 def test_every_method_compiles_as_one_graph_and_matches_eager(name):
     """train.fit runs ``torch.compile(method)``: no graph break (fullgraph), the same terms as eager, and no
-    recompilation when the epoch changes (DKD's warm-up)."""
+    recompilation when the epoch or the step changes (DKD's warm-up, per step)."""
     torch._dynamo.reset()  # compiled code is cached per code object, and methods share forward()
     torch.manual_seed(0)
     p = _p(dkd={"warmup": 2.0}, fitnet={"layers": ["layer1", "layer3"]}, init_teacher={"keep": [[0], [0], [0]]})
@@ -249,8 +252,9 @@ def test_every_method_compiles_as_one_graph_and_matches_eager(name):
     student.train()
     m.train()
     with torch._dynamo.config.patch(error_on_recompile=True):
-        for epoch in (1, 2):
+        for epoch, progress in ((1, 0.5), (2, 1.5)):
             m.begin_epoch(epoch)
+            m.begin_step(progress)
             _, want = m(student, batch)
             _, got = step(student, batch)
             assert set(got) == set(want)

@@ -251,19 +251,19 @@ def test_kdlab_results_lists_the_named_studies_runs_too(in_tmp, capsys):
     write(in_tmp / f"metrics/q1/students/kd.main-w0.5-e{a.budgets[0]}-s0.json", 0.85)
     write(in_tmp / f"metrics/q1/students/raw-w0.5-e{a.budgets[-1]}-s2.json", 0.86)
     write(in_tmp / f"metrics/q23/students/kd.carved-e{b.epochs}-s1.json", 0.84)
-    write(in_tmp / f"metrics/q23/students/kd.pruned-e{b.epochs}-s0.json", 0.83)
+    write(in_tmp / f"metrics/q23/students/kd.pruned-l1-it-x0.5-e{b.epochs}-s0.json", 0.83)
     df = results.run_results(p, in_tmp / "all.csv", named=True)
     by_run = df.set_index("run")
     assert set(by_run.index) == {"teacher", "q1/teacher.main", f"q1/kd.main-w0.5-e{a.budgets[0]}-s0",
                                  f"q1/raw-w0.5-e{a.budgets[-1]}-s2", f"q23/kd.carved-e{b.epochs}-s1",
-                                 f"q23/kd.pruned-e{b.epochs}-s0"}
+                                 f"q23/kd.pruned-l1-it-x0.5-e{b.epochs}-s0"}
     kd = by_run.loc[f"q1/kd.main-w0.5-e{a.budgets[0]}-s0"]
     assert (kd.question, kd.variant, kd.teacher, kd.width, kd.seed, kd.test_acc) == (1, "kd", "main", 0.5, 0, 0.85)
     raw = by_run.loc[f"q1/raw-w0.5-e{a.budgets[-1]}-s2"]
     assert pd.isna(raw.teacher) and (raw.width, raw.variant) == (0.5, "raw")
-    carved, pruned = by_run.loc[f"q23/kd.carved-e{b.epochs}-s1"], by_run.loc[f"q23/kd.pruned-e{b.epochs}-s0"]
+    carved, pruned = by_run.loc[f"q23/kd.carved-e{b.epochs}-s1"], by_run.loc[f"q23/kd.pruned-l1-it-x0.5-e{b.epochs}-s0"]
     assert (carved.question, carved.init, carved.variant, carved.teacher) == (2, "carved", "kd", b.teacher)
-    assert (pruned.question, pruned.init) == (3, "pruned")
+    assert (pruned.question, pruned.init, pruned.group) == (3, "pruned", f"kd.pruned-l1-it-x0.5-e{b.epochs}")
     flat = flatten(p)
     assert by_run.loc["q1/teacher.main", "study"] == tracking.study_key({**flat, **q1.study_params(a)})
     assert carved.study == tracking.study_key({**flat, **q23.study_params(b)})

@@ -106,12 +106,13 @@ def _named(p: Params) -> list[tuple[dict, Path]]:
         q = q23.load()
         key = tracking.study_key({**flat, **q23.study_params(q)})
         rows += _teachers("q23", key, 2, q.teachers, q23.METRICS)
-        for arm, init, epochs in q23.expected_students(q):
-            for seed in q.seeds:
-                name = q23.student_name(arm, init, epochs, seed)
-                rows.append(({"study": key, "question": 3 if init in ("pruned", "shape") else 2, "run": f"q23/{name}",
-                              "group": name.rsplit("-s", 1)[0], "variant": q.arms[arm].method, "seed": seed,
-                              "init": init, "arch": q.student.arch, "teacher": q.teacher, "width": q.student.width},
+        for g in q23.groups(q):
+            for seed in g.seeds:
+                name = q23.student_name(g, seed)
+                question = 3 if g.init in ("pruned", "shape") or g.arm in q.selective else 2
+                rows.append(({"study": key, "question": question, "run": f"q23/{name}", "group": g.name,
+                              "variant": q.arms[g.arm].method, "seed": seed, "init": g.init, "arch": q.student.arch,
+                              "teacher": q.teacher, "width": q.student.width},
                              q23.METRICS / "students" / f"{name}.json"))
     return _not_default(rows)
 

@@ -261,6 +261,7 @@ def fit(model: nn.Module, method: nn.Module, batches: TrainBatches,
         step_start = time.perf_counter()
         for i, batch in enumerate(bar, start=1):
             n = len(batch.labels)
+            method.begin_step(epoch - 1 + i / len(batches))
             # an uneven last batch under DDP: each rank's mean weighs by its share, so the all-reduced gradient
             # is the global batch's mean
             scale = n * world / batches.global_batch(i) if world > 1 else 1.0

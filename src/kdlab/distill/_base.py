@@ -61,8 +61,10 @@ class Method(nn.Module):
             raise RuntimeError(f"method {self.name} runs the teacher but none was attached")
         return self._teacher[0]
 
-    def attach(self, student: nn.Module, teacher: nn.Module | None, example: torch.Tensor) -> None:
-        """Called once before training, with a batch of (normalised) images, to build shape-dependent parts."""
+    def attach(self, student: nn.Module, teacher: nn.Module | None, example: torch.Tensor,
+               labels: torch.Tensor | None = None) -> None:
+        """Called once before training, with a batch of (normalised) images and their labels, to build
+        shape-dependent parts (and whatever a method measures on the teacher first)."""
         if teacher is not None:
             teacher.eval().requires_grad_(False)
             self._teacher = [teacher]
@@ -73,6 +75,10 @@ class Method(nn.Module):
 
     def begin_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def begin_step(self, progress: float) -> None:
+        """Called before every training step with the epochs trained so far, the step included (``epoch - 1 +
+        step / steps_per_epoch``: 1/steps at the first step): for a method whose weights ramp in per step."""
 
     def ce(self, logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         return nn.functional.cross_entropy(logits, labels, label_smoothing=self.label_smoothing, reduction=reduction)

@@ -50,8 +50,10 @@ class FeatureMethod(KD):
         if opts.beta < 0:
             raise self.fail("beta", f"must be >= 0, got {opts.beta}")
 
-    def attach(self, student, teacher, example):
-        super().attach(student, teacher, example)
+    def attach(self, student, teacher, example, labels=None):
+        super().attach(student, teacher, example, labels)
+        # what a build() that measures the teacher reads (fitnet_select's loss importance), dropped after it
+        self._calibration = (example, labels)
         key = f"methods.{self.name}.layers"
         check_paths(student, self.opts.layers, key, "student")
         check_paths(teacher, self.opts.layers, key, "teacher")
@@ -63,6 +65,7 @@ class FeatureMethod(KD):
             _, fs, ft = self.tapped(example)
         self._taps[0].train(was_training)
         self.build(fs, ft)
+        self._calibration = None
 
     def train(self, mode: bool = True):
         super().train(mode)

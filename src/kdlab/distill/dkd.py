@@ -1,8 +1,9 @@
 """Decoupled KD (Zhao et al. 2022), from cached logits. The KD loss splits into a target-class term
 (TCKD: KL between the binary [p_target, 1 - p_target] distributions) and a non-target term (NCKD: KL between
 the distributions over the other classes), with KD = TCKD + (1 - p_teacher_target) * NCKD. DKD weighs
-them alpha and beta instead, ramped in linearly over the first ``warmup`` epochs; CE keeps weight 1.
-Temperature: loss.temperature."""
+them alpha and beta instead, ramped in linearly per step over the first ``warmup`` epochs (the paper: 20 of
+240, by epoch; here per step, so that no step before the end of the warm-up has the full weight); CE keeps weight
+1. Temperature: loss.temperature."""
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,7 @@ from kdlab.distill._base import Method
 class DKDOptions:
     alpha: float = 1.0
     beta: float = 8.0
-    warmup: float = 1.0   # epochs
+    warmup: float = 1.0   # epochs (a fraction of one allowed), ramped per step
 
 
 def tckd_nckd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
@@ -54,11 +55,11 @@ class DKD(Method):
         super().__init__(loss, options, label_smoothing, **overrides)
         # a tensor, not a Python float: a compiled step would be recompiled for every new value
         self.register_buffer("ramp", torch.ones(()), persistent=False)
-        self.begin_epoch(1)
+        self.begin_step(1.0)
 
-    def begin_epoch(self, epoch: int) -> None:
-        super().begin_epoch(epoch)
-        self.ramp.fill_(min(epoch / self.opts.warmup, 1.0) if self.opts.warmup > 0 else 1.0)
+    def begin_step(self, progress: float) -> None:
+        """``progress``: epochs trained, the coming step included; the weight is ``progress / warmup``, at most 1."""
+        self.ramp.fill_(min(progress / self.opts.warmup, 1.0) if self.opts.warmup > 0 else 1.0)
 
     def forward(self, student, batch):
         logits = student(batch.images)

@@ -15,8 +15,8 @@ class KDCorrectClean(KD):
     reads_clean_correct = True
     clean_correct = None
 
-    def attach(self, student, teacher, example) -> None:
-        super().attach(student, teacher, example)
+    def attach(self, student, teacher, example, labels=None) -> None:
+        super().attach(student, teacher, example, labels)
         if self.clean_correct is None:
             raise StageError("kd_correct_clean reads the teacher's correctness on each clean training image, which "
                              "only question 1's study records (studies/q1, kdlab q1_cache)")

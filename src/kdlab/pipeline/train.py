@@ -162,9 +162,10 @@ def train(p: Params, spec: RunSpec) -> dict:
         t, teacher = _teacher(spec, ctx, resume_key)
     model, arch = _initial_model(spec, method, ctx, t, teacher, resume_key)
     batches = _batches(p, spec, ctx, method, resume_key)
-    train_images = ctx.splits["train"]["images"]
+    train_images, train_labels = ctx.splits["train"]["images"], ctx.splits["train"]["labels"]
     method.attach(model, teacher if method.uses_teacher_model else None,
-                  ctx.normalize(train_images[:spec.calibration_images].to(ctx.device)))
+                  ctx.normalize(train_images[:spec.calibration_images].to(ctx.device)),
+                  train_labels[:spec.calibration_images].to(ctx.device))
     method.to(ctx.device)
     return _fit_and_write(p, spec, ctx, method, model, batches, arch, resume_key)
 
