@@ -67,7 +67,8 @@ q1: setup
 	dvc push -q studies/q1/dvc.yaml
 	$(BIN)/kdlab readme
 
-# questions 2 and 3 with their controls: their own pipeline (studies/q23/dvc.yaml), about an hour here
+# questions 2 and 3: their own pipeline (studies/q23/dvc.yaml); what dvc-remote/ holds is pulled, not retrained
+# (training all of it: about 2 hours here two stages at a time with scripts/parallel_repro.py, longer one at a time)
 q23: setup
 	$(BIN)/python -m kdlab.warm start >/dev/null
 	dvc repro --pull studies/q23/dvc.yaml

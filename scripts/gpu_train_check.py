@@ -9,7 +9,7 @@ cut to a few epochs, eager (not compiled). It trains, each through :func:`kdlab.
 :class:`kdlab.pipeline.spec.RunSpec`: the default study's teacher, its cache, students raw, kd, kd_online (fresh
 views, the teacher run online), init_random (carved from a channels_last teacher, then re-initialised), a
 pruned teacher and its pruned and shape students; question 2/3's teacher with snapshots on its subset, its cache
-and a carved student with snapshots. The GPU machine has no MLflow: the tracking calls go to a stand-in that
+and a carved student. The GPU machine has no MLflow: the tracking calls go to a stand-in that
 records nothing (the files train() writes are the real ones). Prints and writes each run's accuracy, best epoch,
 seconds and the files it wrote.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -96,23 +97,26 @@ def main() -> int:
     for init in ("prune", "shape"):
         run(f"pruned/{init}-0", lambda init=init: stages.pruned_spec(p, 1.0, p.prune.criterion, init, "kd", 0))
     raw_q = yaml.safe_load((REPO / "studies/q23/params.yaml").read_text())["q23"]
-    raw_q.update(epochs=epochs + 1, snapshots=[0, 1], seeds=[0],
+    raw_q.update(epochs=epochs + 1, seeds=[0], families={},
                  teachers={k: {**t, "epochs": epochs + 1, "snapshots": [1]} for k, t in raw_q["teachers"].items()})
     if args.smoke:
         raw_q.update(train_images=200, val_images=100, calibration_images=32, cka_images=32)
+    # the compute-matched budgets of these epochs: the teacher's (and the pruning's KD steps) plus the student's
+    per_epoch = math.ceil(raw_q["train_images"] / raw_q["recipe"]["batch_size"])
+    pr = raw_q["prune"]
+    raw_q["matched"] = {"carved": 2 * (epochs + 1), "pruned": 2 * (epochs + 1) + math.ceil(
+        (pr["steps"] - 1) * pr["finetune_steps"] / per_epoch)}
     Path("studies/q23").mkdir(parents=True)
     Path(q23.STUDY).write_text(yaml.safe_dump({"q23": raw_q}))
     q = q23.load()
     q_runs = q23.runs(p, q)
     run(f"q23 teachers/{q.teacher}", q_runs[f"teachers/{q.teacher}"])
     q23.run_q23_cache(p, q)
-    name = q23.student_name("kd", "carved", q.epochs, 0)
+    name = q23.student_name(q23.Group("kd", "carved", q.epochs), 0)
     run(f"q23 students/{name}", q_runs[f"students/{name}"])
-    snaps = sorted(x.name for x in (q23.SNAPSHOTS / name).iterdir())
     teacher_snaps = sorted(x.name for x in (q23.TEACHERS / q.teacher).iterdir())
     out = {"device": dev, "torch": torch.__version__, "epochs": {"teacher": epochs + 1, "student": epochs},
-           "precision": workspace.context(p, 0).precision, "runs": rows,
-           "q23_student_snapshots": snaps, "q23_teacher_files": teacher_snaps}
+           "precision": workspace.context(p, 0).precision, "runs": rows, "q23_teacher_files": teacher_snaps}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({k: v for k, v in out.items() if k != "runs"}))

@@ -320,51 +320,72 @@ def test_question_1_in_depth_is_its_own_pipeline(repo, tmp_path):
 
 
 Q23_TINY = {"q23": {
-    "train_images": 200, "val_images": 60, "subset_seed": 0, "seeds": [0],
+    "train_images": 200, "val_images": 60, "subset_seed": 0,
+    "recipe": {"lr": 0.1, "schedule": "cosine", "warmup": 0.1, "batch_size": 100, "ema": 0.0, "views": 4, "compile": False},
+    "seeds": [0], "curve_seeds": [0, 1],
     "teachers": {"a": {"arch": "resnet14", "width": 0.25, "epochs": 2, "lr": 0.1, "seed": 0},
                  "b": {"arch": "resnet14", "width": 0.25, "epochs": 2, "lr": 0.1, "seed": 1}},
     "teacher": "a", "reference": "b", "student": {"arch": "resnet8", "width": 0.25, "lr": 0.1}, "epochs": 2,
-    "arms": {"raw": {"method": "raw"}, "kd": {"method": "kd"}, "fitnet": {"method": "fitnet", "options": {"kd": False}},
-             "rkd": {"method": "rkd", "options": {"kd": False}},
-             "top_k": {"method": "fitnet_select", "options": {"kd": False, "select": "top", "k": 0.25}},
-             "random_k": {"method": "fitnet_select", "options": {"kd": False, "select": "random", "k": 0.25}}},
-    "transfer": ["raw", "kd", "fitnet", "rkd"], "selective": ["top_k", "random_k"], "carved": ["kd", "raw"],
-    "keep": [[0], [0], [0]], "matched_epochs": 3, "pruned": ["kd"],
-    "prune": {"size": 1.5, "small": 0.95, "criteria": ["l1", "random"], "iterative": "l1", "steps": 2,
-              "finetune_steps": 2, "calibration_images": 32, "recalibration_images": 100, "max_ratio": 0.95},
-    "snapshots": [0, 1], "cka_images": 40, "calibration_images": 32}}
-Q23_STAGES = {"q23_teacher@a", "q23_teacher@b", "q23_cache", *(f"q23_transfer@{a}-0" for a in ("raw", "kd", "fitnet", "rkd")),
-              "q23_selective@top_k-0", "q23_selective@random_k-0", "q23_carved@kd-0", "q23_carved@raw-0",
-              "q23_matched@0", "q23_prune", "q23_pruned@kd-pruned-0", "q23_pruned@kd-shape-0", "q23_cka", "q23_report"}
+    "arms": {"raw": {"method": "raw"}, "kd": {"method": "kd"}, "fitnet": {"method": "fitnet", "options": {"kd": True}},
+             "top_k": {"method": "fitnet_select", "options": {"select": "top", "k": 0.25, "importance": "loss"}},
+             "random_k": {"method": "fitnet_select", "options": {"select": "random", "k": 0.25}}},
+    "transfer": ["raw", "kd", "fitnet"], "selective": ["top_k", "random_k"], "carved": ["kd", "raw"],
+    "keep": [[0], [0], [0]],
+    "prune": {"sizes": [1.5], "criteria_size": 1.5, "criteria": ["l1", "random"], "small": 0.95, "iterative": "l1",
+              "steps": 2, "finetune_steps": 2, "calibration_images": 32, "recalibration_images": 100,
+              "max_ratio": 0.95},
+    "matched": {"carved": 4, "pruned": 5},  # 2 teacher epochs (+ 2 KD steps between 2 pruning steps: 1 epoch) + 2
+    "effect": 0.5, "collapse": {"below_median": 10.0, "floor": 0.0},  # the tiny runs reach 20-40%: none collapses
+    "families": {"vs_labels": ["kd.random-e2 - raw.random-e2", "fitnet.random-e2 - raw.random-e2"],
+                 "weights": ["kd.carved-e2 - kd.random-e2", "kd.carved-e2 - kd.random-e4"],
+                 "selective": ["top_k.random-e2 - random_k.random-e2"],
+                 "criteria": ["kd.pruned-l1-x1.5-e2 - kd.pruned-random-x1.5-e2"],
+                 "curve": ["kd.pruned-l1-it-x1.5-e2 - kd.shape-l1-it-x1.5-e5",
+                           "kd.shape-l1-it-x1.5-e5 - raw.shape-l1-it-x1.5-e5"]},
+    "cka_images": 40, "calibration_images": 32}}
+Q23_STAGES = {"q23_teacher@a", "q23_teacher@b", "q23_cache", "q23_prune",
+              *(f"q23_transfer@{a}-0" for a in ("raw", "kd", "fitnet")), "q23_selective@top_k-0", "q23_selective@random_k-0",
+              "q23_carved@kd-0", "q23_carved@raw-0", "q23_matched@kd-0", "q23_matched@raw-0", "q23_criteria@l1-0",
+              "q23_criteria@random-0", *(f"q23_curve@1.5-{s}" for s in (0, 1)),
+              *(f"q23_curve_shape@{a}-1.5-{s}" for a in ("kd", "raw") for s in (0, 1)), "q23_shape@0", "q23_shape@1",
+              "q23_cka", "q23_report"}
 
 
 def test_questions_2_and_3_with_controls_are_their_own_pipeline(repo, tmp_path):
     """studies/q23/dvc.yaml on the default study's prepared data: the default repro runs none of it; its repro
     runs exactly its stages, each listing the src/ files it ran; the carved student has the student's shape, the
-    pruning diagnosis, CKA (with its reference and snapshots) and the report come out, and a second repro has
-    nothing to do."""
+    matched arms train the declared epochs, every pruned teacher the students start from is saved (recalibrated),
+    CKA covers the students from random and carved weights, the report states every family and the trade-off,
+    and a second repro has nothing to do."""
     root, env = repo
     _run_named_study(root, env, tmp_path, "q23", Q23_TINY, Q23_STAGES)
-    carved = json.loads((root / "metrics/q23/students/kd.carved-e2-s0.json").read_text())
-    scratch = json.loads((root / "metrics/q23/students/kd.random-e2-s0.json").read_text())
+    students = root / "metrics/q23/students"
+    carved = json.loads((students / "kd.carved-e2-s0.json").read_text())
+    scratch = json.loads((students / "kd.random-e2-s0.json").read_text())
     assert carved["params"] == scratch["params"]  # resnet14 with one block a layer is resnet8
-    assert sorted(p.name for p in (root / "models/q23/snapshots/kd.carved-e2-s0").iterdir()) == ["e0.pt", "e1.pt"]
+    assert json.loads((students / "kd.random-e4-s0.json").read_text())["epochs"] == 4
+    assert json.loads((students / "raw.shape-l1-it-x1.5-e5-s1.json").read_text())["epochs"] == 5
+    pruned = json.loads((students / "kd.pruned-l1-it-x1.5-e2-s0.json").read_text())
+    shape = json.loads((students / "kd.shape-l1-it-x1.5-e5-s0.json").read_text())
+    assert pruned["params"] == shape["params"] != scratch["params"]
     prune = json.loads((root / "metrics/q23/prune.json").read_text())
-    assert set(prune["models"]) == {"teacher", "blocks", "iterative.l1", *(f"{r}.{c}" for c in ("l1", "random") for r in
-                                    ("channels", "blocks+channels", "channels+blocks"))}
-    assert all(m["params"] <= prune["small_target"] for k, m in prune["models"].items() if "+" in k)
-    assert prune["chosen"] in {"channels.l1", "channels.random", "iterative.l1"}
+    assert sorted(p.name for p in (root / "models/q23/pruned").iterdir()) == [
+        "l1-it-x1.5.pt", "l1-x1.5.pt", "random-x1.5.pt"]
+    assert {"teacher", "blocks", "l1-it-x1.5", "l1-x1.5", "random-x1.5", "blocks+channels.l1-x0.95",
+            "channels+blocks.random-x0.95"} <= set(prune["models"])
+    assert prune["models"]["l1-it-x1.5"]["params"] <= prune["targets"]["x1.5"]
     cka = json.loads((root / "metrics/q23/cka.json").read_text())
-    assert set(cka["training"]) == {"kd.carved-e2-s0", "kd.random-e2-s0", "raw.carved-e2-s0", "raw.random-e2-s0"}
-    assert list(cka["training"]["kd.carved-e2-s0"]) == ["0", "1", "kept"]
+    assert {"kd.carved-e2-s0", "kd.random-e2-s0", "top_k.random-e2-s0"} <= set(cka["students"])
+    assert not any("pruned" in n or "shape" in n or "-e4-" in n for n in cka["students"])
     assert set(cka["reference"]) == {"layer1", "layer2", "layer3"} and all(
         set(v) == {"biased", "unbiased"} and -1.01 <= v["unbiased"] <= 1.01 for v in cka["reference"].values())
     head = json.loads((root / "metrics/q23/headline.json").read_text())
-    assert set(head) == {"teacher", "transfer", "init", "selective", "pruned", "cka_unbiased"}
-    assert {"kd_vs_raw", "rkd_vs_kd", "acc"} <= set(head["transfer"]) and "interaction" in head["init"]
+    assert set(head) == {"teacher", "groups", "collapsed", *Q23_TINY["q23"]["families"]}
+    assert head["collapsed"] == 0 and len(head["groups"]) == 15
     report = (root / "reports/q23/report.md").read_text()
-    assert "## 5. Why pruned teachers start at chance" in report and "channels+blocks.l1" in report
-    assert "Which knowledge transfers best?" in (root / "reports/q23/findings.md").read_text()
+    assert "## The pruning trade-off" in report and "| 1.5 |" in report and "(`criteria`)" in report
+    assert "`kd.shape-l1-it-x1.5-e5` - `raw.shape-l1-it-x1.5-e5`" in (root / "reports/q23/findings.md").read_text()
+    assert (root / "reports/q23/curve.png").stat().st_size > 5000
     assert not _ran(_run(["dvc", "repro", "studies/q23/dvc.yaml"], root, env))
 
 

@@ -3,14 +3,18 @@ the estimators against independent computations, the methods on tiny models, the
 report's numbers from a hand-made study. The pipeline itself runs end to end in tests/test_pipeline.py."""
 import copy
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from conftest import REPO
 from torch import nn
+
+from kdlab.infra.schema import ParamsError
 
 # ---------------------------------------------------------------- CKA
 
@@ -85,6 +89,47 @@ def test_fitnet_select_hints_on_the_chosen_channels_only():
     assert m.feature_loss(fs, [other]).item() != pytest.approx(m.feature_loss(fs, ft).item())
 
 
+def test_loss_importance_is_the_teachers_loss_rise_when_a_channel_is_zeroed():
+    """fitnet_select's ``importance: loss``: a teacher whose head reads only channel 1 of its tapped layer (and
+    channel 2 a little) ranks 1 first, 2 second, and the unused channels 0 and 3 at exactly no rise."""
+    from kdlab.distill.fitnet_select import FitNetSelect, choose, loss_importance
+    from kdlab.pipeline.params import LossParams
+
+    head = nn.Linear(4, 3, bias=False)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.weight[:, 1] = torch.tensor([3.0, -1.0, -2.0])
+        head.weight[:, 2] = torch.tensor([0.5, 0.0, -0.5])
+    teacher = nn.Sequential()
+    teacher.add_module("layer3", nn.Conv2d(1, 4, 1, bias=False))
+    teacher.add_module("pool", nn.AdaptiveAvgPool2d(1))
+    teacher.add_module("flat", nn.Flatten())
+    teacher.add_module("fc", head)
+    with torch.no_grad():
+        teacher.layer3.weight.fill_(1.0)
+    teacher.eval()
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(50, 1, 4, 4, generator=g) + 0.5
+    labels = torch.zeros(50, dtype=torch.long)  # class 0: channel 1 helps it most
+    rises = loss_importance(teacher, "layer3", images, labels, batch_size=16)
+    with torch.no_grad():
+        pooled = teacher.pool(teacher.layer3(images)).flatten(1)
+        base = F.cross_entropy(head(pooled), labels).item()
+        pooled[:, 1] = 0
+        by_hand = F.cross_entropy(head(pooled), labels).item() - base
+    assert rises[1].item() == pytest.approx(by_hand, rel=1e-5) and by_hand > 0.5
+    assert rises[0].item() == 0.0 and rises[3].item() == 0.0 and 0 < rises[2].item() < rises[1].item()
+    assert choose(rises, 0.5, "top").tolist() == [1, 2]
+    # the method measures it on the example batch attach() gets, and refuses without labels
+    m = FitNetSelect(LossParams(), {"layers": ["layer3"], "beta": 1.0, "kd": False, "k": 0.25, "select": "top",
+                                    "importance": "loss"})
+    m._teacher, m._calibration = [teacher], (images, labels)
+    torch.testing.assert_close(m.importance(0, torch.zeros(1, 4, 1, 1)), rises)
+    m._calibration = (images, None)
+    with pytest.raises(ParamsError, match="methods.fitnet_select.importance"):
+        m.importance(0, torch.zeros(1, 4, 1, 1))
+
+
 def test_recalibrated_batchnorm_holds_the_pruned_networks_own_statistics():
     from kdlab.pipeline.q23 import recalibrate_bn
 
@@ -119,9 +164,20 @@ def _load(tmp_path, raw):
     (lambda q: q["arms"].update(x={"method": "nope"}), "q23.arms.x.method"),
     (lambda q: q.update(carved=["dkd"], transfer=["raw", "kd"]), "q23.carved"),
     (lambda q: q["teachers"]["b"].update(arch="resnet8"), "q23.reference"),
-    (lambda q: q.update(snapshots=[0, 10]), "q23.snapshots"),
     (lambda q: q["prune"].update(criteria=["l1", "psychic"]), "q23.prune.criteria"),
-    (lambda q: q.update(transfer=["kd", "dkd"], carved=["kd"], pruned=["kd"]), "q23.transfer"),
+    (lambda q: q.update(transfer=["kd", "dkd"], carved=["kd"]), "q23.transfer"),
+    # issue 30: the recipe's lr is every run's; the matched budgets are the teacher's (and pruning's) steps plus the
+    # student's; families name groups the study trains; the collapse rule and the curve seeds are declared
+    (lambda q: q["student"].update(lr=0.2), "q23.student.lr"),
+    (lambda q: q["recipe"].update(batch_size=0), "q23.recipe.batch_size"),
+    (lambda q: q["matched"].update(carved=40), "q23.matched.carved"),
+    (lambda q: q["matched"].update(pruned=60), "q23.matched.pruned"),
+    (lambda q: q["prune"].update(steps=2), "q23.matched.pruned"),       # 100 KD steps between 2 steps: 2 epochs
+    (lambda q: q["families"].update(x=["kd.random-e30 - kd.random-e99"]), "q23.families.x"),
+    (lambda q: q["families"].update(x=[]), "q23.families.x"),
+    (lambda q: q["collapse"].update(below_median=0), "q23.collapse.below_median"),
+    (lambda q: q.update(curve_seeds=[0]), "q23.curve_seeds"),
+    (lambda q: q["prune"].update(sizes=[]), "q23.prune.sizes"),
     # issue 31, item 3: a named study's params checked like the root's, one line naming the key
     (lambda q: q["teachers"]["a"].update(lr=0), "q23.teachers.a.lr"),
     (lambda q: q["teachers"]["a"].update(seed=-1), "q23.teachers.a.seed"),
@@ -136,8 +192,6 @@ def _load(tmp_path, raw):
     (lambda q: q["prune"].update(max_ratio=1.5), "q23.prune.max_ratio"),
 ])
 def test_params_errors_name_the_key(tmp_path, change, key):
-    from kdlab.infra.schema import ParamsError
-
     raw = _shipped()
     _load(tmp_path, raw)  # the shipped study loads
     change(raw["q23"])
@@ -145,78 +199,130 @@ def test_params_errors_name_the_key(tmp_path, change, key):
         _load(tmp_path, raw)
 
 
-def test_every_student_group_once_with_the_shipped_params():
+def test_the_shipped_study_declares_its_groups_budgets_and_families():
+    """Every group once; the matched budgets are 1,500 teacher steps (+ 300 pruning KD steps) + the student's
+    1,500 at 50 steps an epoch; every family names groups the study trains, and the families over the curve's seeds
+    only compare groups trained on them; each family's comparisons are distinct; DKD at its paper's closest pair."""
     from kdlab.pipeline import q23
 
     q = q23.load(REPO / "studies/q23/params.yaml")
-    groups = q23.expected_students(q)
-    assert len(groups) == len(set(groups)) == len(q.transfer) + len(q.selective) + len(q.carved) + 1 + 2 * len(q.pruned)
-    assert ("kd", "random", q.matched_epochs) in groups and ("kd", "carved", q.epochs) in groups
+    groups = {g.name: g for g in q23.groups(q)}
+    assert len(groups) == len(q23.groups(q))
+    assert q23.steps_per_epoch(q) == 50 and q23.matched_epochs(q, "carved") == 60 == q.matched.carved
+    assert q23.matched_epochs(q, "pruned") == 30 + 6 + 30 == q.matched.pruned
+    for fam, comparisons in q.families.items():
+        for c in comparisons:
+            a, b = c.split(" - ")
+            assert set(groups[a].seeds) & set(groups[b].seeds), (fam, c)
+    assert set(groups["kd.pruned-l1-it-x1.0-e30"].seeds) == set(q.curve_seeds)
+    assert {groups[f"kd.pruned-{c}-x1.0-e30"].seeds for c in q.prune.criteria} == {tuple(q.seeds)}
+    assert q.arms["dkd"].options == {"alpha": 1.0, "beta": 2.0, "warmup": 2.5}
+    assert sum(len(g.seeds) for g in groups.values()) == 154
+    specs = q23.runs(__import__("kdlab.pipeline.params", fromlist=["load"]).load(REPO / "params.yaml"), q)
+    spec = specs["students/kd.shape-l1-it-x0.5-e66-s2"]()
+    assert spec.init == "shape" and spec.pruned.path.name == "l1-it-x0.5.pt" and spec.model.epochs == 66
+    assert spec.overrides["train"]["batch_size"] == 100 and spec.model.lr == 0.05
+    assert specs["students/raw.carved-e30-s4"]().pruned is None
 
 
 # ---------------------------------------------------------------- the report's numbers
 
-def _study(effects: dict, noise: dict) -> pd.DataFrame:
-    """A hand-made study: every group of the shipped params over 3 seeds, accuracy 0.80 + effect + seed noise."""
-    from kdlab.analysis.q23_report import group
+def _study(effects: dict, noise: dict, collapsed: dict | None = None):
+    """A hand-made study: every run of the shipped params, test accuracy 0.80 + effect + seed noise, final
+    validation accuracy 0.80 unless ``collapsed`` sets it (group -> {seed: val})."""
+    from kdlab.analysis.q23_report import load_runs
     from kdlab.pipeline import q23
 
     q = q23.load(REPO / "studies/q23/params.yaml")
     rows = []
-    for arm, init, epochs in q23.expected_students(q):
-        g = group(arm, init, epochs)
-        for i, seed in enumerate(q.seeds):
-            rows.append({"group": g, "arm": arm, "init": init, "epochs": epochs, "seed": seed, "params": 19810,
-                         "val_acc": 0.0, "test_acc": 0.80 + effects.get(g, 0.0) + noise.get(g, [0, 0, 0])[i]})
-    return q, pd.DataFrame(rows)
+    for g in q23.groups(q):
+        for seed in g.seeds:
+            val = (collapsed or {}).get(g.name, {}).get(seed, 0.80)
+            rows.append({"name": q23.student_name(g, seed), "group": g.name, "seed": seed, "params": 19810,
+                         "val_acc": val, "val_acc_last": val, "wall_seconds": 1.0,
+                         "test_acc": 0.80 + effects.get(g.name, 0.0) + noise.get(g.name, {}).get(seed, 0.0)})
+    frame = pd.DataFrame(rows)
+
+    def fake_json(path, rebuild):
+        row = frame[frame.name == Path(path).stem].iloc[0]
+        return {k: row[k] for k in ("test_acc", "val_acc", "val_acc_last", "params", "wall_seconds")}
+
+    import kdlab.analysis.q23_report as rep
+
+    inputs = {"runs": q23.report_inputs(q)["runs"], "metrics": "m", "rebuild": "r"}
+    real = rep.io.load_json
+    rep.io.load_json = fake_json
+    try:
+        return q, load_runs(q, inputs)
+    finally:
+        rep.io.load_json = real
 
 
-def test_the_2x2_and_its_interaction_by_hand():
-    from kdlab.analysis.q23_report import init
-
-    effects = {"kd.carved-e10": 0.05, "raw.carved-e10": 0.03, "kd.random-e10": 0.01, "kd.random-e40": 0.02}
-    noise = {"kd.carved-e10": [0.002, -0.001, 0.0], "raw.random-e10": [0.0, 0.003, -0.002]}
-    q, df = _study(effects, noise)
-    c = init(q, df)["comparisons"]
-    ck, cr = 0.85 + np.array(noise["kd.carved-e10"]), np.full(3, 0.83)
-    rk, rr = np.full(3, 0.81), 0.80 + np.array(noise["raw.random-e10"])
-    assert c["weights_under_kd"]["diff"] == pytest.approx(np.mean(ck - rk))
-    assert c["weights_under_labels"]["diff"] == pytest.approx(np.mean(cr - rr))
-    assert c["interaction"]["diff"] == pytest.approx(np.mean((ck - rk) - (cr - rr)))
-    assert c["carved_kd_vs_matched_kd"]["diff"] == pytest.approx(np.mean(ck - 0.82))
-    d = (ck - rk) - (cr - rr)  # the interaction's paired t by hand
-    t = d.mean() / (d.std(ddof=1) / np.sqrt(3))
+def test_families_are_paired_holm_within_each_and_worded_in_four_verdicts():
     from scipy import stats as st
 
-    assert c["interaction"]["p"] == pytest.approx(2 * st.t.sf(abs(t), 2))
-    ps = {k: v["p"] for k, v in c.items()}
-    finite = sorted((p, k) for k, p in ps.items() if p is not None)
-    m = len(finite)  # Holm within exactly this family
-    assert c[finite[0][1]]["p_holm"] == pytest.approx(min(1.0, m * finite[0][0]))
+    from kdlab.analysis.q23_report import families, said
+
+    noise = {"dkd.random-e30": {0: 0.001, 1: -0.001, 2: 0.0005, 3: 0.0, 4: -0.0005},
+             "at.random-e30": {0: 0.01, 1: -0.02, 2: 0.012, 3: 0.003, 4: -0.006},
+             "rkd.random-e30": {0: 0.0004, 1: -0.0003, 2: 0.0002, 3: -0.0001, 4: 0.0}}
+    q, df = _study({"dkd.random-e30": 0.04, "fitnet.random-e30": -0.03}, noise)
+    fams = families(q, df)
+    assert set(fams) == set(q.families)
+    c = fams["vs_labels"]["comparisons"]
+    assert said(c["dkd.random-e30 - raw.random-e30"]) == "above"
+    assert c["dkd.random-e30 - raw.random-e30"]["diff"] == pytest.approx(0.04)
+    assert said(c["fitnet.random-e30 - raw.random-e30"]) == "below"  # no noise at all: p 0, below
+    assert said(c["at.random-e30 - raw.random-e30"]).startswith("inconclusive; detectable: ")
+    assert said(c["rkd.random-e30 - raw.random-e30"]) == "equivalent within +/-0.50"
+    # at's paired t by hand, and Holm over exactly this family's eight p-values
+    d = np.array([noise["at.random-e30"][s] for s in q.seeds])
+    p_at = 2 * st.t.sf(abs(d.mean() / (d.std(ddof=1) / np.sqrt(5))), 4)
+    assert c["at.random-e30 - raw.random-e30"]["p"] == pytest.approx(p_at)
+    ps = sorted(v["p"] for v in c.values() if v["p"] is not None)
+    rank = ps.index(c["at.random-e30 - raw.random-e30"]["p"])
+    holm = max(min(1.0, (len(ps) - i) * ps[i]) for i in range(rank + 1))
+    assert c["at.random-e30 - raw.random-e30"]["p_holm"] == pytest.approx(holm)
+    # the curve family is paired over the curve's seeds only
+    assert {v["n"] for v in fams["curve"]["comparisons"].values()} == {len(q.curve_seeds)}
 
 
-def test_verdicts_follow_holm_within_the_transfer_table():
-    from kdlab.analysis.q23_report import said, transfer
+def test_collapsed_runs_are_counted_and_left_out_never_averaged():
+    from kdlab.analysis.q23_report import families, group_rows
 
-    # dkd clearly above raw with little noise; at within noise
-    q, df = _study({"dkd.random-e10": 0.04}, {"dkd.random-e10": [0.001, -0.001, 0.0005],
-                                               "at.random-e10": [0.01, -0.02, 0.012]})
-    t = transfer(q, df)
-    c = t["comparisons"]
-    assert said(c["dkd_vs_raw"]) == "above" and c["dkd_vs_raw"]["p_holm"] < 0.05
-    assert said(c["at_vs_raw"]).startswith("inconclusive; detectable: ")
-    assert set(c) == {f"{a}_vs_raw" for a in q.transfer if a != "raw"} | {
-        f"{a}_vs_kd" for a in q.transfer if a not in ("raw", "kd")}
-    assert t["acc"]["dkd.random-e10"]["mean"] == pytest.approx(0.84 + 0.0005 / 3)
+    # seed 1 of dkd collapsed (val 0.30: 50 points under the median, under the floor too), with a test accuracy
+    # that would drag the mean down 10 points; seed 3 of at is 12 points under its median (the relative rule alone)
+    q, df = _study({"dkd.random-e30": 0.02}, {"dkd.random-e30": {1: -0.5}},
+                   {"dkd.random-e30": {1: 0.30}, "at.random-e30": {3: 0.68}})
+    rows = group_rows(df)
+    assert rows["dkd.random-e30"]["collapsed"] == 1 and rows["dkd.random-e30"]["collapsed_val"] == [30.0]
+    assert rows["at.random-e30"]["collapsed"] == 1 and rows["raw.random-e30"]["collapsed"] == 0
+    assert rows["dkd.random-e30"]["test"]["mean"] == pytest.approx(0.82)  # the four that did not collapse
+    c = families(q, df)["vs_labels"]["comparisons"]["dkd.random-e30 - raw.random-e30"]
+    assert c["n"] == 4 and c["diff"] == pytest.approx(0.02)
+    assert int(df.collapsed.sum()) == 2
 
 
-def test_pruning_cuts_read_in_order():
-    from kdlab.analysis.q23_report import cuts
+def test_cka_separates_only_where_the_reference_is_outside_the_interval():
+    from kdlab.analysis.q23_report import cka_summary, compute
 
-    names = ["channels+blocks.l1", "teacher", "iterative.l1", "blocks+channels.l1", "channels.l1", "blocks",
-             "channels.random"]
-    assert list(cuts(dict.fromkeys(names, {}))) == ["teacher", "blocks", "channels.l1", "channels.random",
-                                                    "iterative.l1", "blocks+channels.l1", "channels+blocks.l1"]
+    q, df = _study({}, {})
+    names = list(df[df.group.isin(["kd.random-e30", "raw.random-e30"])].name)
+    students = {}
+    for n in names:  # kd students sit on the reference at layer1, raw students far below it at layer3
+        seed = int(n.rsplit("-s", 1)[1])
+        low = n.startswith("raw.")
+        students[n] = {"layer1": {"unbiased": 0.9 + 0.01 * (seed - 2), "biased": 0.9},
+                       "layer3": {"unbiased": (0.5 if low else 0.9) + 0.01 * (seed - 2), "biased": 0.9}}
+    ref = {"layer1": {"unbiased": 0.9, "biased": 0.95}, "layer3": {"unbiased": 0.9, "biased": 0.95}}
+    ck = cka_summary(q, df, {"images": 10, "stages": ["layer1", "layer3"], "reference": ref, "students": students})
+    assert ck["separating"] == ["raw.random-e30"]
+    assert not ck["groups"]["kd.random-e30"]["layer3"]["separates"]
+    assert ck["groups"]["raw.random-e30"]["layer3"]["separates"]
+    assert not ck["groups"]["raw.random-e30"]["layer1"]["separates"]
+    comp = compute(df, {"a": {"wall_seconds": 100.0}, "b": {"wall_seconds": 50.0}})
+    assert comp == {"students_seconds": float(len(df)), "teachers_seconds": 150.0, "seconds": len(df) + 150.0,
+                    "student_runs": len(df), "teacher_runs": 2}
 
 
 def test_snapshots_keep_the_students_weights_at_the_start_of_the_next_epoch(tmp_path):
@@ -248,3 +354,35 @@ def test_snapshots_keep_the_students_weights_at_the_start_of_the_next_epoch(tmp_
     rebuilt = model_from_checkpoint(saved[2], ctx)
     assert torch.equal(rebuilt.fc.weight, saved[2]["state_dict"]["fc.weight"])
     assert _snapshotter(RunSpec("s", "student", ModelParams(), 0, (out, out)), ctx, student) is None
+
+
+def test_the_report_states_every_family_the_curve_and_the_collapse_count(tmp_path):
+    """The words and pictures of a hand-made study: every declared family in the report and the README block with
+    its verdicts, the trade-off table at every size, the collapsed run counted, CKA's sentence, the headline."""
+    from kdlab.analysis.q23_report import analyse, findings, headline, pictures, render
+    from kdlab.pipeline.params import load
+
+    q, df = _study({"kd.random-e30": 0.01}, {"kd.random-e30": {s: 0.001 * s for s in range(5)}},
+                   {"dkd.random-e30": {4: 0.2}})
+    students = {n: {"layer3": {"unbiased": 0.8, "biased": 0.9}} for n in df.name}
+    cka = {"images": 10, "stages": ["layer3"], "reference": {"layer3": {"unbiased": 0.95, "biased": 0.97}},
+           "students": students}
+    prune = {"models": {"teacher": {"route": "none", "scored_on": None, "params": 44226, "val_acc": 0.88,
+                                    "val_acc_recalibrated": 0.88}}}
+    a = analyse(q, df, {"test_acc": 0.9}, {"a": {"wall_seconds": 60.0}, "b": {"wall_seconds": 60.0}}, prune, cka)
+    p = load(REPO / "params.yaml")
+    text, found = render(p, q, a), findings(p, q, a)
+    for name, comparisons in q.families.items():
+        assert f"(`{name}`)" in text
+        for c in comparisons:
+            left, right = c.split(" - ")
+            assert f"`{left}` - `{right}`" in text and f"`{left}` - `{right}`" in found
+    assert "1 of 154 runs" in text and "1 of 154 runs collapsed" in found
+    assert "| 0.25 | 19,810 |" in text and "| 1.5 | 19,810 |" in text
+    assert "**above**" in found  # kd - raw: +1 point with tiny noise
+    assert "CKA separates" in found and "`kd.random-e30`" in found  # 0.8 everywhere, the reference 0.95
+    head = headline(q, a)
+    assert head["collapsed"] == 1 and head["vs_labels"]["kd.random-e30 - raw.random-e30"]["gain"] == pytest.approx(1.2)
+    for name, draw in pictures(q, a).items():
+        draw(tmp_path / name)
+        assert (tmp_path / name).stat().st_size > 5000
