@@ -386,3 +386,17 @@ def test_the_report_states_every_family_the_curve_and_the_collapse_count(tmp_pat
     for name, draw in pictures(q, a).items():
         draw(tmp_path / name)
         assert (tmp_path / name).stat().st_size > 5000
+
+
+def test_each_familys_power_line_comes_from_its_own_pairs_sd():
+    from kdlab.analysis import stats
+    from kdlab.analysis.q23_report import compare, families
+
+    noise = {"at.random-e30": {0: 0.01, 1: -0.02, 2: 0.012, 3: 0.003, 4: -0.006}}
+    q, df = _study({}, noise)
+    c = compare(df, "at.random-e30 - raw.random-e30")
+    assert c["sd"] == pytest.approx(np.std([noise["at.random-e30"][s] for s in q.seeds], ddof=1))
+    fam = families(q, df)["vs_labels"]
+    sds = [v["sd"] for v in fam["comparisons"].values()]
+    assert fam["median_pair_sd"] == pytest.approx(float(np.median(sds)))
+    assert fam["seeds_for_effect"] == stats.seeds_for(fam["median_pair_sd"], 0.005, 0.05 / 8, 0.8)

@@ -30,7 +30,6 @@ from kdlab.analysis.present import plt, table
 from kdlab.analysis.study_report import (
     ALPHA,
     POWER,
-    _pair_sd,
     call,
     errorbar,
     family,
@@ -93,12 +92,14 @@ def group_rows(df: pd.DataFrame) -> dict[str, dict]:
 
 
 def compare(df: pd.DataFrame, comparison: str) -> dict:
-    """``A - B`` paired on the seeds both groups ran and neither collapsed on."""
+    """``A - B`` paired on the seeds both groups ran and neither collapsed on (``sd``: the SD of the pairs)."""
     a, _, b = comparison.partition(" - ")
     runs = df[~df.collapsed]
     left, right = (runs[runs.group == g].set_index("seed").test_acc for g in (a, b))
     seeds = sorted(set(left.index) & set(right.index))
-    return {**stats.paired(left[seeds].to_numpy(float), right[seeds].to_numpy(float)), "a": a, "b": b}
+    d = left[seeds].to_numpy(float) - right[seeds].to_numpy(float)
+    return {**stats.paired(left[seeds].to_numpy(float), right[seeds].to_numpy(float)), "a": a, "b": b,
+            "sd": float(d.std(ddof=1)) if len(d) > 1 else None}
 
 
 def families(q: Q23, df: pd.DataFrame) -> dict[str, dict]:
@@ -107,7 +108,7 @@ def families(q: Q23, df: pd.DataFrame) -> dict[str, dict]:
     out = {}
     for name, comparisons in q.families.items():
         fam = family({c: compare(df, c) for c in comparisons}, q.effect / 100)
-        sds = [sd for c in fam.values() if (sd := _pair_sd(c)) is not None]
+        sds = [c["sd"] for c in fam.values() if c["sd"] is not None]
         m = len(fam)
         sd = float(np.median(sds)) if sds else None
         out[name] = {"comparisons": fam, "median_pair_sd": sd,
