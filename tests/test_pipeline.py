@@ -380,8 +380,11 @@ def test_questions_2_and_3_with_controls_are_their_own_pipeline(repo, tmp_path):
     assert set(cka["reference"]) == {"layer1", "layer2", "layer3"} and all(
         set(v) == {"biased", "unbiased"} and -1.01 <= v["unbiased"] <= 1.01 for v in cka["reference"].values())
     head = json.loads((root / "metrics/q23/headline.json").read_text())
-    assert set(head) == {"teacher", "groups", "collapsed", *Q23_TINY["q23"]["families"]}
-    assert head["collapsed"] == 0 and len(head["groups"]) == 15
+    assert set(head) == {"collapsed", *Q23_TINY["q23"]["families"]} and head["collapsed"] == 0
+    acc = {arm: [json.loads((students / f"{arm}.shape-l1-it-x1.5-e5-s{s}.json").read_text())["test_acc"]
+                 for s in (0, 1)] for arm in ("kd", "raw")}  # the headline's value: the paired mean difference
+    assert head["curve"]["kd.shape-l1-it-x1.5-e5 - raw.shape-l1-it-x1.5-e5"] == pytest.approx(
+        50 * (sum(acc["kd"]) - sum(acc["raw"])), abs=0.006)
     report = (root / "reports/q23/report.md").read_text()
     assert "## The pruning trade-off" in report and "| 1.5 |" in report and "(`criteria`)" in report
     assert "`kd.shape-l1-it-x1.5-e5` - `raw.shape-l1-it-x1.5-e5`" in (root / "reports/q23/findings.md").read_text()

@@ -382,7 +382,9 @@ def test_the_report_states_every_family_the_curve_and_the_collapse_count(tmp_pat
     assert "**above**" in found  # kd - raw: +1 point with tiny noise
     assert "CKA separates" in found and "`kd.random-e30`" in found  # 0.8 everywhere, the reference 0.95
     head = headline(q, a)
-    assert head["collapsed"] == 1 and head["vs_labels"]["kd.random-e30 - raw.random-e30"]["gain"] == pytest.approx(1.2)
+    assert head["collapsed"] == 1 and head["vs_labels"]["kd.random-e30 - raw.random-e30"] == pytest.approx(1.2)
+    assert 1 + sum(len(c) for c in q.families.values()) == 1 + sum(len(v) for k, v in head.items() if k != "collapsed")
+    assert 1 + sum(len(c) for c in q.families.values()) <= 40  # a terminal's worth (issue 32)
     for name, draw in pictures(q, a).items():
         draw(tmp_path / name)
         assert (tmp_path / name).stat().st_size > 5000

@@ -274,11 +274,12 @@ def findings(p: Params, q: Q23, a: dict) -> str:
 
 
 def headline(q: Q23, a: dict) -> dict:
-    """metrics/q23/headline.json: the study's DVC metrics (accuracies in %, gains in points, Holm p)."""
-    return {"teacher": round(100 * a["teacher"]["test_acc"], 2),
-            "groups": {g: round(100 * r["test"]["mean"], 2) for g, r in a["groups"].items() if r["test"]},
-            "collapsed": a["collapsed"],
-            **{name: {c: holm_gain(v) for c, v in fam["comparisons"].items()} for name, fam in a["families"].items()}}
+    """metrics/q23/headline.json, the study's DVC metrics: each declared comparison's difference in points (what
+    `dvc metrics diff` should show; its interval, p and verdict are in the report and analysis.json) and how many
+    runs collapsed: one value a comparison, so that a terminal can show them."""
+    return {"collapsed": a["collapsed"],
+            **{name: {c: holm_gain(v)["gain"] for c, v in fam["comparisons"].items()}
+               for name, fam in a["families"].items()}}
 
 
 # ---------------------------------------------------------------- pictures
