@@ -7,9 +7,8 @@ Runs in a scratch folder (``--work``, default a temporary one) on the prepared F
 checkout (data/prepared, carried to the GPU machine), with the shipped params.yaml and studies/q23/params.yaml
 cut to a few epochs, eager (not compiled). It trains, each through :func:`kdlab.pipeline.train.train` from its
 :class:`kdlab.pipeline.spec.RunSpec`: the default study's teacher, its cache, students raw, kd, kd_online (fresh
-views, the teacher run online), init_random (carved from a channels_last teacher, then re-initialised), a
-pruned teacher and its pruned and shape students; question 2/3's teacher with snapshots on its subset, its cache
-and a carved student. The GPU machine has no MLflow: the tracking calls go to a stand-in that
+views, the teacher run online); question 2/3's teacher with snapshots on its subset, its cache, a carved
+student, the pruned teachers and a pruned student and its shape from scratch. The GPU machine has no MLflow: the tracking calls go to a stand-in that
 records nothing (the files train() writes are the real ones). Prints and writes each run's accuracy, best epoch,
 seconds and the files it wrote.
 """
@@ -51,7 +50,7 @@ def main() -> int:
     import yaml
 
     from kdlab.infra import tracking
-    from kdlab.pipeline import cache, params, pruning, q23, stages, workspace
+    from kdlab.pipeline import cache, params, q23, stages, workspace
     from kdlab.pipeline.train import train
 
     tracking.run = _no_tracking  # no MLflow on the GPU machine (every module logs through this one)
@@ -60,7 +59,7 @@ def main() -> int:
     os.chdir(work)
     epochs = 1 if args.smoke else 3
     over = {"teacher": {"epochs": epochs + 1}, "student": {"epochs": epochs},
-            "prune": {"sizes": [1.0], "compare": [], "steps": 1}, "study": {"seeds": [0]},
+            "study": {"seeds": [0]},
             # eager: ten runs would spend minutes compiling (the compiled step's check is scripts/gpu_bench.py)
             "train": {"compile": False}}
     if args.smoke:
@@ -92,10 +91,6 @@ def main() -> int:
     cache.run_cache(p)
     for v in ("raw", "kd", "kd_online"):
         run(f"students/{v}-0", lambda v=v: stages.student_spec(p, v, 0))
-    run("parts/init_random-0", lambda: stages.student_spec(p, "init_random", 0, parts=True))
-    pruning.run_prune_teacher(p)
-    for init in ("prune", "shape"):
-        run(f"pruned/{init}-0", lambda init=init: stages.pruned_spec(p, 1.0, p.prune.criterion, init, "kd", 0))
     raw_q = yaml.safe_load((REPO / "studies/q23/params.yaml").read_text())["q23"]
     raw_q.update(epochs=epochs + 1, seeds=[0], families={},
                  teachers={k: {**t, "epochs": epochs + 1, "snapshots": [1]} for k, t in raw_q["teachers"].items()})
@@ -114,6 +109,11 @@ def main() -> int:
     q23.run_q23_cache(p, q)
     name = q23.student_name(q23.Group("kd", "carved", q.epochs), 0)
     run(f"q23 students/{name}", q_runs[f"students/{name}"])
+    q23.run_q23_prune(p, q)  # the pruned teachers; then one pruned student and its shape from scratch
+    for init in ("pruned", "shape"):
+        g = next(g for g in q23.groups(q) if g.init == init)
+        name = q23.student_name(g, g.seeds[0])
+        run(f"q23 students/{name}", q_runs[f"students/{name}"])
     teacher_snaps = sorted(x.name for x in (q23.TEACHERS / q.teacher).iterdir())
     out = {"device": dev, "torch": torch.__version__, "epochs": {"teacher": epochs + 1, "student": epochs},
            "precision": workspace.context(p, 0).precision, "runs": rows, "q23_teacher_files": teacher_snaps}

@@ -3,10 +3,10 @@
     python scripts/smoke.py [--dir smoke]
 
 Builds ``smoke/study``: a git + DVC repo holding this checkout's src/, dvc.yaml and plot templates, with
-params.yaml = the shipped one plus :data:`TINY` (500 synthetic 10x10 images, 3 classes, one epoch, one seed;
-every question's stages once), starts the warm server, runs ``dvc repro`` and the offline plots page, and
+params.yaml = the shipped one plus :data:`TINY` (500 synthetic 10x10 images, 3 classes, one epoch, two
+seeds; every stage kind), starts the warm server, runs ``dvc repro`` and the offline plots page, and
 prints where the report, the plots and the MLflow store are. Nothing in this checkout changes. The numbers
-mean nothing (tiny data, one seed); the point is to see every output once, in minutes.
+mean nothing (tiny data, two seeds); the point is to see every output once, in minutes.
 """
 from __future__ import annotations
 
@@ -30,9 +30,7 @@ TINY = {
     "student": {"arch": "resnet8", "width": 0.25, "epochs": 1, "lr": 0.1},
     "train": {"batch_size": 64, "eval_batch_size": 64, "threads": 1},
     "cache": {"views": 3, "batch_size": 64},
-    "study": {"seeds": [0]},
-    "parts": {"layers": ["layer2", "layer3"], "cka_images": 64},
-    "prune": {"sizes": [1.0], "compare": ["random"], "calibration_images": 32},
+    "study": {"seeds": [0, 1]},   # two seeds: each comparison gets an interval and a verdict
 }
 
 

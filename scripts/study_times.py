@@ -47,17 +47,11 @@ if os.environ.get("STUDY_TIMES_LOG"):
 
 
 def kind(path: Path) -> str:
-    """metrics/students/kd-0.json -> students/kd, metrics/pruned/prune.l1.x1.0.kd-0.json -> pruned/prune.kd."""
+    """metrics/teacher.json -> teacher, metrics/students/kd-0.json -> students/kd."""
     rel = path.relative_to(REPO / "metrics")
     if len(rel.parts) == 1:
         return rel.stem
-    name = rel.stem.rsplit("-", 1)[0]
-    if rel.parts[0] == "pruned":
-        bits = name.split(".")
-        name = f"{bits[0]}.{bits[-1]}"
-    elif rel.parts[0] == "parts":
-        name = name.split(".")[0]
-    return f"{rel.parts[0]}/{name}"
+    return f"{rel.parts[0]}/{rel.stem.rsplit('-', 1)[0]}"
 
 
 def from_metrics() -> None:

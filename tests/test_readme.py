@@ -19,5 +19,5 @@ def test_readme_block_replacement():
     start, end = readme.markers("results")
     text = f"a\n{start}\nold\n{end}\nb\n"
     assert readme.with_block(text, "new\n") == f"a\n{start}\nnew\n{end}\nb\n"
-    with pytest.raises(ValueError, match="no parts block"):
-        readme.with_block(text, "x", "parts")
+    with pytest.raises(ValueError, match="no q23 block"):
+        readme.with_block(text, "x", "q23")

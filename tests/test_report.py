@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from kdlab.analysis import evaluate, present, report, sweep
+from kdlab.analysis import evaluate, present, report, stats, sweep
 from kdlab.pipeline import params, workspace
 
 
@@ -106,7 +106,7 @@ def test_headline_is_few_rounded_numbers_with_holm_adjusted_p(study, monkeypatch
     monkeypatch.setattr(report.tracking, "run", _no_tracking)
     report.run_report(p, None, _frame(runs))
     h = json.loads((workspace.HEADLINE_JSON).read_text())
-    assert set(h) == {"teacher", "raw", "kd", "kd_correct_only", "q1"}  # no parts or pruning files here
+    assert set(h) == {"teacher", "raw", "kd", "kd_correct_only", "q1"}
     # kd: 85.00 +- 4.302653 x 0.01 / sqrt(3) = 2.48 points; agreement = accuracy + 2 points in the fixture
     assert h["kd"] == {"acc": 85.0, "acc_ci": 2.48, "agree": 87.0} and h["teacher"] == {"acc": 90.0}
     # paired over seeds: kd - raw is +4 points at every seed (no spread: p 0); kd_correct_only - raw is
@@ -121,6 +121,10 @@ def test_headline_is_few_rounded_numbers_with_holm_adjusted_p(study, monkeypatch
     leaves = [v for e in h.values()
               for v in (e.values() if "acc" in e else (x for c in e.values() for x in c.values()))]
     assert all(isinstance(v, (int, float)) for v in leaves) and len(leaves) == 19
+    # the README's opening gives each paired comparison its verdict in four words (kd - raw: +4 at every seed)
+    found = workspace.FINDINGS_MD.read_text()
+    assert "`kd` 85.00% against 81.00% trained alone: +4.00 points [+4.00, +4.00], Holm p 0.000: **above**" in found
+    assert "+3.50 points [+0.21, +6.79], Holm p 0.089: **inconclusive; detectable:" in found
 
 
 class _NoRun:
@@ -189,9 +193,8 @@ def test_a_grid_sweep_has_one_row_per_experiment_and_one_curve_per_second_value(
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_results_is_one_tidy_row_per_run_of_every_question(in_tmp, capsys):
+def test_results_is_one_tidy_row_per_run_of_the_study(in_tmp, capsys):
     from kdlab.analysis import results
-    from kdlab.pipeline import stages
 
     p = params.from_dict({"study": {"seeds": [0, 1]}})
 
@@ -201,27 +204,20 @@ def test_results_is_one_tidy_row_per_run_of_every_question(in_tmp, capsys):
 
     write(in_tmp / "metrics/teacher.json", 0.9)
     for i, v in enumerate(["raw", "kd", "kd_correct_only"]):
-        for s in (0, 1):
+        for s in (0, 1) if v != "kd_correct_only" else (0,):  # kd_correct_only-1 not trained yet
             write(in_tmp / workspace.run_files(v, s)[1], 0.80 + i / 100 + s / 1000)
     (in_tmp / workspace.RUNS_JSON).write_text(json.dumps({"kd-1": {"agreement": 0.95, "variant": "kd", "seed": 1}}))
-    write(in_tmp / workspace.run_files("fitnet.layer2", 0, "parts")[1], 0.83)
-    name = stages.run_name("shape", "activation", 0.5, "raw")
-    write(in_tmp / workspace.run_files(name, 1, "pruned")[1], 0.7)
     df = results.run_results(p)
     assert list(df.columns[:6]) == ["study", "question", "run", "group", "variant", "seed"]
-    assert df.groupby("question").size().to_dict() == {1: 7, 2: 1, 3: 1}
+    assert df.groupby("question").size().to_dict() == {1: 6}
     kd1 = df[df.run == "kd-1"].iloc[0]
     assert kd1.test_acc == pytest.approx(0.811) and kd1.agreement == 0.95 and kd1["loss.alpha"] == 0.5
-    placed = df[df.question == 2].iloc[0]
-    assert (placed.group, placed.variant, placed["at"], placed.seed) == ("fitnet.layer2", "fitnet", "layer2", 0)
-    pruned = df[df.question == 3].iloc[0]
-    assert (pruned.init, pruned.criterion, pruned["size"], pruned.variant) == ("shape", "activation", 0.5, "raw")
     assert df.study.nunique() == 1 and len(df.study.iloc[0]) == 12
     # the CSV reads back as the same table; the runs not trained yet are named, not invented
     back = pd.read_csv(workspace.REPORTS / "results.csv")
     assert back.shape == df.shape and back.test_acc.tolist() == pytest.approx(df.test_acc.tolist())
     assert "not run yet" in capsys.readouterr().out
-    assert str(workspace.run_files("fitnet.layer1", 0, "parts")[1]) in df.attrs["missing"]
+    assert df.attrs["missing"] == [str(workspace.run_files("kd_correct_only", 1)[1])]
 
 
 def test_kdlab_results_lists_the_named_studies_runs_too(in_tmp, capsys):
@@ -274,3 +270,15 @@ def test_kdlab_results_lists_the_named_studies_runs_too(in_tmp, capsys):
     assert f"metrics/q1/students/kd.main-w0.5-e{a.budgets[-1]}-s0.json" in df.attrs["missing"]
     assert "default: 1, q1: 3, q23: 2" in capsys.readouterr().out
     assert list(results.frame(p).run) == ["teacher"]  # the report stage's table: the default study alone
+
+
+def test_findings_word_an_untestable_comparison():
+    """One seed, or the same difference on every seed (a paired SD of 0 with no difference: no p), has no verdict:
+    the findings say so instead of failing."""
+    from kdlab.analysis import study_report
+
+    same = study_report.family({"a_vs_b": stats.paired([0.5, 0.6], [0.5, 0.6])})["a_vs_b"]
+    assert same["p_holm"] is None
+    assert report._verdict(same) == "+0.00 points (the same difference on every seed: not testable)"
+    single = study_report.family({"a_vs_b": stats.paired([0.5], [0.4])})["a_vs_b"]
+    assert report._verdict(single) == "+10.00 points (one seed: not testable)"

@@ -14,8 +14,8 @@ def test_smoke_study_produces_the_full_report(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     study = tmp_path / "study"
     report = (study / "reports/report.md").read_text()
-    assert "## Question 2" in report and "## Question 3" in report
-    for picture in ("accuracy.png", "learning_curves.png", "parts.png", "pruning.png"):
+    assert "## Question 1" in report and "studies/q23" in report
+    for picture in ("accuracy.png", "learning_curves.png", "agreement_vs_accuracy.png"):
         assert (study / "reports" / picture).stat().st_size > 1000, picture
     page = study / "reports/plots/index.html"
     assert page.exists() and "cdn.jsdelivr" not in page.read_text()

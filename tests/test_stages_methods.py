@@ -3,7 +3,7 @@ the stage wires each one to what it reads (cache, teacher, views) and writes a l
 import pytest
 import torch
 
-from conftest import merge, tiny
+from conftest import tiny
 from kdlab import distill
 from kdlab.core import data
 from kdlab.pipeline import cache, params, stages, workspace
@@ -57,40 +57,3 @@ def test_a_method_that_needs_question_1s_cache_is_refused_by_the_default_stage_b
     with pytest.raises(StageError, match="only question 1's study records"):
         train(study, stages.student_spec(study, names[0], 0))
     assert not workspace.run_files(names[0], 0)[1].exists()
-
-
-def test_question_3_prunes_the_teacher_trains_every_arm_and_gathers_them(study):
-    """kdlab prune_teacher -> kdlab train pruned/... (every arm and criterion) -> kdlab pruning, in process: the pruned teachers
-    meet their targets and reload from their history, and the study has every group and comparison."""
-    from kdlab.analysis import pruning as gathered
-    from kdlab.pipeline import pruning
-
-    p = params.from_dict(merge(TINY, {"train": {"compile": False}, "study": {"seeds": [0, 1]},
-                          "prune": {"compare": ["random"], "sizes": [1.0, 0.5], "steps": 2, "finetune_steps": 3,
-                                    "calibration_images": 32}}))
-    made = pruning.run_prune_teacher(p)
-    assert set(made["models"]) == {"activation.x1.0", "activation.x0.5", "random.x1.0"}
-    ctx = workspace.context(p, 0)
-    for name, e in made["models"].items():
-        assert e["params"] <= e["target_params"] == round(e["size"] * made["student_params"])
-        model = workspace.load_model(workspace.PRUNED_TEACHERS / f"{name}.pt", ctx, "rerun")
-        assert sum(t.numel() for t in model.parameters()) == e["params"]
-        assert set(e["stages"]) == {"stem", "layer1", "layer2", "layer3"}
-    for criterion, size, init, variant in stages.groups(p):
-        for seed in p.study.seeds:
-            train(p, stages.pruned_spec(p, size, criterion, init, variant, seed))
-    summary = gathered.run_pruning(p)
-    assert len(summary["groups"]) == 2 * 4 + 1
-    pruned_kd, fresh_kd = "prune.activation.x1.0.kd", "shape.activation.x1.0.kd"
-    assert summary["groups"][pruned_kd]["params"] == summary["groups"][fresh_kd]["params"] == \
-        made["models"]["activation.x1.0"]["params"]
-    assert f"{pruned_kd}_vs_{fresh_kd}" in summary["comparisons"]
-    assert f"{pruned_kd}_vs_prune.random.x1.0.kd" in summary["comparisons"]
-    assert summary["groups"][pruned_kd]["test_acc"]["n"] == 2
-    from pathlib import Path
-
-    assert "| x0.5 | shape | raw | activation |" in Path(workspace.PRUNING_MD).read_text()
-    # the fresh-weights control has exactly the pruned shape
-    pruned_first = workspace.load_model(workspace.PRUNED_TEACHERS / "activation.x1.0.pt", ctx, "rerun")
-    shape = workspace.load_model(workspace.run_files(fresh_kd, 0, "pruned")[0], ctx, "rerun")
-    assert [t.shape for t in shape.parameters()] == [t.shape for t in pruned_first.parameters()]

@@ -68,7 +68,7 @@ def test_a_hostile_checkpoint_is_refused_and_never_run(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["data/prepared/train.pt", "models/teacher.pt", "data/teacher_logits/train.pt",
-                                  "data/teacher_logits.partial/chunk_00000.pt", "models/prune/l1.x1.0.pt"])
+                                  "data/teacher_logits.partial/chunk_00000.pt", "models/q23/pruned/l1-it-x1.0.pt"])
 def test_every_loaded_file_refuses_pickled_code(tmp_path, name):
     marker = tmp_path / "pwned"
     _hostile(tmp_path / name, marker)
@@ -139,19 +139,15 @@ BAD = [
     ({"train": {"weight_decay": float("nan")}}, "train.weight_decay", "finite"),
     ({"methods": {"dkd": {"beta": float("-inf")}}}, "methods.dkd.beta", "finite"),
     # stages the architectures lack
-    ({"parts": {"layers": ["layer4"]}}, "parts.layers[0]", "has no layer 'layer4'"),
-    ({"parts": {"layers": ["layer3.5"]}}, "parts.layers[0]", "has no layer 'layer3.5'"),
+    ({"methods": {"at": {"layers": ["layer4"]}}}, "methods.at.layers[0]", "has no layer 'layer4'"),
+    ({"methods": {"rkd": {"layers": ["layer3.5"]}}}, "methods.rkd.layers[0]", "has no layer 'layer3.5'"),
     # options of methods other stages build, though not in study.variants
     ({"study": {"variants": ["kd"]}, "methods": {"fitnet": {"layers": ["layer4"]}}}, "methods.fitnet.layers[0]",
      "no layer"),
     ({"study": {"variants": ["kd"]}, "methods": {"dkd": {"beta": -1.0}}}, "methods.dkd.beta", ">= 0"),
     ({"study": {"variants": ["kd"]}, "methods": {"at": {"layers": []}}}, "methods.at.layers", "empty"),
     ({"methods": {"init_teacher": {"keep": [[0, 5], [0], [0]]}}}, "methods.init_teacher.keep[0]", "blocks 0..2"),
-    ({"prune": {"keep": [[0], [0]]}}, "prune.keep", "lists 2 layers"),
-    # pruning targets that prune nothing, also where the teacher is smaller than its student
-    ({"prune": {"sizes": [5.0]}}, "prune.sizes[0]", "prune nothing"),
-    ({"teacher": {"arch": "resnet8", "width": 0.25}, "methods": {"init_teacher": {"keep": [[0], [0], [0]]}}},
-     "prune.sizes[0]", "prune nothing"),
+    ({"methods": {"init_teacher": {"keep": [[0], [0]]}}}, "methods.init_teacher.keep", "lists 2 layers"),
     # seeds the generators cannot tell apart (-1 draws what 2**64 - 1 draws)
     ({"teacher": {"seed": -1}}, "teacher.seed", "[0, 2**32)"),
     ({"study": {"seeds": [0, 2 ** 64]}}, "study.seeds[1]", "[0, 2**32)"),
@@ -174,10 +170,10 @@ def test_bad_values_are_refused_naming_the_key(tmp_path, over, key, message):
 
 
 def test_the_shipped_params_and_a_valid_change_pass(tmp_path):
-    assert check.check_all(params.load(REPO / "params.yaml"), REPO / "params.yaml").study.seeds == [0, 1, 2]
-    p = _load(tmp_path, {"teacher": {"arch": "resnet32"}, "parts": {"layers": ["layer2.0"]},
-                         "prune": {"keep": [], "sizes": [4.0]}})
-    assert p.prune.sizes == [4.0]
+    assert check.check_all(params.load(REPO / "params.yaml"), REPO / "params.yaml").study.seeds == list(range(7))
+    p = _load(tmp_path, {"teacher": {"arch": "resnet32"}, "methods": {"fitnet": {"layers": ["layer2.0"]},
+                                                                      "init_teacher": {"keep": []}}})
+    assert p.teacher.arch == "resnet32" and p.methods["fitnet"]["layers"] == ["layer2.0"]
 
 
 # ---------------------------------------------------------------- 5: a tracking failure loses no epoch

@@ -32,21 +32,6 @@ def _cache(p, args):
     run_cache(p)
 
 
-def _parts(p, args):
-    from kdlab.analysis.parts import run_parts
-    run_parts(p)
-
-
-def _prune_teacher(p, args):
-    from kdlab.pipeline.pruning import run_prune_teacher
-    run_prune_teacher(p)
-
-
-def _pruning(p, args):
-    from kdlab.analysis.pruning import run_pruning
-    run_pruning(p)
-
-
 def _evaluate(p, args):
     from kdlab.analysis.evaluate import run_evaluate
     run_evaluate(p)
@@ -131,9 +116,8 @@ Q23_STAGES = ("cache", "prune", "cka", "report")
 NAMED_STUDIES = {"q1": "kdlab.pipeline.q1", "q23": "kdlab.pipeline.q23"}
 
 #: every command; the one that trains runs under torchrun when train.nproc > 1 (see kdlab.infra.distributed)
-STAGES = {"check": _check, "prepare": _prepare, "train": _train, "cache": _cache, "parts": _parts,
-          "prune_teacher": _prune_teacher, "pruning": _pruning, "evaluate": _evaluate, "report": _report,
-          "q1_cache": _q1("cache"), "q1_report": _q1_report, "pilot": _pilot, **{f"q23_{s}": _q23(s) for s in Q23_STAGES},
+STAGES = {"check": _check, "prepare": _prepare, "train": _train, "cache": _cache, "evaluate": _evaluate,
+          "report": _report, "q1_cache": _q1("cache"), "q1_report": _q1_report, "pilot": _pilot, **{f"q23_{s}": _q23(s) for s in Q23_STAGES},
           "results": _results, "sweep": _sweep, "readme": _readme, "bench": _bench, "ui": None}
 #: the commands a warm server runs (kdlab.warm): all but the bench (it times itself) and the UI
 WARM_COMMANDS = tuple(c for c in STAGES if c not in ("bench", "ui"))
@@ -145,12 +129,10 @@ def _parser() -> argparse.ArgumentParser:
         description="kdlab pipeline stages (normally run by `dvc repro`; see dvc.yaml). `check` validates all of "
                     "params.yaml (every method's options and the architectures too), the pipeline's first stage. "
                     "`train [--study FILE] RUN` trains one teacher or student of a study, named by its model file "
-                    "under models/ (models/<study>/ for a named study) without .pt: `teacher`, `students/kd-0`, "
-                    "`parts/fitnet.layer2-0`, `pruned/prune.l1.x1.0.kd-0`; `--study studies/q1/params.yaml "
+                    "under models/ (models/<study>/ for a named study) without .pt: `teacher`, `students/kd-0`; "
+                    "`--study studies/q1/params.yaml "
                     "teachers/main` or `students/kd.main-w0.5-e15-s0`; `--study studies/q23/params.yaml "
-                    "students/kd.carved-e10-s0`. An unknown RUN lists the study's runs. `parts` measures the "
-                    "question-2 study, `prune_teacher` prunes the teacher to prune.sizes by each criterion, "
-                    "`pruning` measures that study. Question 1 in depth (studies/q1/dvc.yaml): `q1_cache --teacher T`, "
+                    "students/kd.carved-e10-s0`. An unknown RUN lists the study's runs. Question 1 in depth (studies/q1/dvc.yaml): `q1_cache --teacher T`, "
                     "`q1_report`; questions 2 and 3 with controls (studies/q23/dvc.yaml): `q23_cache`, `q23_prune`, "
                     "`q23_cka`, `q23_report`; each reads `--study` (default studies/q1/params.yaml, "
                     "studies/q23/params.yaml). `pilot --study FILE`: a named study's recipe pilot (its `pilot` section; "

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kdlab.infra import io
-from kdlab.pipeline.workspace import BENCH_MD, FINDINGS_MD, PARTS_MD, PRUNING_MD, SUMMARY_MD
+from kdlab.pipeline.workspace import BENCH_MD, FINDINGS_MD, SUMMARY_MD
 
 #: question 1 in depth's answers (kdlab.analysis.q1_report.FINDINGS_MD, written by studies/q1's q1_report stage)
 Q1_FINDINGS_MD = Path("reports/q1/findings.md")
@@ -13,8 +13,7 @@ Q1_FINDINGS_MD = Path("reports/q1/findings.md")
 Q23_FINDINGS_MD = Path("reports/q23/findings.md")
 
 #: README blocks that `kdlab readme` fills: name -> the pipeline file copied between its markers
-README_BLOCKS = {"findings": FINDINGS_MD, "results": SUMMARY_MD, "parts": PARTS_MD, "pruning": PRUNING_MD,
-                 "bench": BENCH_MD, "q1": Q1_FINDINGS_MD, "q23": Q23_FINDINGS_MD}
+README_BLOCKS = {"findings": FINDINGS_MD, "results": SUMMARY_MD, "bench": BENCH_MD, "q1": Q1_FINDINGS_MD, "q23": Q23_FINDINGS_MD}
 
 
 def markers(block: str) -> tuple[str, str]:

@@ -1,8 +1,7 @@
 """``kdlab results``: every run of every question as one tidy pandas DataFrame, and its CSV.
 
-One row per trained model: the teacher and question 1's students (``metrics/students``, joined with the test
-metrics ``kdlab evaluate`` wrote to ``metrics/runs.json``), question 2's placements and carved students
-(``metrics/parts``) and question 3's pruned students (``metrics/pruned``). ``kdlab results`` adds the named
+One row per trained model: the default study's teacher and students (``metrics/students``, joined with the test
+metrics ``kdlab evaluate`` wrote to ``metrics/runs.json``). ``kdlab results`` adds the named
 studies whose params files are there (``studies/q1``: question 1 in depth; ``studies/q23``: questions 2 and 3 with
 controls): their teachers and students, ``run`` prefixed with the study's folder (``q1/kd.main-w0.5-e15-s0``).
 The runs are the current params' (not whatever lies in those directories), and each row names its study (the key
@@ -30,7 +29,7 @@ STUDY_PARAMS = ("data.name", "teacher.arch", "student.arch", "student.width", "s
 #: width and teacher; data, loss and cache views are the default study's in every study)
 OWN_PARAMS = ("teacher.arch", "student.arch", "student.width", "student.epochs")
 #: identity columns first, in this order; then the study's params, then the measured numbers (sorted)
-ID_COLUMNS = ("study", "question", "run", "group", "variant", "seed", "at", "init", "criterion", "size", "arch",
+ID_COLUMNS = ("study", "question", "run", "group", "variant", "seed", "init", "arch",
               "teacher", "width")
 
 
@@ -43,36 +42,6 @@ def _q1(p: Params) -> list[tuple[dict, Path]]:
         for s in p.study.seeds:
             rows.append(({"question": 1, "run": f"{v}-{s}", "group": v, "variant": v, "seed": s,
                           "arch": p.student.arch}, run_files(v, s)[1]))
-    return rows
-
-
-def _q2(p: Params) -> list[tuple[dict, Path]]:
-    from kdlab.analysis.parts import groups
-
-    rows = []
-    for g, in_parts in groups(p):
-        if not in_parts:  # raw and kd: question 1's runs
-            continue
-        placed = g.startswith(f"{p.parts.method}.")
-        for s in p.study.seeds:
-            row = {"question": 2, "run": f"{g}-{s}", "group": g, "variant": p.parts.method if placed else g, "seed": s,
-                   "arch": p.student.arch}
-            if placed:
-                row["at"] = g.split(".", 1)[1]
-            rows.append((row, run_files(g, s, "parts")[1]))
-    return rows
-
-
-def _q3(p: Params) -> list[tuple[dict, Path]]:
-    from kdlab.pipeline.stages import groups, run_name
-
-    rows = []
-    for criterion, size, init, variant in groups(p):
-        name = run_name(init, criterion, size, variant)
-        for s in p.study.seeds:
-            rows.append(({"question": 3, "run": f"{name}-{s}", "group": name, "variant": variant, "seed": s,
-                          "init": init, "criterion": criterion, "size": float(size), "arch": p.teacher.arch},
-                         run_files(name, s, "pruned")[1]))
     return rows
 
 
@@ -118,8 +87,8 @@ def _named(p: Params) -> list[tuple[dict, Path]]:
 
 
 def metrics_files(p: Params) -> dict[str, Path]:
-    """{run name: its metrics file} for every run of the study (question 1, 2 and 3)."""
-    return {ident["run"]: path for ident, path in _q1(p) + _q2(p) + _q3(p)}
+    """{run name: its metrics file} for every run of the default study."""
+    return {ident["run"]: path for ident, path in _q1(p)}
 
 
 def frame(p: Params, named: bool = False):
@@ -131,7 +100,7 @@ def frame(p: Params, named: bool = False):
     study = {"study": tracking.study_key(flat), **{k: flat[k] for k in STUDY_PARAMS}}
     tested = io.load_json(RUNS_JSON, "dvc repro evaluate") if RUNS_JSON.exists() else {}
     records, missing = [], []
-    for ident, path in _q1(p) + _q2(p) + _q3(p) + (_named(p) if named else []):
+    for ident, path in _q1(p) + (_named(p) if named else []):
         if not path.exists():
             missing.append(str(path))
             continue

@@ -206,8 +206,8 @@ UI_VIEWS = {
                       "selectedColumns": ["params.`loss.alpha`", "params.`loss.temperature`", "params.`student.epochs`",
                                           "metrics.`raw.acc`", "metrics.`kd.acc`", "metrics.`q1.kd_vs_raw.gain`",
                                           "metrics.`q1.kd_vs_raw.p_holm`",
-                                          "metrics.`q2.init_teacher_vs_init_random.gain`",
-                                          "metrics.`q3.x1.0.kd_vs_raw.gain`"]},
+                                          "metrics.`kd_correct_only.acc`",
+                                          "metrics.`q1.kd_correct_only_vs_kd.gain`"]},
 }
 
 
@@ -380,7 +380,7 @@ class Run:
 
 
 def _copy_run(client, original, parent: str, key: str) -> None:
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
 
     keep = {k: v for k, v in original.data.tags.items() if (not k.startswith("mlflow.") or k in (
         "mlflow.source.git.commit", "mlflow.source.name", "mlflow.source.type"))

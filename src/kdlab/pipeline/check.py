@@ -1,9 +1,9 @@
 """``kdlab check``, the pipeline's first stage: all of params.yaml, with the checks that need torch.
 
 Every stage checks its params (:mod:`kdlab.pipeline.params`) before any work; this stage adds every method's options
-(not only study.variants': the question-2 and -3 stages build others), each of them set in the file, the device,
-and what the teacher and student architectures must have: the layers that taps and carving name, and a teacher
-larger than every pruning target. Architectures are built on the meta device: nothing is allocated.
+(not only study.variants': studies/q1 and studies/q23 build others from the same section), each of them set in the
+file, the device, and what the teacher and student architectures must have: the layers that taps and carving name.
+Architectures are built on the meta device: nothing is allocated.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 from kdlab import distill
 from kdlab.core.data import CLASSES, SHAPES
 from kdlab.core.features import check_paths
-from kdlab.core.models import build, count_params
+from kdlab.core.models import build
 from kdlab.core.surgery import keep_blocks
 from kdlab.infra import io, runtime
 from kdlab.infra.schema import ParamsError, read_yaml
@@ -38,8 +38,7 @@ def check_methods(p: Params, raw_methods: dict | None = None, source: str = "par
 
 
 def check_models(p: Params, methods: dict) -> None:
-    """The layers that taps and carving name exist in both architectures; every pruning target is below the
-    (carved) teacher's size."""
+    """The layers that taps and carving name exist in both architectures."""
     s = p.data.synthetic
     channels = SHAPES.get(p.data.name, (s.channels,))[0]
     classes = CLASSES.get(p.data.name, s.classes)
@@ -48,17 +47,10 @@ def check_models(p: Params, methods: dict) -> None:
         student = build(p.student.arch, channels, classes, p.student.width)
         taps = {f"methods.{m.options_name}.layers": m.opts.layers
                 for m in methods.values() if hasattr(m.opts, "layers")}
-        for key, paths in {**taps, "parts.layers": p.parts.layers}.items():
+        for key, paths in taps.items():
             for role, model in (("teacher", teacher), ("student", student)):
                 check_paths(model, paths, key, role)
         keep_blocks(teacher, methods["init_teacher"].blocks(teacher), "methods.init_teacher.keep")
-        carved = keep_blocks(teacher, p.prune.keep, "prune.keep") if p.prune.keep else teacher
-        unit, largest = count_params(student), count_params(carved)
-        for i, size in enumerate(p.prune.sizes):
-            if round(size * unit) >= largest:
-                raise ParamsError(f"prune.sizes[{i}]", f"{size} x the student's {unit:,} parameters is not below "
-                                  f"the {largest:,} of the teacher{' carved by prune.keep' if p.prune.keep else ''}, "
-                                  f"so it would prune nothing; use a size below {largest / unit:.2f}")
 
 
 def check_all(p: Params, path: str | Path = "params.yaml") -> Params:

@@ -7,7 +7,6 @@ The generic machinery (building, overrides, flattening) is :mod:`kdlab.infra.sch
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Union
@@ -27,7 +26,7 @@ from kdlab.infra.schema import (
 
 #: the labels-only student every distillation variant is compared against
 BASELINE = "raw"
-#: channel-importance criteria of the question-3 pruning (kdlab.core.channels); here so that validation needs no torch
+#: channel-importance criteria of question 3's pruning (studies/q23, kdlab.core.channels); here so that validation needs no torch
 PRUNE_CRITERIA = ("l1", "bn_scale", "taylor", "activation", "random")
 #: a study trains (1 + len(variants)) x len(seeds) students; more seeds than this is almost surely a typo
 MAX_SEEDS = 20
@@ -36,8 +35,6 @@ MAX_SEEDS = 20
 SEED_LIMIT = 2 ** 32
 #: epochs per run at most (epoch generators of seeds s and s + 1 meet at epoch 1_000_003)
 MAX_EPOCHS = 100_000
-#: pruning steps at most: fine-tuning draws its batches from epochs 1000 x step of the teacher's seed
-MAX_PRUNE_STEPS = 1000
 
 
 def check_seed(key: str, value: int) -> None:
@@ -207,74 +204,6 @@ class StudyParams:
 
 
 @dataclass(frozen=True)
-class PartsParams:
-    """Question 2: which parts of the network benefit from distillation."""
-    method: str = "fitnet"
-    layers: list[str] = field(default_factory=lambda: ["layer1", "layer2", "layer3"])
-    init: list[str] = field(default_factory=lambda: ["init_teacher", "init_random"])
-    cka_images: int = 512
-
-    def check(self, key: str) -> None:
-        distillers = _distillers()
-        choice(f"{key}.method", self.method, distillers)
-        if not self.layers:
-            raise ParamsError(f"{key}.layers", "is empty; list the layers to place the feature loss at, e.g. "
-                              "[layer1, layer2]")
-        for i, layer in enumerate(self.layers):
-            if not re.fullmatch(r"layer\d+(\.\d+)?", layer):
-                raise ParamsError(f"{key}.layers[{i}]", f"{layer!r} is not a layer path; use layerN (a ResNet "
-                                  f"layer) or layerN.B (one of its blocks)")
-        no_duplicates(f"{key}.layers", self.layers)
-        if not self.init:
-            raise ParamsError(f"{key}.init", "is empty; list at least one carved student, e.g. "
-                              "[init_teacher, init_random]")
-        for i, v in enumerate(self.init):
-            choice(f"{key}.init[{i}]", v, distillers)
-        if self.cka_images < 4:  # the unbiased CKA's U-statistic needs n > 3
-            raise ParamsError(f"{key}.cka_images", f"at least 4 images, got {self.cka_images}")
-
-
-@dataclass(frozen=True)
-class PruneParams:
-    """Question 3: students pruned out of the teacher by channel importance (stages prune_teacher, pruned_student, criteria, pruning)."""
-    criterion: str = "activation"
-    compare: list[str] = field(default_factory=lambda: ["l1", "bn_scale", "taylor", "random"])
-    sizes: list[float] = field(default_factory=lambda: [1.0, 0.5])
-    steps: int = 1
-    finetune_steps: int = 100
-    #: the KD between iterative pruning steps: its own weights, so a loss.* experiment leaves the pruning alone
-    finetune_alpha: float = 0.5
-    finetune_temperature: float = 4.0
-    calibration_images: int = 256
-    max_ratio: float = 0.9
-    keep: list[list[int]] = field(default_factory=list)
-
-    def check(self, key: str) -> None:
-        choice(f"{key}.criterion", self.criterion, PRUNE_CRITERIA)
-        for i, c in enumerate(self.compare):
-            choice(f"{key}.compare[{i}]", c, PRUNE_CRITERIA)
-            if c == self.criterion:
-                raise ParamsError(f"{key}.compare[{i}]", f"{c!r} is prune.criterion itself; list the criteria to "
-                                  f"compare it with")
-        no_duplicates(f"{key}.compare", self.compare)
-        if not self.sizes:
-            raise ParamsError(f"{key}.sizes", "is empty; give target sizes as multiples of the student's parameter "
-                              "count, e.g. [1.0, 0.5]")
-        for i, size in enumerate(self.sizes):
-            positive(f"{key}.sizes[{i}]", size)
-        no_duplicates(f"{key}.sizes", self.sizes)
-        positive(f"{key}.steps", self.steps)
-        if self.steps > MAX_PRUNE_STEPS:
-            raise ParamsError(f"{key}.steps", f"{self.steps} is more than {MAX_PRUNE_STEPS}")
-        positive(f"{key}.finetune_steps", self.finetune_steps, strict=False)
-        unit_interval(f"{key}.finetune_alpha", self.finetune_alpha, closed=True)
-        positive(f"{key}.finetune_temperature", self.finetune_temperature)
-        positive(f"{key}.calibration_images", self.calibration_images)
-        if not 0 < self.max_ratio < 1:
-            raise ParamsError(f"{key}.max_ratio", f"must be in (0, 1), got {self.max_ratio}")
-
-
-@dataclass(frozen=True)
 class Params:
     data: DataParams = field(default_factory=DataParams)
     views: ViewParams = field(default_factory=ViewParams)
@@ -286,11 +215,9 @@ class Params:
     study: StudyParams = field(default_factory=StudyParams)
     #: each method's own options, ``methods.<name>.<key>``, checked against the method file's ``Options``
     methods: dict[str, dict] = field(default_factory=dict)
-    parts: PartsParams = field(default_factory=PartsParams)
-    prune: PruneParams = field(default_factory=PruneParams)
 
 
-SECTIONS = ("data", "views", "teacher", "student", "train", "loss", "cache", "study", "parts", "prune")
+SECTIONS = ("data", "views", "teacher", "student", "train", "loss", "cache", "study")
 
 
 def check(p: Params) -> Params:

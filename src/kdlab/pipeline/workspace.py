@@ -28,11 +28,6 @@ CACHE = Path("data/teacher_logits")
 CACHE_PARTIAL = Path("data/teacher_logits.partial")
 TEACHER = Path("models/teacher.pt")
 STUDENTS = Path("models/students")
-#: the question-2 study's students (feature loss at one layer, students carved from the teacher)
-PARTS = Path("models/parts")
-#: question 3: the pruned teachers, one file per (criterion, size), and the students trained from them
-PRUNED_TEACHERS = Path("models/prune")
-PRUNED_STUDENTS = Path("models/pruned")
 #: per-epoch training state of interrupted runs; deleted once a run's outputs are written
 CHECKPOINTS = Path("checkpoints")
 METRICS = Path("metrics")
@@ -45,15 +40,6 @@ CURVES = Path("plots/curves")
 ACCURACY_PLOT = Path("plots/accuracy.json")
 #: every student's validation curve in one table (kdlab.analysis.report), for `dvc plots`
 CURVES_PLOT = Path("plots/learning_curves.json")
-#: question 2 (kdlab.analysis.parts)
-PARTS_JSON = METRICS / "parts.json"
-PARTS_MD = METRICS / "parts.md"
-CKA_PLOT = Path("plots/parts_cka.json")
-#: question 3 (kdlab.pipeline.pruning)
-PRUNE_JSON = METRICS / "prune.json"
-PRUNING_JSON = METRICS / "pruning.json"
-PRUNING_MD = METRICS / "pruning.md"
-PROFILE_PLOT = Path("plots/prune_profile.json")
 #: kdlab.analysis.report and kdlab.analysis.sweep
 REPORTS = Path("reports")
 #: the only DVC metrics file: each question's headline numbers (kdlab.analysis.report); the files above are plain outputs
@@ -65,11 +51,9 @@ BENCH_JSON = METRICS / "bench.json"
 BENCH_MD = METRICS / "bench.md"
 
 
-def run_files(name: str, seed: int, kind: str = "students") -> tuple[Path, Path]:
-    """(model, metrics) files of run ``name-seed``; ``kind``: ``students`` (question 1), ``parts`` (question 2)
-    or ``pruned`` (question 3)."""
-    models_dir = {"students": STUDENTS, "parts": PARTS, "pruned": PRUNED_STUDENTS}[kind]
-    return models_dir / f"{name}-{seed}.pt", METRICS / kind / f"{name}-{seed}.json"
+def run_files(name: str, seed: int) -> tuple[Path, Path]:
+    """(model, metrics) files of the default study's student ``name-seed``."""
+    return STUDENTS / f"{name}-{seed}.pt", METRICS / "students" / f"{name}-{seed}.json"
 
 
 # ---------------------------------------------------------------- the process's context
