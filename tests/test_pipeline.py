@@ -140,7 +140,7 @@ def test_repro_runs_every_stage_into_metrics_report_and_mlflow(studied):
     assert len(by_role["study"]) == 1
     parent = by_role["study"][0].info.run_id
     assert {r.info.run_name for r in by_role["student"]} == STUDENTS
-    assert set(by_role) == {"study", "teacher", "cache", "student", "evaluate", "report"}, set(by_role)
+    assert set(by_role) == {"study", "teacher", "student", "evaluate", "report"}, set(by_role)
     for r in by_role["student"] + by_role["teacher"] + by_role["evaluate"]:
         assert r.data.tags["mlflow.parentRunId"] == parent
         assert r.info.status == "FINISHED"
