@@ -7,7 +7,8 @@ Builds the end-to-end tests' tiny studies (tests/test_pipeline.py: TINY for the 
 Q23_TINY for studies/q1 and studies/q23) in a temporary git + DVC repository from the sources, dvc.yaml files
 and studies of ``--rev`` (default: this working tree), runs ``dvc repro`` for each study, and writes one sha256 per
 output file: models and caches by their tensors and plain data, metrics by their JSON. Timings (keys naming
-seconds or time) and input files' sha256 stamps are left out; nothing else is. ``--warm`` runs the stages through kdlab's warm launcher
+seconds or time), input files' sha256 stamps and the recorded source digest (key ``code``, which any edit of
+src/ changes) are left out; nothing else is. ``--warm`` runs the stages through kdlab's warm launcher
 (kdlab.warm), otherwise each stage is its own process. ``--imports FILE`` also records the kdlab files each
 stage's process imported (tests/probe), for ``scripts/stage_deps.py``. ``--compare`` prints every file that differs and exits 1
 if any does.
@@ -30,9 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 TREE = ("src", "dvc.yaml", "studies", "pyproject.toml", ".gitignore", ".dvcignore", "web/templates")
 #: the outputs fingerprinted (everything a stage writes that is a result; reports and plots are worded from these)
 OUTPUTS = ("models", "data/teacher_logits", "data/q1", "data/q23", "metrics", "predictions")
-#: left out: timings (seconds, throughput) and the sha256 stamps of input files, which hold their timings (the
-#: inputs themselves are fingerprinted where they are outputs)
-TIMING = re.compile(r"second|time|sha256$", re.I)
+#: left out: timings (seconds, throughput), the sha256 stamps of input files, which hold their timings (the
+#: inputs themselves are fingerprinted where they are outputs), and the source digest a run records (``code``:
+#: provenance, which every source edit changes; the outputs it describes are fingerprinted)
+TIMING = re.compile(r"second|time|sha256$|^code$", re.I)
 
 
 def _digest(value, h) -> None:

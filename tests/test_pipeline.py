@@ -174,10 +174,11 @@ def test_repro_runs_every_stage_into_metrics_report_and_mlflow(studied):
         assert len(client.get_metric_history(r.info.run_id, "train_loss")) > 1, name
         assert r.info.run_id in models, name  # a model for the teacher and every student
     # the best student on validation (never test) is registered, and the test-split fidelity is in its row
-    best = max(sorted(STUDENTS),
-               key=lambda n: json.loads((root / f"metrics/students/{n}.json").read_text())["val_acc"])
+    # (tiny students can tie on validation: the one registered is one of the best, the only version)
+    val = {n: json.loads((root / f"metrics/students/{n}.json").read_text())["val_acc"] for n in STUDENTS}
+    best = {n for n, v in val.items() if v == max(val.values())}
     versions = client.search_model_versions("name = 'kdlab-synthetic-resnet8'")
-    assert [v.run_id for v in versions] == [next(r.info.run_id for r in runs if r.info.run_name == best)]
+    assert len(versions) == 1 and next(r.info.run_name for r in runs if r.info.run_id == versions[0].run_id) in best
     assert all("agreement" in r.data.metrics for r in by_role["student"] if r.info.run_name in ("raw-0", "kd-0"))
     kd_run = next(r for r in by_role["student"] if r.info.run_name == "kd-0")
     assert {"loss/ce", "loss/kd", "val_acc", "test_acc"} <= set(kd_run.data.metrics)

@@ -282,3 +282,21 @@ def test_findings_word_an_untestable_comparison():
     assert report._verdict(same) == "+0.00 points (the same difference on every seed: not testable)"
     single = study_report.family({"a_vs_b": stats.paired([0.5], [0.4])})["a_vs_b"]
     assert report._verdict(single) == "+10.00 points (one seed: not testable)"
+
+
+def test_the_declared_effect_decides_equivalence(study):
+    """study.effect (params) is the study's equivalence margin: a difference of +0.10 points whose paired interval
+    spans zero is equivalent within the shipped +/-0.5 and inconclusive within a declared +/-0.1."""
+    p, s, runs = study
+    frame = pd.DataFrame([{"question": 1, "group": g, "seed": seed, "test_acc": a + bump}
+                          for g, bump in (("raw", 0.0), ("kd", 0.04), ("kd_correct_only", 0.0))
+                          for seed, a in zip((0, 1, 2, 3, 4), (0.80, 0.81, 0.82, 0.815, 0.805))])
+    frame.loc[frame.group == "kd_correct_only", "test_acc"] += [0.003, -0.001, 0.002, -0.0005, 0.0015]
+    shipped = params.from_dict({}).study.effect
+    assert shipped == 0.5
+    wide = report.paired_family(frame, s, shipped)["comparisons"]["kd_correct_only_vs_raw"]["test_acc"]
+    narrow = report.paired_family(frame, s, 0.1)["comparisons"]["kd_correct_only_vs_raw"]["test_acc"]
+    assert wide["verdict"] == "equivalent" and wide["margin"] == pytest.approx(0.005), wide
+    assert narrow["verdict"] == "inconclusive" and narrow["margin"] == pytest.approx(0.001), narrow
+    with pytest.raises(params.ParamsError, match="study.effect"):
+        params.from_dict({"study": {"effect": 0}})

@@ -12,7 +12,7 @@ import copy
 
 from kdlab.analysis import evaluate, stats
 from kdlab.analysis.present import report_html
-from kdlab.analysis.study_report import MARGIN, family, said
+from kdlab.analysis.study_report import family, said
 from kdlab.infra import io, tracking
 from kdlab.infra.schema import flatten, flatten_dict
 from kdlab.pipeline.params import Params
@@ -27,17 +27,18 @@ from kdlab.pipeline.workspace import (
 )
 
 
-def paired_family(frame, summary: dict) -> dict:
+def paired_family(frame, summary: dict, effect: float) -> dict:
     """A copy of question 1's summary whose comparisons are paired over seeds instead of Welch's: the same seed
     gives both arms the same batch order, views and initial weights, so each comparison is the mean per-seed
     difference with its t interval and paired p (:func:`kdlab.analysis.stats.paired`), plus ``p_holm``
     (Holm-adjusted over the study's comparisons, the family the report and the headline draw conclusions from)
     and the verdict it allows in four words (:func:`kdlab.analysis.study_report.family`: above, below, equivalent
     within the margin, inconclusive with the effect these seeds detect). ``frame``: every run's metrics
-    (:func:`kdlab.analysis.results.frame`), so the report stage needs no model; evaluate's own file keeps Welch."""
+    (:func:`kdlab.analysis.results.frame`), so the report stage needs no model; evaluate's own file keeps Welch.
+    ``effect``: the study's declared smallest effect of interest and equivalence margin, in points."""
     s = copy.deepcopy(summary)
     pairs = [tuple(k.split("_vs_")) for k in s["comparisons"]]
-    tested = family(stats.paired_pairs(frame, "group", "test_acc", pairs))
+    tested = family(stats.paired_pairs(frame, "group", "test_acc", pairs), effect / 100)
     for (a, b), c in zip(pairs, s["comparisons"].values()):
         c["test_acc"] = tested[f"{a}_vs_{b}"]
     return s
@@ -80,7 +81,7 @@ def findings(p: Params, numbers: dict, summary: dict) -> str:
              f"{numbers['teacher']['acc']:.2f}%, students `{p.student.arch}` x{p.student.width} trained "
              f"{p.student.epochs} epochs; {n} seed{'s' if n > 1 else ''} per arm; `kdlab report` writes this; "
              f"differences paired over seeds, Holm-adjusted over the {len(comps)} comparisons, equivalence within "
-             f"+/-{100 * MARGIN:.1f} points by TOST):", ""]
+             f"+/-{p.study.effect:.1f} points by TOST, the declared `study.effect`):", ""]
     for v in p.study.variants:
         if f"{v}_vs_raw" in comps:
             lines.append(f"- `{v}` {numbers[v]['acc']:.2f}% against {numbers['raw']['acc']:.2f}% trained alone: "
@@ -105,7 +106,7 @@ def run_report(p: Params, metrics_files: dict | None = None, runs_frame=None):
     :func:`kdlab.analysis.results.metrics_files`): the study's runs, so that those DVC reused link into this study."""
     runs = io.load_json(RUNS_JSON, "dvc repro evaluate")
     curves = load_curves(runs)
-    summary = paired_family(runs_frame, io.load_json(SUMMARY_JSON, "dvc repro evaluate"))
+    summary = paired_family(runs_frame, io.load_json(SUMMARY_JSON, "dvc repro evaluate"), p.study.effect)
     REPORTS.mkdir(exist_ok=True)
     pictures = evaluate.pictures(p, summary, runs, curves)
     for name, draw in pictures.items():

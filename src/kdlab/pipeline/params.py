@@ -183,9 +183,12 @@ class CacheParams:
 class StudyParams:
     variants: list[str] = field(default_factory=lambda: ["kd", "kd_correct_only"])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    #: the smallest effect of interest and the equivalence margin (TOST), in points of test accuracy
+    effect: float = 0.5
 
     def check(self, key: str) -> None:
         distillers = _distillers()
+        positive(f"{key}.effect", self.effect)
         if not self.variants:
             raise ParamsError(f"{key}.variants", "is empty; list at least one of " + ", ".join(distillers))
         for i, v in enumerate(self.variants):
