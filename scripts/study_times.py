@@ -1,6 +1,6 @@
 """Where a study's time goes (issue: speed): start-up, compile, training, evaluation, DVC.
 
-    python scripts/study_times.py metrics            # the committed default study, from its run metrics
+    python scripts/study_times.py metrics [--study default|q1|q23]   # each committed study, from its run metrics
     python scripts/study_times.py tiny [--dir DIR]   # a tiny study through `dvc repro`: direct, then warm
 
 ``metrics`` reads every run's ``wall_seconds`` / ``train_seconds`` / ``compile_seconds`` under metrics/ (written
@@ -54,9 +54,17 @@ def kind(path: Path) -> str:
     return f"{rel.parts[0]}/{rel.stem.rsplit('-', 1)[0]}"
 
 
-def from_metrics() -> None:
+#: the named studies' metrics folders (metrics/q1, metrics/q23); every other file under metrics/ is the default study's
+NAMED = ("q1", "q23")
+
+
+def from_metrics(study: str) -> None:
+    """One table of ``study``'s training runs (``default``, or a named study's folder under metrics/)."""
     rows = defaultdict(lambda: [0, 0.0, 0.0, 0.0])
     for f in sorted((REPO / "metrics").rglob("*.json")):
+        top = f.relative_to(REPO / "metrics").parts[0]
+        if (top if top in NAMED else "default") != study:
+            continue
         try:
             m = json.loads(f.read_text())
         except ValueError:
@@ -75,7 +83,7 @@ def from_metrics() -> None:
     for k, (n, c, t, e) in sorted(rows.items(), key=lambda kv: -sum(kv[1][1:])):
         print(f"| {k} | {n} | {c / 60:.1f} | {t / 60:.1f} | {e / 60:.1f} | {(c + t + e) / n:.0f} |")
     n = total[0]
-    print(f"| all | {n} | {total[1] / 60:.1f} | {total[2] / 60:.1f} | {total[3] / 60:.1f} | "
+    print(f"| all ({study} study) | {n} | {total[1] / 60:.1f} | {total[2] / 60:.1f} | {total[3] / 60:.1f} | "
           f"{sum(total[1:]) / n:.0f} |")
 
 
@@ -154,10 +162,14 @@ def tiny(base: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=("metrics", "tiny"))
+    ap.add_argument("--study", choices=("default", *NAMED), action="append",
+                    help="metrics: the study to tabulate (repeatable; default: each, one table apiece)")
     ap.add_argument("--dir", type=Path, help="tiny: where to build the studies (default: a temp dir, removed)")
     a = ap.parse_args()
     if a.what == "metrics":
-        from_metrics()
+        for i, study in enumerate(a.study or ("default", *NAMED)):
+            print(("\n" if i else "") + f"{study} study:\n")
+            from_metrics(study)
     elif a.dir:
         tiny(a.dir)
     else:

@@ -123,8 +123,8 @@ def test_headline_is_few_rounded_numbers_with_holm_adjusted_p(study, monkeypatch
     assert all(isinstance(v, (int, float)) for v in leaves) and len(leaves) == 19
     # the README's opening gives each paired comparison its verdict in four words (kd - raw: +4 at every seed)
     found = workspace.FINDINGS_MD.read_text()
-    assert "`kd` 85.00% against 81.00% trained alone: +4.00 points [+4.00, +4.00], Holm p 0.000: **above**" in found
-    assert "+3.50 points [+0.21, +6.79], Holm p 0.089: **inconclusive; detectable:" in found
+    assert "`kd` 85.00% against 81.00% trained alone: +4.00 [+4.00, +4.00], Holm p < 0.001: **above**" in found
+    assert "+3.50 [+0.21, +6.79], Holm p 0.089: **inconclusive; detectable:" in found
 
 
 class _NoRun:

@@ -12,7 +12,7 @@ import copy
 
 from kdlab.analysis import evaluate, stats
 from kdlab.analysis.present import report_html
-from kdlab.analysis.study_report import family, said
+from kdlab.analysis.study_report import family, said, short
 from kdlab.infra import io, tracking
 from kdlab.infra.schema import flatten, flatten_dict
 from kdlab.pipeline.params import Params
@@ -64,12 +64,11 @@ def headline(p: Params, summary: dict) -> dict:
 
 
 def _verdict(c: dict) -> str:
-    """``+0.89 points [+0.42, +1.35], Holm p 0.041: **above**``, from a paired comparison of :func:`paired_family`."""
+    """``+0.89 [+0.42, +1.35], Holm p 0.041: **above**`` (points), from a paired comparison of :func:`paired_family`."""
     if c.get("ci_low") is None or c.get("p_holm") is None:
         why = "one seed" if c.get("ci_low") is None else "the same difference on every seed"
         return f"{100 * c['diff']:+.2f} points ({why}: not testable)"
-    return (f"{100 * c['diff']:+.2f} points [{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}], Holm p "
-            f"{c['p_holm']:.3f}: **{said(c)}**")
+    return f"{short(c)}: **{said(c)}**"
 
 
 def findings(p: Params, numbers: dict, summary: dict) -> str:
@@ -80,7 +79,8 @@ def findings(p: Params, numbers: dict, summary: dict) -> str:
     lines = [f"What the default study in this commit found ({p.data.name}; teacher `{p.teacher.arch}` at "
              f"{numbers['teacher']['acc']:.2f}%, students `{p.student.arch}` x{p.student.width} trained "
              f"{p.student.epochs} epochs; {n} seed{'s' if n > 1 else ''} per arm; `kdlab report` writes this; "
-             f"differences paired over seeds, Holm-adjusted over the {len(comps)} comparisons, equivalence within "
+             f"differences in points, paired over seeds, Holm-adjusted over the {len(comps)} comparisons, "
+             f"equivalence within "
              f"+/-{p.study.effect:.1f} points by TOST, the declared `study.effect`):", ""]
     for v in p.study.variants:
         if f"{v}_vs_raw" in comps:
