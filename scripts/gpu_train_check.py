@@ -96,6 +96,8 @@ def main() -> int:
                  teachers={k: {**t, "epochs": epochs + 1, "snapshots": [1]} for k, t in raw_q["teachers"].items()})
     if args.smoke:
         raw_q.update(train_images=200, val_images=100, calibration_images=32, cka_images=32)
+        # 2 KD steps between pruning steps (100 would give the matched shape 154 epochs of 2 steps)
+        raw_q["prune"] = {**raw_q["prune"], "finetune_steps": 2}
     # the compute-matched budgets of these epochs: the teacher's (and the pruning's KD steps) plus the student's
     per_epoch = math.ceil(raw_q["train_images"] / raw_q["recipe"]["batch_size"])
     pr = raw_q["prune"]
