@@ -58,11 +58,6 @@ def render(p: Params, summary: dict, runs: dict) -> str:
     ])
 
 
-def headline(p: Params, summary: dict) -> dict:
-    """metrics/headline.json, the study's only DVC metrics: what `dvc metrics diff` and `dvc exp show` compare."""
-    return evaluate.headline(p, summary)
-
-
 def _verdict(c: dict) -> str:
     """``+0.89 [+0.42, +1.35], Holm p 0.041: **above**`` (points), from a paired comparison of :func:`paired_family`."""
     if c.get("ci_low") is None or c.get("p_holm") is None:
@@ -114,7 +109,7 @@ def run_report(p: Params, metrics_files: dict | None = None, runs_frame=None):
         draw(tmp)
         tmp.replace(REPORTS / name)
     io.save_json(evaluate.curve_rows(runs, curves), CURVES_PLOT)
-    numbers = headline(p, summary)
+    numbers = evaluate.headline(p, summary)  # metrics/headline.json: what `dvc metrics diff` compares
     io.save_json(numbers, HEADLINE_JSON)
     io.save_text(findings(p, numbers, summary), FINDINGS_MD)
     report = REPORTS / "report.md"
