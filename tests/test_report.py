@@ -213,9 +213,11 @@ def test_results_is_one_tidy_row_per_run_of_the_study(in_tmp, capsys):
     kd1 = df[df.run == "kd-1"].iloc[0]
     assert kd1.test_acc == pytest.approx(0.811) and kd1.agreement == 0.95 and kd1["loss.alpha"] == 0.5
     assert df.study.nunique() == 1 and len(df.study.iloc[0]) == 12
-    # the CSV reads back as the same table; the runs not trained yet are named, not invented
+    # the CSV reads back as the same table, its accuracies in percent as the reports give them; the runs not trained
+    # yet are named, not invented
     back = pd.read_csv(workspace.REPORTS / "results.csv")
-    assert back.shape == df.shape and back.test_acc.tolist() == pytest.approx(df.test_acc.tolist())
+    assert back.shape == df.shape and back.test_acc.tolist() == pytest.approx((100 * df.test_acc).round(2).tolist())
+    assert back.val_acc.tolist() == pytest.approx((100 * df.val_acc).round(2).tolist())
     assert "not run yet" in capsys.readouterr().out
     assert df.attrs["missing"] == [str(workspace.run_files("kd_correct_only", 1)[1])]
 

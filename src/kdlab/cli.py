@@ -123,46 +123,93 @@ STAGES = {"check": _check, "prepare": _prepare, "train": _train, "cache": _cache
 WARM_COMMANDS = tuple(c for c in STAGES if c not in ("bench", "ui"))
 
 
+#: each command's one-line help (``kdlab --help``) and its own options (``kdlab COMMAND --help``)
+HELP = {
+    "check": "validate all of params.yaml (every method's options, the architectures): the pipeline's first stage",
+    "prepare": "prepare the data set into data/prepared (uint8 tensors, sha256-stamped)",
+    "train": "train one teacher or student of a study, named by its model file under models/ without .pt",
+    "cache": "the default study's logit cache: the teacher's logits for the cached views",
+    "evaluate": "run every model of the default study on the test split (metrics/summary.json, runs.json)",
+    "report": "the default study's report, headline metrics and reports/results.csv, from the metrics files",
+    "q1_cache": "question 1 in depth (studies/q1): one teacher's logit cache",
+    "q1_report": "question 1 in depth: its report, findings and headline metrics",
+    "pilot": "a named study's recipe pilot (its pilot section; validation only)",
+    **{f"q23_{s}": f"questions 2 and 3 (studies/q23): the {s} stage" for s in Q23_STAGES},
+    "results": "every run of every study as one table: prints a summary, writes a CSV (accuracies in percent)",
+    "sweep": "gather DVC experiments over a param into a table and a plot",
+    "readme": "copy the pipeline's result blocks into README.md and docs/",
+    "bench": "time the same KD step several ways (kdlab, DataLoader+PIL, torchdistill)",
+    "ui": "the MLflow UI over the project's store, on 127.0.0.1",
+}
+#: words a user may try for a command, and the command that does it
+ALIASES = {"student": "train", "teacher": "train", "baseline": "train", "fit": "train", "test": "evaluate",
+           "eval": "evaluate", "validate": "check", "mlflow": "ui", "table": "results", "q1": "q1_report",
+           "q23": "q23_report"}
+
+
+def _study_option(ap: argparse.ArgumentParser, default: str | None) -> None:
+    ap.add_argument("--study", default=None, help="the study's params file" + (
+        f" (default {default})" if default else " (default: the default study, params.yaml)"))
+
+
 def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    common.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a param, e.g. -S loss.alpha=0.7 (repeatable)")
     ap = argparse.ArgumentParser(
-        prog="kdlab",
-        description="kdlab pipeline stages (normally run by `dvc repro`; see dvc.yaml). `check` validates all of "
-                    "params.yaml (every method's options and the architectures too), the pipeline's first stage. "
-                    "`train [--study FILE] RUN` trains one teacher or student of a study, named by its model file "
-                    "under models/ (models/<study>/ for a named study) without .pt: `teacher`, `students/kd-0`; "
-                    "`--study studies/q1/params.yaml "
-                    "teachers/main` or `students/kd.main-w0.5-e15-s0`; `--study studies/q23/params.yaml "
-                    "students/kd.carved-e10-s0`. An unknown RUN lists the study's runs. Question 1 in depth (studies/q1/dvc.yaml): `q1_cache --teacher T`, "
-                    "`q1_report`; questions 2 and 3 with controls (studies/q23/dvc.yaml): `q23_cache`, `q23_prune`, "
-                    "`q23_cka`, `q23_report`; each reads `--study` (default studies/q1/params.yaml, "
-                    "studies/q23/params.yaml). `pilot --study FILE`: a named study's recipe pilot (its `pilot` section; "
-                    "validation only). Extra commands: "
-                    "`results [-o CSV]` writes every run of every study (the default and studies/q1, studies/q23) as one "
-                    "tidy table (pandas); "
-                    "`sweep --param KEY [--by KEY2]` gathers DVC experiments into a table and plot; `readme` copies "
-                    "metrics/summary.md into README.md; `ui` starts the MLflow UI on the project's store; `bench` times "
-                    "the same KD step several ways (kdlab raw / cached / online, DataLoader+PIL, torchdistill).",
-    )
-    ap.add_argument("stage", choices=STAGES, help="what to run")
-    ap.add_argument("run", nargs="?", help="train: the run, named by its model file (see above)")
-    ap.add_argument("--teacher", help="q1_cache: one of q1.cached")
-    ap.add_argument("--study", help="train: a named study's params file (default: the default study, params.yaml); "
-                    "q1_*, q23_*: the study's params file (default studies/q1/params.yaml, studies/q23/params.yaml); "
-                    "pilot: required")
-    ap.add_argument("--param", default="loss.alpha", help="sweep: the swept param (default loss.alpha)")
-    ap.add_argument("--by", help="sweep: a second swept param (a grid): one curve per value, e.g. loss.temperature")
-    ap.add_argument("-o", "--out", default="reports/results_all.csv", help="results: the CSV to write (default "
-                    "reports/results_all.csv; the report stage writes reports/results.csv, the default study's runs)")
-    ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    ap.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a param, e.g. -S loss.alpha=0.7 (repeatable)")
-    ap.add_argument("--port", type=int, default=5000, help="ui: port on 127.0.0.1 (default 5000)")
-    ap.add_argument("--quick", action="store_true", help="bench: one round of 2 steps (a smoke test)")
-    ap.add_argument("--rounds", type=int, default=3, help="bench: interleaved rounds (default 3; the median counts)")
-    ap.add_argument("--steps", type=int, help="bench: timed steps per measurement (default 40)")
-    ap.add_argument("--workers", type=int, help="bench: DataLoader workers for the PIL rows (default: up to 2)")
-    ap.add_argument("--no-compile", action="store_true", help="bench: skip the torch.compile row")
+        prog="kdlab", description="kdlab's commands; the stages are normally run by `dvc repro` (see dvc.yaml and "
+        "docs/pipeline.md). `kdlab COMMAND --help` shows a command's own options.")
+    sub = ap.add_subparsers(dest="stage", metavar="COMMAND", required=True)
+    cmds = {name: sub.add_parser(name, parents=[common], help=text, description=text) for name, text in HELP.items()}
+    cmds["train"].add_argument("run", nargs="?", help="the run: `teacher`, `students/kd-0`; with --study "
+                               "studies/q1/params.yaml `teachers/main` or `students/kd.main-w0.5-e30-s0`; an unknown "
+                               "run lists the study's runs")
+    _study_option(cmds["train"], None)
+    cmds["q1_cache"].add_argument("--teacher", help="one of q1.cached")
+    for name in ("q1_cache", "q1_report"):
+        _study_option(cmds[name], "studies/q1/params.yaml")
+    for s in Q23_STAGES:
+        _study_option(cmds[f"q23_{s}"], "studies/q23/params.yaml")
+    cmds["pilot"].add_argument("--study", help="the named study's params file (required), e.g. studies/q1/params.yaml")
+    cmds["results"].add_argument("-o", "--out", default="reports/results_all.csv", help="the CSV to write (default "
+                                 "reports/results_all.csv; the report stage writes reports/results.csv, the default "
+                                 "study's runs)")
+    cmds["sweep"].add_argument("--param", default="loss.alpha", help="the swept param (default loss.alpha)")
+    cmds["sweep"].add_argument("--by", help="a second swept param (a grid): one curve per value, e.g. loss.temperature")
+    cmds["ui"].add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
+    bench = cmds["bench"]
+    bench.add_argument("--quick", action="store_true", help="one round of 2 steps (a smoke test)")
+    bench.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3; the median counts)")
+    bench.add_argument("--steps", type=int, help="timed steps per measurement (default 40)")
+    bench.add_argument("--workers", type=int, help="DataLoader workers for the PIL rows (default: up to 2)")
+    bench.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
+    ap.set_defaults(commands=cmds)
     return ap
+
+
+def did_you_mean(word: str) -> str:
+    """``kdlab WORD`` for a WORD that is no command: the message, with the closest commands."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(STAGES) + list(ALIASES), n=3, cutoff=0.6)
+    named = list(dict.fromkeys(ALIASES.get(c, c) for c in close))
+    hint = f"; did you mean {' or '.join(f'`kdlab {c}`' for c in named)}?" if named else ""
+    return f"no command {word!r}{hint} (`kdlab --help` lists them all)"
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """The command's own parser reads its arguments, so that an error shows that command's usage."""
+    ap = _parser()
+    if argv and argv[0] in STAGES:
+        args = ap.get_default("commands")[argv[0]].parse_args(argv[1:])
+        args.stage = argv[0]
+    else:
+        args = ap.parse_args(argv)
+    for name in ("run", "study", "teacher"):  # the options only some commands have
+        if not hasattr(args, name):
+            setattr(args, name, None)
+    return args
 
 
 def _study_runs(p, study: str | None) -> dict:
@@ -270,7 +317,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(argv: list[str] | None = None) -> int:
     """Run one command in this process."""
-    args = _parser().parse_intermixed_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and not argv[0].startswith("-") and argv[0] not in STAGES:
+        print(f"kdlab: {did_you_mean(argv[0])}", file=sys.stderr)
+        return 2
+    args = _parse(argv)
     if args.stage == "ui":
         return ui(args.port)
     from kdlab.infra.io import StageError
@@ -289,7 +340,7 @@ def run(argv: list[str] | None = None) -> int:
     if args.stage == "train" and p.train.nproc > 1:  # this process becomes torchrun
         from kdlab.infra.distributed import launch
 
-        launch(p.train.nproc, sys.argv[1:] if argv is None else argv)
+        launch(p.train.nproc, argv)
     # SIGTERM (a scheduler, `kill`) ends a stage like Ctrl-C: the last complete epoch's checkpoint stays,
     # the MLflow run is closed as KILLED, and rerunning the stage resumes
     signal.signal(signal.SIGTERM, signal.default_int_handler)

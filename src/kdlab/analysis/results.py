@@ -118,17 +118,47 @@ def frame(p: Params, named: bool = False):
     return df
 
 
+#: the columns the CSV gives in percent, as the reports do (the frame keeps fractions for the statistics)
+PERCENT = ("test_acc", "test_acc_last", "val_acc", "val_acc_last", "agreement", "ece")
+
+
+def in_percent(df):
+    """A copy of ``df`` with :data:`PERCENT`'s columns in percent (rounded to 0.01 points)."""
+    out = df.copy()
+    for c in PERCENT:
+        if c in out.columns:
+            out[c] = (100 * out[c]).round(2)
+    return out
+
+
+def study_of(df):
+    """Each run's study: the prefix of its name (``q1/kd.main-...``), ``default`` for the default study's."""
+    return df.run.str.split("/").str[0].where(df.run.str.contains("/"), "default")
+
+
+def summary_table(df) -> str:
+    """The terminal's view of the runs: per study and group, the runs and their test accuracy (%, mean and SD)."""
+    if not len(df):
+        return "no runs yet"
+    # each teacher is its own row (a study's teachers differ on purpose); students group over seeds
+    group = df.group.where(df.variant != "teacher", df.run.str.split("/").str[-1])
+    rows = (in_percent(df).assign(study=study_of(df), group=group).groupby(["study", "group"], sort=False)["test_acc"]
+            .agg(**{"runs": "count", "test acc (%)": "mean", "SD (points)": "std"}).round(2).reset_index())
+    return rows.to_string(index=False, na_rep="-")
+
+
 def run_results(p: Params, out: Path = RESULTS_CSV, named: bool = False):
-    """Write the study's runs (``named``: and the named studies') to ``out`` (CSV) and say how many there are
-    and which are missing."""
+    """Write the study's runs (``named``: and the named studies') to ``out`` (CSV, accuracies, agreement and ECE in
+    percent) and say how many there are and which are missing; ``named`` also prints :func:`summary_table`."""
     df = frame(p, named)
     out.parent.mkdir(parents=True, exist_ok=True)
-    io.save_text(df.to_csv(index=False, float_format="%.7g"), out)
-    counts = ", ".join(f"{study}: {n}" for study, n in df.groupby(df.run.str.split("/").str[0].where(
-        df.run.str.contains("/"), "default"), sort=False).size().items()) if len(df) else "none"
-    print(f"wrote {out}: {len(df)} runs ({counts})")
+    io.save_text(in_percent(df).to_csv(index=False, float_format="%.7g"), out)
+    counts = ", ".join(f"{study}: {n}" for study, n in df.groupby(study_of(df), sort=False).size().items()) \
+        if len(df) else "none"
+    if named:
+        print(summary_table(df))
+    print(f"wrote {out}: {len(df)} runs ({counts}); accuracies, agreement and ECE in percent")
     if df.attrs["missing"]:
         print(f"not run yet ({len(df.attrs['missing'])}): {', '.join(df.attrs['missing'][:5])}"
               f"{' ...' if len(df.attrs['missing']) > 5 else ''}; `dvc repro` makes them")
     return df
-
