@@ -280,6 +280,8 @@ def fit(model: nn.Module, method: nn.Module, batches: TrainBatches,
                 average.update()
             if first_step_seconds is None:  # with torch.compile: the compilation, measured apart
                 first_step_seconds = time.perf_counter() - step_start
+                if compiled:  # and left out of the bar's rate and ETA (its clock restarts after the step)
+                    bar.unpause()
             seen += n
             for k, v in terms.items():  # summed on the device: no host sync inside the step loop
                 sums[k] = sums.get(k, 0) + v.detach().float() * n

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import os
 
 import torch
@@ -79,6 +80,10 @@ def compile_enabled(choice, device: torch.device, precision: str = "bf16") -> bo
 def setup(train_params, seed: int) -> torch.device:
     """Allocator, threads and seed; under torchrun also joins the process group (this rank's device)."""
     tune_allocator()
+    # inductor imports torch.utils.cpp_extension, which logs "No CUDA runtime is found, using CUDA_HOME=..." on
+    # every CPU machine that has a CUDA toolkit: a warning about a GPU a CPU run never uses, printed into the
+    # progress bars; errors from that module still show
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     if train_params.threads:
         torch.set_num_threads(train_params.threads)
     torch.manual_seed(seed)

@@ -199,9 +199,11 @@ UI_VIEWS = {
                    "selectedColumns": ["params.`variant`", "params.`seed`", "params.`loss.alpha`",
                                        "params.`loss.temperature`", "metrics.`test_acc`", "metrics.`agreement`",
                                        "metrics.`best_val_acc`", "tags.`best_epoch`", "attributes.`Models`"],
-                   # a row per variant (mean over its seeds), each opening onto its seeds' runs
+                   # a row per study and variant (mean over its seeds), each opening onto its seeds' runs: groups
+                   # never mix studies (other alphas, the named studies)
                    "groupBy": {"aggregateFunction": "average",
-                               "groupByKeys": [{"mode": "param", "groupByData": "variant"}]}},
+                               "groupByKeys": [{"mode": "tag", "groupByData": STUDY},
+                                               {"mode": "param", "groupByData": "variant"}]}},
     "kdlab-studies": {"searchFilter": f"tags.`{ROLE}` = 'study'",
                       "selectedColumns": ["params.`loss.alpha`", "params.`loss.temperature`", "params.`student.epochs`",
                                           "metrics.`raw.acc`", "metrics.`kd.acc`", "metrics.`q1.kd_vs_raw.gain`",
@@ -255,7 +257,8 @@ class Run:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, points in series.items() for step, v in points]
+        # 7 significant digits: a float32 accuracy of 0.425 reads 0.425, not 0.42500001192092896
+        batch = [Metric(k, float(f"{float(v):.7g}"), now, step) for k, points in series.items() for step, v in points]
         for i in range(0, len(batch), 1000):
             with _logging("metrics", self.run_id):
                 self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])
