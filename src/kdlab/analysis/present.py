@@ -37,13 +37,12 @@ def ci(s: dict | None, scale: float = 100, digits: int = 2) -> str:
     return f"{num(s['mean'], scale, digits)} [{num(s['ci_low'], scale, digits)}, {num(s['ci_high'], scale, digits)}]"
 
 
-def diff(w: dict, with_p: bool = False) -> str:
-    """``+d [lo, hi]`` points of a :func:`kdlab.analysis.stats.welch` or :func:`kdlab.analysis.stats.paired` comparison, with its
-    p-value when ``with_p`` (and its family-adjusted p where the comparison carries ``p_holm``)."""
+def diff(w: dict) -> str:
+    """``+d [lo, hi]`` points of a :func:`kdlab.analysis.stats.welch` or :func:`kdlab.analysis.stats.paired`
+    comparison."""
     out = pts(w["diff"])
     if w.get("ci_low") is not None:
-        holm = f", Holm {fmt_p(w['p_holm'])}" if "p_holm" in w else ""
-        out += f" [{pts(w['ci_low'])}, {pts(w['ci_high'])}]" + (f" (p {fmt_p(w['p'])}{holm})" if with_p else "")
+        out += f" [{pts(w['ci_low'])}, {pts(w['ci_high'])}]"
     return out
 
 
@@ -75,8 +74,8 @@ def verdict(name_a: str, name_b: str, cmp_: dict, n_seeds: int) -> str:
 def _paired_verdict(name_a: str, name_b: str, w: dict, n_seeds: int) -> str:
     if w.get("ci_low") is None or w.get("p_holm") is None:
         return f"{name_a} vs {name_b}: {pts(w['diff'])} points; no paired test is possible with one seed (or no variation)."
-    interval = (f"paired over {n_seeds} seeds: 95% CI [{pts(w['ci_low'])}, {pts(w['ci_high'])}] points, p = "
-                f"{fmt_p(w['p'])}, Holm-adjusted p = {fmt_p(w['p_holm'])}")
+    interval = (f"paired over {n_seeds} seeds: 95% CI [{pts(w['ci_low'])}, {pts(w['ci_high'])}] points, "
+                f"Holm-adjusted p = {fmt_p(w['p_holm'])}")
     if w["p_holm"] < 0.05:
         better = w["diff"] > 0
         return (f"**{name_a} {'beat' if better else 'was worse than'} {name_b}** by {pts(abs(w['diff']))} points "

@@ -30,6 +30,7 @@ from kdlab.analysis.present import plt, table
 from kdlab.analysis.study_report import (
     ALPHA,
     POWER,
+    brief,
     call,
     errorbar,
     family,
@@ -315,8 +316,7 @@ def render(p: Params, q: Q1, a: dict) -> str:
 def findings(p: Params, q: Q1, a: dict) -> str:
     """The README's question-1 answers, worded from the analysis: each a verdict with its interval and Holm p."""
     pl, fams = a["plateau"], a["families"]
-    lines = [f"Question 1 in depth (`make q1`: {p.data.name}, {q.train_images:,} training images, students "
-             f"`{q.student.arch}` x{q.student.width}, {_n(len(q.seeds), 'seed')} per arm; differences in points, [95% "
+    lines = [f"Question 1 in depth (`make q1`: {_setting(p, q, a)}; differences in points, [95% "
              f"interval], Holm p within each declared family, equivalence within +/-{q.effect} points; "
              f"{_hours(a['compute'])}; `kdlab q1_report` writes this from `metrics/q1/`; details in "
              f"`reports/q1/report.md`):", ""]
@@ -334,13 +334,35 @@ def findings(p: Params, q: Q1, a: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _setting(p: Params, q: Q1, a: dict) -> str:
+    """The study's data, teacher, student, budgets and seeds, as the first line of its findings says them."""
+    t = q.teachers[q.teacher]
+    budgets = list(dict.fromkeys([*q.budgets, *q.long.budgets]))
+    return (f"{p.data.name}, {q.train_images:,} training images; teacher `{q.teacher}` (`{t.arch}` x{t.width}) at "
+            f"{100 * a['teachers'][q.teacher]['test_acc']:.2f}% and three others; students `{q.student.arch}` "
+            f"x{q.student.width} trained {', '.join(map(str, budgets))} epochs; {_n(len(q.seeds), 'seed')} per arm")
+
+
+def brief_findings(p: Params, q: Q1, a: dict) -> str:
+    """The README's short block: the setting, then per declared family what the seeds decided."""
+    lines = [f"Question 1 in depth ({_setting(p, q, a)}; paired over seeds, Holm within each declared family, "
+             f"equivalence within +/-{q.effect} points; every interval and p: [docs/study-q1.md](docs/study-q1.md)):",
+             ""]
+    if a["plateau"]["checks"]:
+        lines.append(f"- **Has raw plateaued?** Its validation accuracy gains {_plateau_words(q, a['plateau'])}; "
+                     f"the rule: under {q.plateau} points.")
+    lines += [brief(QUESTIONS.get(name, name), list(fam.values()), _label) for name, fam in a["families"].items()]
+    return "\n".join(lines) + "\n"
+
+
 def headline(q: Q1, a: dict) -> dict:
-    """metrics/q1/headline.json: the study's DVC metrics (accuracies in %, gains in points, Holm p; the verdicts are
-    in analysis.json and the report)."""
-    out = {"teachers": {t: round(100 * r["test_acc"], 2) for t, r in a["teachers"].items()},
-           "arms": {arm: round(100 * r["test"]["mean"], 2) for arm, r in a["arms"].items() if r["test"]}}
+    """metrics/q1/headline.json, the study's DVC metrics, as q23's: each declared comparison's difference in points
+    (its interval, Holm p and verdict are in the report and analysis.json; every arm's accuracy too), each teacher's
+    test accuracy (%) and raw's validation gain at the plateau checks: one value a comparison, so that a terminal
+    can show them (at most 40)."""
+    out = {"teacher_acc": {t: round(100 * r["test_acc"], 2) for t, r in a["teachers"].items()}}
     for name, fam in a["families"].items():
-        out[name] = {k.replace(" ", ""): holm_gain(c) for k, c in fam.items()}
+        out[name] = {k.replace(" ", ""): holm_gain(c)["gain"] for k, c in fam.items()}
     gains = {f"{c['from']}-{c['to']}": round(100 * c["gain"], 2)
              for c in a["plateau"]["checks"] if c["gain"] is not None}
     if gains:
@@ -415,5 +437,5 @@ def run_q1_report(p: Params, q: Q1) -> dict:
     # the params as the study's training runs log them (the recipe in place of train.*): the same MLflow study
     study = study_params(q)
     publish(with_overrides(p, overrides(q)), study, "q1", "question 1 in depth", REPORT_DIR, pictures(q, a),
-            render(p, q, a), findings(p, q, a), a, headline(q, a), METRICS)
+            render(p, q, a), findings(p, q, a), brief_findings(p, q, a), a, headline(q, a), METRICS)
     return a

@@ -30,6 +30,7 @@ from kdlab.analysis.present import plt, table
 from kdlab.analysis.study_report import (
     ALPHA,
     POWER,
+    brief,
     call,
     errorbar,
     family,
@@ -273,6 +274,21 @@ def findings(p: Params, q: Q23, a: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def brief_findings(p: Params, q: Q23, a: dict) -> str:
+    """The README's short block: data, teacher, student, budget and seeds first, then per declared family what the
+    seeds decided (every interval and p: findings.md, on the study's docs page)."""
+    t = q.teachers[q.teacher]
+    lines = [f"Questions 2 and 3 ({p.data.name}, {q.train_images:,} training images; teacher `{t.arch}` x{t.width} "
+             f"at {100 * a['teacher']['test_acc']:.2f}%; students `{q.student.arch}` x{q.student.width} trained "
+             f"{q.epochs} epochs from their start, or at matched total steps; {len(q.seeds)} seeds per arm, "
+             f"{len(q.curve_seeds)} along the pruning curve; paired over seeds, Holm within each declared family, "
+             f"equivalence within +/-{q.effect} points; {a['collapsed']} collapsed runs; every interval and p: "
+             f"[docs/study-q23.md](docs/study-q23.md)):", ""]
+    lines += [brief(QUESTIONS.get(name, name), list(fam["comparisons"].values()), lambda c: f"`{c['a']}` - `{c['b']}`")
+              for name, fam in a["families"].items()]
+    return "\n".join(lines) + "\n"
+
+
 def headline(q: Q23, a: dict) -> dict:
     """metrics/q23/headline.json, the study's DVC metrics: each declared comparison's difference in points (what
     `dvc metrics diff` should show; its interval, p and verdict are in the report and analysis.json) and how many
@@ -333,6 +349,6 @@ def run_q23_report(p: Params, q: Q23, inputs: dict) -> dict:
     a = analyse(q, df, io.load_json(metrics / "cache.json", rebuild), teachers,
                 io.load_json(metrics / "prune.json", rebuild), io.load_json(metrics / "cka.json", rebuild))
     study = flatten_dict(dataclasses.asdict(q), "q23.")  # as the study's training runs log it: the same MLflow study
-    publish(p, study, "q23", "questions 2 and 3", REPORT_DIR, pictures(q, a), render(p, q, a), findings(p, q, a), a,
-            headline(q, a), metrics)
+    publish(p, study, "q23", "questions 2 and 3", REPORT_DIR, pictures(q, a), render(p, q, a), findings(p, q, a),
+            brief_findings(p, q, a), a, headline(q, a), metrics)
     return a

@@ -24,6 +24,7 @@ from kdlab.pipeline.workspace import (
     REPORTS,
     RUNS_JSON,
     SUMMARY_JSON,
+    TABLE_MD,
 )
 
 
@@ -44,10 +45,22 @@ def paired_family(frame, summary: dict, effect: float) -> dict:
     return s
 
 
+#: the first line of a report on made-up data (the tests' and `make smoke`'s studies)
+SYNTHETIC_BANNER = ("> **These numbers mean nothing.** This study ran on tiny synthetic data (`data.name: synthetic`) "
+                    "for an epoch or two, to show every output once; kdlab's answers are the studies on real data "
+                    "(README.md).")
+
+
+def banner(p: Params) -> list[str]:
+    """:data:`SYNTHETIC_BANNER` and a blank line on synthetic data; nothing otherwise."""
+    return [SYNTHETIC_BANNER, ""] if p.data.name == "synthetic" else []
+
+
 def render(p: Params, summary: dict, runs: dict) -> str:
     return "\n".join([
         "# kdlab report",
         "",
+        *banner(p),
         f"Data `{p.data.name}`; teacher `{p.teacher.arch}` (width {p.teacher.width}, {p.teacher.epochs} epochs); "
         f"students `{p.student.arch}` (width {p.student.width}, {p.student.epochs} epochs); KD alpha "
         f"{p.loss.alpha}, temperature {p.loss.temperature}; cached views per image: {p.cache.views}; "
@@ -71,7 +84,7 @@ def findings(p: Params, numbers: dict, summary: dict) -> str:
     paired comparisons' verdicts."""
     n = len(p.study.seeds)
     comps = {k: c["test_acc"] for k, c in summary["comparisons"].items()}
-    lines = [f"What the default study in this commit found ({p.data.name}; teacher `{p.teacher.arch}` at "
+    lines = [*banner(p), f"What the default study in this commit found ({p.data.name}; teacher `{p.teacher.arch}` at "
              f"{numbers['teacher']['acc']:.2f}%, students `{p.student.arch}` x{p.student.width} trained "
              f"{p.student.epochs} epochs; {n} seed{'s' if n > 1 else ''} per arm; `kdlab report` writes this; "
              f"differences in points, paired over seeds, Holm-adjusted over the {len(comps)} comparisons, "
@@ -112,6 +125,7 @@ def run_report(p: Params, metrics_files: dict | None = None, runs_frame=None):
     numbers = evaluate.headline(p, summary)  # metrics/headline.json: what `dvc metrics diff` compares
     io.save_json(numbers, HEADLINE_JSON)
     io.save_text(findings(p, numbers, summary), FINDINGS_MD)
+    io.save_text(evaluate.markdown(p, summary), TABLE_MD)  # the table with the paired, Holm-adjusted p (docs/)
     report = REPORTS / "report.md"
     text = render(p, summary, runs)
     io.save_text(text, report)

@@ -71,11 +71,12 @@ def pct(s: dict) -> str:
 
 
 def gain(c: dict) -> str:
-    """``+0.42 [-0.10, +0.94] (p 0.081, Holm 0.240)``: a paired difference in points."""
+    """``+0.42 [-0.10, +0.94] (Holm p 0.240)``: a paired difference in points, with the one p-value a comparison
+    shows, adjusted within its family."""
     if c.get("ci_low") is None:
         return f"{100 * c['diff']:+.2f} (one seed)"
     return (f"{100 * c['diff']:+.2f} [{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}] "
-            f"(p {fmt_p(c['p'])}, Holm {fmt_p(c.get('p_holm'))})")
+            f"(Holm p {fmt_p(c.get('p_holm'))})")
 
 
 def said(c: dict) -> str:
@@ -99,6 +100,21 @@ def call(a: str, b: str, c: dict) -> str:
     if c["verdict"] in ("above", "below"):
         return f"{a} is **{c['verdict']}** {b} by {abs(100 * c['diff']):.2f} points ({gain(c)})"
     return f"{a} against {b}: **{said(c)}** ({gain(c)})"
+
+
+def brief(question: str, comparisons, label) -> str:
+    """One README bullet for a declared family: the comparisons the seeds decided (above, below, equivalent), each
+    with its difference in points, and how many stayed inconclusive; ``label(c)`` names a comparison."""
+    decided = [f"{label(c)} {100 * c['diff']:+.2f} **{c['verdict']}**" for c in comparisons
+               if c.get("p_holm") is not None and c.get("verdict") in ("above", "below", "equivalent")]
+    open_ = [c for c in comparisons if c.get("verdict") == "inconclusive" and c.get("detectable") is not None]
+    rest = len(comparisons) - len(decided)
+    if rest:
+        span = sorted(100 * c["detectable"] for c in open_)
+        detect = "" if not span else (f" (detectable: {span[0]:.2f} points)" if len(span) == 1 or span[0] == span[-1]
+                                      else f" (detectable: {span[0]:.2f} to {span[-1]:.2f} points)")
+        decided.append(f"{rest} inconclusive{detect}")
+    return f"- **{question}** " + "; ".join(decided) + "."
 
 
 def short(c: dict) -> str:
@@ -129,8 +145,9 @@ def plain(x):
 
 
 def publish(p: Params, study: dict, key: str, title: str, report_dir: Path, drawn: dict, text: str, found: str,
-            analysis: dict, numbers: dict, metrics_dir: Path) -> None:
-    """A named study's report written and logged: ``report_dir``'s report.md, findings.md and pictures (``drawn``:
+            found_brief: str, analysis: dict, numbers: dict, metrics_dir: Path) -> None:
+    """A named study's report written and logged: ``report_dir``'s report.md, findings.md (its docs page's block),
+    brief.md (the README's block: ``found_brief``) and pictures (``drawn``:
     name -> draw(path)), ``metrics_dir``'s analysis.json and headline.json, and the MLflow run ``<key>-report``
     (with report.html) under the study's parent; ``study``: the study's flattened params, as its training runs
     log them, so that the report joins the same MLflow study."""
@@ -142,6 +159,7 @@ def publish(p: Params, study: dict, key: str, title: str, report_dir: Path, draw
     report_md, headline_json = report_dir / "report.md", metrics_dir / "headline.json"
     io.save_text(text, report_md)
     io.save_text(found, report_dir / "findings.md")
+    io.save_text(found_brief, report_dir / "brief.md")
     io.save_json(plain(analysis), metrics_dir / "analysis.json")
     io.save_json(numbers, headline_json)
     page = report_html(text, {n: (report_dir / n).read_bytes() for n in drawn}, f"kdlab {title}")

@@ -46,6 +46,8 @@ REPORTS = Path("reports")
 HEADLINE_JSON = METRICS / "headline.json"
 #: the README's opening, worded from the headline numbers (kdlab.analysis.report; kdlab readme copies it)
 FINDINGS_MD = REPORTS / "findings.md"
+#: the founding note's table with paired, Holm-adjusted comparisons (the report stage; docs/study-default.md's block)
+TABLE_MD = REPORTS / "table.md"
 #: kdlab.pipeline.bench
 BENCH_JSON = METRICS / "bench.json"
 BENCH_MD = METRICS / "bench.md"
