@@ -8,7 +8,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup data-package browser plots smoke repro q1 q1-gpu q23 test test-fast bench sweep ui clean-venv
+.PHONY: setup data-package browser plots restore smoke repro q1 q1-gpu q23 test test-fast bench sweep ui clean-venv
 
 setup: $(STAMP) data-package
 
@@ -45,11 +45,21 @@ browser:
 	  fi; \
 	fi
 
-# dvc plots show, offline, into reports/plots/index.html (DIFF="main my-branch" for dvc plots diff)
+# dvc plots show, offline, into reports/plots/index.html (DIFF="main my-branch" for dvc plots diff; STUDY=smoke/study
+# for another repository's plots, e.g. make smoke's)
 plots: setup web/node_modules/.installed
-	$(BIN)/python scripts/plots_html.py $(if $(DIFF),--diff $(DIFF))
+	cd $(or $(STUDY),.) && $(abspath $(BIN))/python $(CURDIR)/scripts/plots_html.py $(if $(DIFF),--diff $(DIFF))
 
-# the whole DAG on tiny synthetic data in a minute or two, full report included, in ./smoke (scripts/smoke.py)
+# what a failed `dvc exp run` leaves in the workspace, put back: the params files as committed (touched first: DVC
+# rewrites params.yaml within the second its index entry was stamped, so git would take the edited file for clean),
+# the committed files DVC removed before the failing stage, and DVC's cached outputs (STUDY=smoke/study for make
+# smoke's study)
+restore:
+	cd $(or $(STUDY),.) && touch $$(git ls-files '*params*.yaml') && git checkout -- $$(git ls-files '*params*.yaml') \
+	  && { git ls-files -d -z | xargs -0 -r git checkout --; } && $(abspath $(BIN))/dvc checkout -q
+
+# the whole DAG on tiny synthetic data, full report included, committed in ./smoke/study (scripts/smoke.py; about a
+# minute after set-up on the 2-core AVX2 AMD EPYC)
 smoke: setup web/node_modules/.installed
 	$(BIN)/python scripts/smoke.py
 
