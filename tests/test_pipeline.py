@@ -395,6 +395,8 @@ def test_alpha_experiments_in_a_parallel_queue(repo):
         reused = {r.info.run_name: r for r in children if "kdlab.reused_from" in r.data.tags}
         assert set(reused) == {"teacher", "raw-0", "raw-1"}, sorted(reused)
         assert reused["raw-0"].data.params["loss.alpha"] == "0.5" and "val_acc" in reused["raw-0"].data.metrics
+        # with its metrics.json, so that MLflow's compare view lists both runs' files (it fails on a run with none)
+        assert [a.path for a in client.list_artifacts(reused["raw-0"].info.run_id)] == ["metrics.json"]
         assert len({r.info.run_name for r in children}) == len(children)
         # the parent is named after the DVC experiment its children ran in
         assert {r.data.tags["dvc.exp_name"] for r in ran} == {study[0].info.run_name}

@@ -292,7 +292,8 @@ def _check_run_args(p, args) -> str | None:
 def ui(port: int) -> int:
     from kdlab.infra import tracking
 
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    # no job workers (about 3 GB), no telemetry (and no banner asking about it)
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port),
            "--backend-store-uri", tracking.tracking_uri(),
            "--default-artifact-root", (tracking.root() / "mlartifacts").as_uri()]

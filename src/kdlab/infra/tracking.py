@@ -400,6 +400,14 @@ def _copy_run(client, original, parent: str, key: str) -> None:
     params = [Param(k, v) for k, v in original.data.params.items()]
     for i in range(0, max(len(metrics), len(params)), 100):
         client.log_batch(copy.info.run_id, metrics=metrics[i:i + 100], params=params[i:i + 100])
+    # its files too (metrics.json: MLflow's compare view fails on a run without artifacts; a logged model's folder
+    # stays with the original)
+    import tempfile
+
+    for item in client.list_artifacts(original.info.run_id):
+        if not item.is_dir:
+            with tempfile.TemporaryDirectory() as tmp:
+                client.log_artifact(copy.info.run_id, client.download_artifacts(original.info.run_id, item.path, tmp))
     client.set_terminated(copy.info.run_id, "FINISHED", end_time=original.info.end_time)
 
 
