@@ -3,8 +3,8 @@
     python scripts/smoke.py [--dir smoke]
 
 Builds ``smoke/study``: a git + DVC repo holding this checkout's src/, dvc.yaml and plot templates, with
-params.yaml = the shipped one plus :data:`TINY` (500 synthetic 10x10 images, 3 classes, one epoch, two
-seeds; every stage kind), starts the warm server, runs ``dvc repro`` and the offline plots page, and commits the
+params.yaml = the shipped one plus :data:`TINY` (500 synthetic 10x10 images, 3 classes, a teacher of one epoch,
+students of two, two seeds; every stage kind), starts the warm server, runs ``dvc repro`` and the offline plots page, and commits the
 results, so that DVC's compare commands work there at once (``dvc exp run -S loss.alpha=0.7``, then ``dvc
 metrics diff`` and ``dvc plots diff HEAD``). Nothing in this checkout changes. The numbers mean nothing (tiny data,
 two seeds; the report says so in its first line); the point is to see every output once.
@@ -34,7 +34,7 @@ TINY = {
              "synthetic": {"n_train": 400, "n_test": 100, "image_size": 10, "channels": 1, "classes": 3}},
     "views": {"pad": 1, "flip": True},
     "teacher": {"arch": "resnet8", "width": 0.5, "epochs": 1, "lr": 0.1},
-    "student": {"arch": "resnet8", "width": 0.25, "epochs": 1, "lr": 0.1},
+    "student": {"arch": "resnet8", "width": 0.25, "epochs": 2, "lr": 0.1},   # two: the curves are lines
     "train": {"batch_size": 64, "eval_batch_size": 64, "threads": 1, "compile": False},
     "cache": {"views": 3, "batch_size": 64},
     "study": {"seeds": [0, 1]},   # two seeds: each comparison gets an interval and a verdict
