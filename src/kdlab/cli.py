@@ -166,6 +166,9 @@ def _parser() -> argparse.ArgumentParser:
                                "studies/q1/params.yaml `teachers/main` or `students/kd.main-w0.5-e30-s0`; an unknown "
                                "run lists the study's runs")
     _study_option(cmds["train"], None)
+    for name, cmd in cmds.items():  # a run given to another command is refused by _check_run_args, in words
+        if name != "train":
+            cmd.add_argument("run", nargs="?", help=argparse.SUPPRESS)
     cmds["q1_cache"].add_argument("--teacher", help="one of q1.cached")
     for name in ("q1_cache", "q1_report"):
         _study_option(cmds[name], "studies/q1/params.yaml")
