@@ -53,6 +53,14 @@ def test_smoke_study_produces_the_full_report_and_the_readmes_flows(tmp_path):
         assert set(plot["revisions"]) == {"HEAD", "workspace"}, title
         assert {row["rev"] for row in plot["content"]["data"]["values"]} == {"HEAD", "workspace"}, title
 
+    # make exps: the experiment beside its baseline, in the few columns a comparison needs
+    shown = subprocess.run(["make", "-C", str(REPO), "-s", "exps", f"STUDY={study}"], capture_output=True, text=True,
+                           env={**ENV, "COLUMNS": "250"}, check=True).stdout
+    header = next(line for line in shown.splitlines() if "Experiment" in line).split()
+    assert header == ["Experiment", "kd.acc", "kd_correct_only.acc", "q1.kd_correct_only_vs_kd.gain",
+                      "q1.kd_correct_only_vs_raw.gain", "q1.kd_vs_raw.gain", "raw.acc", "loss.alpha",
+                      "loss.temperature"], header
+    assert any("0.7" in line.split() for line in shown.splitlines() if "[" in line), shown
     # back to the commit (the applied experiment discarded: every tracked file touched, so git compares contents)
     subprocess.run("git ls-files -z | xargs -0 touch && git checkout -- .", shell=True, cwd=study, check=True, env=ENV)
     _dvc(study, "checkout", "-q")
