@@ -302,3 +302,14 @@ def test_the_declared_effect_decides_equivalence(study):
     assert narrow["verdict"] == "inconclusive" and narrow["margin"] == pytest.approx(0.001), narrow
     with pytest.raises(params.ParamsError, match="study.effect"):
         params.from_dict({"study": {"effect": 0}})
+
+
+def test_a_brief_counts_what_the_seeds_decided_and_what_they_could_not():
+    from kdlab.analysis.study_report import brief
+
+    comparisons = [{"p_holm": 0.01, "verdict": "above", "diff": 0.0051},
+                   {"p_holm": 0.4, "verdict": "inconclusive", "detectable": 0.012, "diff": 0.001},
+                   {"p_holm": 0.6, "verdict": "inconclusive", "detectable": 0.02, "diff": -0.002},
+                   {"p_holm": None, "diff": 0.0}]  # the same difference on every seed
+    assert brief("Q?", comparisons, lambda c: "`a` - `b`") == (
+        "- **Q?** `a` - `b` +0.51 **above**; 2 inconclusive (detectable: 1.20 to 2.00 points); 1 not testable.")

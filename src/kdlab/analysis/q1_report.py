@@ -339,8 +339,8 @@ def _setting(p: Params, q: Q1, a: dict) -> str:
     t = q.teachers[q.teacher]
     budgets = list(dict.fromkeys([*q.budgets, *q.long.budgets]))
     return (f"{p.data.name}, {q.train_images:,} training images; teacher `{q.teacher}` (`{t.arch}` x{t.width}) at "
-            f"{100 * a['teachers'][q.teacher]['test_acc']:.2f}% and three others; students `{q.student.arch}` "
-            f"x{q.student.width} trained {', '.join(map(str, budgets))} epochs; {_n(len(q.seeds), 'seed')} per arm")
+            f"{100 * a['teachers'][q.teacher]['test_acc']:.2f}% and {_n(len(a['teachers']) - 1, 'other')}; students "
+            f"`{q.student.arch}` x{q.student.width} trained {', '.join(map(str, budgets))} epochs; {_n(len(q.seeds), 'seed')} per arm")
 
 
 def brief_findings(p: Params, q: Q1, a: dict) -> str:

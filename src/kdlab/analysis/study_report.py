@@ -107,13 +107,15 @@ def brief(question: str, comparisons, label) -> str:
     with its difference in points, and how many stayed inconclusive; ``label(c)`` names a comparison."""
     decided = [f"{label(c)} {100 * c['diff']:+.2f} **{c['verdict']}**" for c in comparisons
                if c.get("p_holm") is not None and c.get("verdict") in ("above", "below", "equivalent")]
-    open_ = [c for c in comparisons if c.get("verdict") == "inconclusive" and c.get("detectable") is not None]
-    rest = len(comparisons) - len(decided)
-    if rest:
-        span = sorted(100 * c["detectable"] for c in open_)
-        detect = "" if not span else (f" (detectable: {span[0]:.2f} points)" if len(span) == 1 or span[0] == span[-1]
+    open_ = [c for c in comparisons if c.get("p_holm") is not None and c.get("verdict") == "inconclusive"]
+    untested = len(comparisons) - len(decided) - len(open_)  # one seed, or the same difference on every seed
+    if open_:
+        span = sorted(100 * c["detectable"] for c in open_ if c.get("detectable") is not None)
+        detect = "" if not span else (f" (detectable: {span[0]:.2f} points)" if span[0] == span[-1]
                                       else f" (detectable: {span[0]:.2f} to {span[-1]:.2f} points)")
-        decided.append(f"{rest} inconclusive{detect}")
+        decided.append(f"{len(open_)} inconclusive{detect}")
+    if untested:
+        decided.append(f"{untested} not testable")
     return f"- **{question}** " + "; ".join(decided) + "."
 
 
