@@ -28,8 +28,9 @@ data-package:
 	  fi; \
 	fi
 
-# the warm server first (src/kdlab/warm.py): every stage then skips the ~13 s of imports and set-up; then the
-# README's result blocks from the new metrics (kdlab readme), so a study run and committed keeps make test green
+# with KDLAB_WARM=1 (opt-in; src/kdlab/warm.py), the warm server first: every stage then skips most of its fixed
+# cost (docs/speed.md); then the README's result blocks from the new metrics (kdlab readme), so a study run and
+# committed keeps make test green
 # the offline `dvc plots` page: vega, vega-lite, vega-embed pinned in web/package.json (npm registry)
 web/node_modules/.installed: web/package.json web/package-lock.json
 	cd web && npm ci --no-audit --no-fund --loglevel=error
@@ -73,8 +74,10 @@ smoke: setup web/node_modules/.installed
 # what the in-repo remote (dvc-remote/) holds is pulled, not retrained; dvc push keeps what ran. One `dvc pull`
 # of the study, then `dvc repro`: the same outcome as `dvc repro --pull`, which pulls stage by stage (a fresh
 # clone's `make q1` took 16:54 that way, pull + repro 40 s; README, Sharing models)
+WARM_START = $(if $(filter 1,$(KDLAB_WARM)),$(BIN)/python -m kdlab.warm start >/dev/null,@true)
+
 repro: setup
-	$(BIN)/python -m kdlab.warm start >/dev/null
+	$(WARM_START)
 	dvc pull -q --allow-missing dvc.yaml
 	dvc repro
 	dvc push -q
@@ -82,7 +85,7 @@ repro: setup
 
 # question 1 in depth (studies/q1/dvc.yaml, its own pipeline: `make repro` never runs it), about an hour here
 q1: setup
-	$(BIN)/python -m kdlab.warm start >/dev/null
+	$(WARM_START)
 	dvc pull -q --allow-missing studies/q1/dvc.yaml
 	dvc repro studies/q1/dvc.yaml
 	dvc push -q studies/q1/dvc.yaml
@@ -91,7 +94,7 @@ q1: setup
 # questions 2 and 3: their own pipeline (studies/q23/dvc.yaml); what dvc-remote/ holds is pulled, not retrained
 # (training all of it: about 2 hours here two stages at a time with scripts/parallel_repro.py, longer one at a time)
 q23: setup
-	$(BIN)/python -m kdlab.warm start >/dev/null
+	$(WARM_START)
 	dvc pull -q --allow-missing studies/q23/dvc.yaml
 	dvc repro studies/q23/dvc.yaml
 	dvc push -q studies/q23/dvc.yaml

@@ -4,7 +4,7 @@
 
 starts `kdlab ui` in the study (its MLflow store), opens five pages and writes:
 
-- ``mlflow_runs.png``: `kdlab ui`'s first view, every training run grouped by variant with the columns that
+- ``mlflow_runs.png``: `kdlab ui`'s bare address (its first view), every training run grouped by variant with the columns that
   tell runs apart (variant, seed, alpha, temperature) and their results (test accuracy, agreement);
 - ``mlflow_run.png``: a distilled student's run page (description, params, metrics, dataset, logged model);
 - ``mlflow_run_charts.png``: its charts: the per-step training loss next to the per-epoch curves;
@@ -51,7 +51,7 @@ def start_ui(study: Path, port: int) -> tuple[subprocess.Popen, dict[str, str]]:
         if not line:
             raise RuntimeError(f"kdlab ui exited with {proc.wait()}")
         if "http://" in line:
-            views[line.split(":", 1)[0].strip()] = line[line.index("http://"):].strip()
+            views[line.split(":", 1)[0].strip()] = line[line.index("http://"):].split()[0]
     while True:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)

@@ -4,7 +4,8 @@
 
 Builds ``smoke/study``: a git + DVC repo holding this checkout's src/, dvc.yaml and plot templates, with
 params.yaml = the shipped one plus :data:`TINY` (500 synthetic 10x10 images, 3 classes, a teacher of one epoch,
-students of two, two seeds; every stage kind), starts the warm server, runs ``dvc repro`` and the offline plots page, and commits the
+students of two, two seeds; every stage kind), starts the warm server (the launcher is opt-in: ``KDLAB_WARM=1``
+for this throwaway study's ``dvc repro`` only), runs ``dvc repro`` and the offline plots page, and commits the
 results, so that DVC's compare commands work there at once (``dvc exp run -S loss.alpha=0.7``, then ``dvc
 metrics diff`` and ``dvc plots diff HEAD``). Nothing in this checkout changes. The numbers mean nothing (tiny data,
 two seeds; the report says so in its first line); the point is to see every output once.
@@ -65,7 +66,7 @@ def main() -> int:
     bin_dir = Path(sys.executable).parent
     env = dict(os.environ, PYTHONPATH=str(root / "src"), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
                GIT_AUTHOR_NAME="kdlab", GIT_AUTHOR_EMAIL="kdlab@localhost", GIT_COMMITTER_NAME="kdlab",
-               GIT_COMMITTER_EMAIL="kdlab@localhost")
+               GIT_COMMITTER_EMAIL="kdlab@localhost", KDLAB_WARM="1")  # warm start (opt-in): a throwaway study
     for k in ("MLFLOW_TRACKING_URI", "DVC_ROOT"):
         env.pop(k, None)
     start = time.perf_counter()

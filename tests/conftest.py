@@ -16,6 +16,11 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+# the warm launcher (kdlab.warm) is opt-in; the suite opts in, so the many `kdlab` processes its tests start skip
+# most of their fixed cost (tests/test_warm.py covers both paths, and that the default is the caller's process)
+os.environ.setdefault("KDLAB_WARM", "1")
+
+
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
     """Run the test with a temp dir as the working directory (stages use relative paths)."""

@@ -81,7 +81,7 @@ def repo(studied, tmp_path):
     root = tmp_path / "study"
     shutil.copytree(studied[0], root, symlinks=True)
     env = _env(root)
-    env.pop("KDLAB_IMPORTS_LOG")  # so the stages run through kdlab's warm server (kdlab.warm), as make repro's do
+    env.pop("KDLAB_IMPORTS_LOG")  # so the stages run through kdlab's warm server (kdlab.warm; the suite opts in, conftest)
     _run(["git", "add", "-A"], root, env)
     _run(["git", "commit", "-qm", "baseline results"], root, env)
     return root, env
@@ -364,6 +364,37 @@ def test_questions_2_and_3_with_controls_are_their_own_pipeline(repo, tmp_path):
     assert "`kd.shape-l1-it-x1.5-e5` - `raw.shape-l1-it-x1.5-e5`" in (root / "reports/q23/findings.md").read_text()
     assert (root / "reports/q23/curve.png").stat().st_size > 5000
     assert not _ran(_run(["dvc", "repro", "studies/q23/dvc.yaml"], root, env))
+
+
+def test_a_report_of_params_the_runs_did_not_use_is_refused(repo):
+    """Issue 31, item 1: `kdlab report -S loss.alpha=0.9` on a study reproduced at 0.5, or `kdlab results` after
+    params.yaml was edited without dvc repro, exited 0 and labelled alpha-0.5 numbers 0.9 (report, CSV, a new
+    MLflow study). Both are refused, naming the key, and write nothing. (That the report stage itself passes the
+    same check inside dvc repro and dvc exp run is the reproduced study and the queue test below.)"""
+    root, env = repo
+    files = {f: (root / f).read_bytes() for f in ("reports/report.md", "reports/results.csv", "metrics/headline.json")}
+    res = subprocess.run(["kdlab", "report", "-S", "loss.alpha=0.9"], cwd=root, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 1 and "loss.alpha is 0.9 here but the runs used 0.5" in res.stderr, res.stderr
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw["loss"]["alpha"] = 0.9
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    res = subprocess.run(["kdlab", "results"], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 1 and "loss.alpha is 0.9 here" in res.stderr and "dvc repro" in res.stderr, res.stderr
+    assert {f: (root / f).read_bytes() for f in files} == files
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("kdlab").experiment_id
+    assert not client.search_runs([exp], "params.`loss.alpha` = '0.9'")
+    # item 4: a report of a study with a run's metrics missing was a KeyError traceback
+    raw["loss"]["alpha"] = 0.5
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    (root / "metrics/students/kd-1.json").unlink()
+    res = subprocess.run(["kdlab", "report"], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "1 of the study's runs have no metrics file (metrics/students/kd-1.json)" in res.stderr, res.stderr
+    assert {f: (root / f).read_bytes() for f in files} == files
 
 
 def test_alpha_experiments_in_a_parallel_queue(repo):

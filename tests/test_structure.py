@@ -64,8 +64,13 @@ def _imported_top_names(path: Path) -> set[str]:
 
 
 def test_mlflow_is_imported_by_tracking_alone():
+    """The client, that is: infra/ui_app.py is `kdlab ui`'s server app and imports MLflow's server app alone."""
     users = sorted(f.relative_to(SRC).as_posix() for f in SRC.rglob("*.py") if "mlflow" in _imported_top_names(f))
-    assert users == ["infra/tracking.py"], users
+    assert users == ["infra/tracking.py", "infra/ui_app.py"], users
+    tree = ast.parse((SRC / "infra/ui_app.py").read_text())
+    mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert {m for m in mods if m.startswith("mlflow")} == {"mlflow.server.fastapi_app"}, mods
 
 
 def test_one_training_step():

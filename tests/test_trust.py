@@ -17,6 +17,7 @@ import yaml
 
 from conftest import REPO, merge, shipped_with, study_dir, tiny
 from kdlab import cli
+from kdlab.core import data as data_mod
 from kdlab.infra import io, schema, tracking
 from kdlab.pipeline import check, params
 
@@ -327,6 +328,79 @@ def test_expected_failures_are_one_line_naming_the_file(tmp_path):
     db = tmp_path / "mlflow.db"
     db.write_bytes(b"not a database" * 100)
     _one_line_failure(_kdlab(tmp_path, env, "train", "students/raw-0"), 1, "mlflow.db")
+
+
+def _idx(path: Path, array) -> None:
+    """An MNIST-format idx file of bytes, gzipped, as the Debian package ships them."""
+    import gzip
+
+    import numpy as np
+
+    a = np.asarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 8, a.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in a.shape)
+    path.write_bytes(gzip.compress(header + a.tobytes()))
+
+
+def _fashion_copy(root: Path, n: int = 300, labels=None) -> Path:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for split, count in (("train", n), ("t10k", 100)):
+        _idx(root / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (count, 28, 28)))
+        _idx(root / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, count) if labels is None or split == "t10k"
+             else labels)
+    return root
+
+
+@pytest.mark.parametrize("damage, needles", [
+    ("truncated", ("train-images-idx3-ubyte.gz cannot be read (EOFError", "truncated or corrupt copy", "reinstall")),
+    ("corrupt", ("train-images-idx3-ubyte.gz cannot be read", "truncated or corrupt copy", "reinstall")),
+    ("short", ("train-images-idx3-ubyte.gz holds", "where its header (300 x 28 x 28) needs", "reinstall")),
+    ("labels out of range", ("the training split's labels run from 0 to 12, outside the 10 classes 0-9",)),
+    ("too few labels", ("the training split has 300 images but 100 labels",)),
+])
+def test_a_damaged_fashion_mnist_copy_is_one_line_naming_it(in_tmp, monkeypatch, capsys, damage, needles):
+    """Issue 31, item 4: a truncated or corrupt gz gave EOFError and zlib.error tracebacks; labels out of range passed
+    prepare and failed the teacher with an IndexError; 100 labels for all the images was blamed on data.val_size."""
+    import gzip
+
+    (in_tmp / "params.yaml").write_text(yaml.safe_dump(shipped_with({}), sort_keys=False))  # fashion_mnist
+    import numpy as np
+
+    labels = {"labels out of range": np.r_[np.zeros(299), 12], "too few labels": np.zeros(100)}.get(damage)
+    deb = _fashion_copy(in_tmp / "deb", labels=labels)
+    images = deb / "train-images-idx3-ubyte.gz"
+    if damage == "truncated":
+        images.write_bytes(images.read_bytes()[: len(images.read_bytes()) // 2])
+    elif damage == "corrupt":
+        blob = bytearray(images.read_bytes())
+        blob[len(blob) // 2: len(blob) // 2 + 64] = bytes(64)
+        images.write_bytes(bytes(blob))
+    elif damage == "short":  # a whole gzip stream of a cut file: the header promises more images than it holds
+        images.write_bytes(gzip.compress(gzip.decompress(images.read_bytes())[:-784]))
+    monkeypatch.setattr(data_mod, "FASHION_MNIST_DEB_DIR", deb)
+    assert cli.main(["prepare"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    assert not (in_tmp / "data/prepared/meta.json").exists()
+
+
+def test_a_read_only_store_is_one_line_with_its_cause(in_tmp, monkeypatch, caplog):
+    """Issue 31, item 4: a read-only mlflow.db gave 91 lines (MLflow's two logged tracebacks) ending in SQLAlchemy's
+    advice about autoflush; the one line now says the database is read-only."""
+    db = in_tmp / "store.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    with tracking.run("student", "kd-0", {"loss.alpha": 0.5}, {"variant": "kd", "seed": 0}) as run:
+        run.log({"test_acc": 0.5})
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///file:{db}?mode=ro&uri=true")
+    caplog.clear()
+    with pytest.raises(tracking.TrackingError, match="attempt to write a readonly database"):
+        with tracking.run("student", "kd-1", {"loss.alpha": 0.5}, {"variant": "kd", "seed": 1}) as run:
+            run.log({"test_acc": 0.5})
+    assert not [r for r in caplog.records if r.levelno >= 40], [r.getMessage()[:200] for r in caplog.records]
 
 
 def test_a_full_disk_is_one_line_naming_the_file(in_tmp, monkeypatch, capsys):

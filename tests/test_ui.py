@@ -1,5 +1,5 @@
-"""`kdlab ui` serves the project's MLflow store (real server process, loopback only) and opens it on kdlab's view
-(headless Chromium)."""
+"""`kdlab ui` serves the project's MLflow store (real server process, loopback only), opens it on kdlab's view at
+its bare address (headless Chromium), stops every process it started on SIGTERM, and refuses a busy port."""
 import json
 import os
 import re
@@ -47,10 +47,13 @@ def test_ui_serves_the_study_store(tmp_path):
         assert body is not None, "mlflow ui did not answer within 90 s"
         names = {e["name"] for e in body["experiments"]}
         assert "kdlab" in names
-        # kdlab ui's first link: the training runs in model-training mode, kdlab's columns, a row per variant
+        # kdlab ui's first link is the bare address, which opens the training runs in model-training mode, kdlab's
+        # columns, a row per variant (MLflow's own home page is its GenAI view)
         printed = proc.stdout.readline() + proc.stdout.readline() + proc.stdout.readline()
         url = re.search(r"every training run: +(http://\S+)", printed).group(1)
-        assert "workflowType=machine_learning" in url and "viewStateShareKey=kdlab-runs" in url, printed
+        assert url == f"http://127.0.0.1:{port}/", printed
+        view = re.search(r"\(= (http://\S+)\)", printed).group(1)
+        assert "workflowType=machine_learning" in view and "viewStateShareKey=kdlab-runs" in view, printed
         dom = subprocess.run(["chromium-headless-shell", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=30000",
                               "--run-all-compositor-stages-before-draw", "--window-size=2000,1000", "--dump-dom", url],
                              capture_output=True, text=True, timeout=180).stdout
@@ -58,6 +61,78 @@ def test_ui_serves_the_study_store(tmp_path):
         assert {"metrics.`test_acc`", "params.`loss.alpha`", "params.`seed`"} <= columns, sorted(columns)
         assert ">raw-0<" in dom and ">kd-0<" in dom and "Model training" in dom
         assert "Group:" in dom  # grouped by the variant param
+        # SIGTERM to kdlab ui alone (as a service manager or `kill` sends it) stops the server it started
+        started = _descendants(proc.pid)
+        assert len(started) >= 2, started  # mlflow ui and its uvicorn
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        deadline = time.time() + 30
+        while time.time() < deadline and _alive(started):
+            time.sleep(0.5)
+        assert not _alive(started), f"left running after SIGTERM: {_alive(started)}"
+        assert _port_free(port)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        for pid in [proc.pid, *_alive(_descendants(proc.pid))]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         proc.wait(timeout=30)
+
+
+def test_ui_refuses_a_busy_port_in_one_line(tmp_path):
+    """Before: the links were printed, then the server said "Address already in use" and kdlab ui exited 0."""
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", PYTHONPATH=str(REPO / "src"))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", "kdlab", "ui", "--port", str(port)], env=env, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, (out.returncode, out.stdout, out.stderr)
+    assert f"port {port}" in out.stderr and "in use" in out.stderr, out.stderr
+    assert "http://" not in out.stdout, out.stdout  # no links to a server that is not kdlab's
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for stat in os.listdir("/proc"):
+        if stat.isdigit():
+            try:
+                with open(f"/proc/{stat}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            tree.setdefault(ppid, []).append(int(stat))
+    return tree
+
+
+def _descendants(pid: int) -> list[int]:
+    tree, out, todo = _children(), [], [pid]
+    while todo:
+        for child in tree.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _alive(pids: list[int]) -> list[int]:
+    """Those of ``pids`` still running (not gone, not a zombie)."""
+    out = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    out.append(pid)
+        except OSError:
+            pass
+    return out
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

@@ -131,9 +131,10 @@ def test_sigint_is_forwarded(tmp_path):
     assert "rerun the stage to resume" in rest
 
 
-def _key(pythonpath: Path, **env) -> str:
-    out = subprocess.run([sys.executable, "-c", "from kdlab import warm; print(warm.key())"], capture_output=True,
-                         text=True, env=dict(os.environ, PYTHONPATH=str(pythonpath), **env), check=True)
+def _key(pythonpath: Path, preexec=None, python: str = sys.executable, **env) -> str:
+    out = subprocess.run([python, "-c", "from kdlab import warm; print(warm.key())"], capture_output=True,
+                         text=True, env=dict(os.environ, PYTHONPATH=str(pythonpath), **env), check=True,
+                         preexec_fn=preexec)
     return out.stdout.strip()
 
 
@@ -157,12 +158,43 @@ def test_off_when_asked_and_for_the_bench(monkeypatch):
         monkeypatch.delenv(k, raising=False)
     from kdlab.cli import WARM_COMMANDS
 
+    assert not warm.enabled(["train", "students/kd-0"], WARM_COMMANDS)  # opt-in: the user's own process
+    monkeypatch.setenv("KDLAB_WARM", "1")
     assert warm.enabled(["train", "students/kd-0"], WARM_COMMANDS) == (sys.platform == "linux")
     assert not any(warm.enabled(argv, WARM_COMMANDS) for argv in (["bench"], ["ui"], []))
     for k, v in (("KDLAB_WARM", "0"), ("LOCAL_RANK", "0"), ("KDLAB_IMPORTS_LOG", "/tmp/x")):
         monkeypatch.setenv(k, v)
         assert not warm.enabled(["train", "teacher"], WARM_COMMANDS)
-        monkeypatch.delenv(k)
+        monkeypatch.setenv("KDLAB_WARM", "1") if k == "KDLAB_WARM" else monkeypatch.delenv(k)
+
+
+def test_by_default_a_command_is_the_users_own_process(tmp_path):
+    """Issue 31, item 2: with a warm server running, `umask 077` gave mode-644 outputs and KDLAB_EXPERIMENT=expC
+    logged to the server's experiment: the stage ran in a child of someone else's process. The launcher is
+    opt-in now, so a plain `kdlab` is the caller's own process (its umask, its experiment), server or not."""
+    env = study_dir(tmp_path, TINY)
+    _start(_env(env, warm=True))  # someone's server, keyed for this environment
+    plain = {k: v for k, v in env.items() if k not in ("KDLAB_WARM", "KDLAB_EXPERIMENT")}
+    res = _kdlab(tmp_path, dict(plain, KDLAB_EXPERIMENT="expC"), "prepare", preexec_fn=lambda: os.umask(0o077))
+    assert res.returncode == 0, res.stderr
+    for f in (tmp_path / "data/prepared").iterdir():
+        assert f.stat().st_mode & 0o077 == 0, (f, oct(f.stat().st_mode))
+
+
+def test_a_client_unlike_the_server_gets_another_server(tmp_path):
+    """What a forked child keeps from its server is in the key: umask, niceness, the import-time KDLAB_*
+    variables (KDLAB_EXPERIMENT); the interpreter counts by its real path, so `python` and `python3` (the kdlab
+    script's) share one server, where they had started two."""
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "src/kdlab", src / "kdlab", ignore=shutil.ignore_patterns("__pycache__"))
+    before = _key(src)
+    assert _key(src, KDLAB_EXPERIMENT="expC") != before
+    assert _key(src, preexec=lambda: os.umask(0o077)) != before
+    assert _key(src, preexec=lambda: os.nice(3)) != before
+    names = {"python", "python3"}  # the venv's two names for one interpreter
+    other = Path(sys.executable).parent / (names - {Path(sys.executable).name}).pop()
+    assert other.exists() and other.resolve() == Path(sys.executable).resolve(), other
+    assert _key(src, python=str(other)) == before
 
 
 def test_socket_directory_is_private():

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
-import subprocess
 import sys
 
 
@@ -293,17 +291,9 @@ def _check_run_args(p, args) -> str | None:
 
 
 def ui(port: int) -> int:
-    from kdlab.infra import tracking
+    from kdlab.infra.ui import serve
 
-    # no job workers (about 3 GB), no telemetry (and no banner asking about it)
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true")
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port),
-           "--backend-store-uri", tracking.tracking_uri(),
-           "--default-artifact-root", (tracking.root() / "mlartifacts").as_uri()]
-    views, base = tracking.ui_paths(), f"http://127.0.0.1:{port}/"
-    print(f"MLflow UI over {tracking.tracking_uri()}:\n  every training run:  {base}{views['kdlab-runs']}\n"
-          f"  the studies:         {base}{views['kdlab-studies']}", flush=True)
-    return subprocess.call(cmd, env=env)
+    return serve(port)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -352,6 +342,10 @@ def run(argv: list[str] | None = None) -> int:
     # test's SIGINT) would be lost on a stage run under `cmd &`, so the handler is installed explicitly
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        if args.stage in ("evaluate", "report", "results", "q1_report", "q23_report"):  # they describe runs
+            from kdlab.pipeline import recorded
+
+            recorded.check(args.stage, args.params, args.overrides, study=args.study)
         STAGES[args.stage](p, args)
     except KeyboardInterrupt:
         print(f"kdlab {args.stage}: interrupted; rerun the stage to resume from its last complete epoch",

@@ -18,9 +18,13 @@ threads; tests/test_warm.py checks that a study's outputs are bit-identical eith
   enter, and it serves only this user (SO_PEERCRED).
 - The first ``kdlab`` without a server starts one (:mod:`kdlab.warm_server`) in the background and runs
   directly; the server exits after ``KDLAB_WARM_IDLE`` seconds (default 300) with no child running.
-- ``KDLAB_WARM=0`` runs every command directly. Warm start is also off for ``bench`` (it times processes)
-  and ``ui``, under torchrun (``LOCAL_RANK``), and when ``KDLAB_IMPORTS_LOG`` is set (the test that records
-  which source files each stage imports).
+- Opt-in: only with ``KDLAB_WARM=1`` (``make smoke`` sets it for its throwaway study); otherwise, and always for
+  ``bench`` (it times processes) and ``ui``, under torchrun (``LOCAL_RANK``) and when ``KDLAB_IMPORTS_LOG`` is
+  set (the test that records which source files each stage imports), every command is the user's own process.
+  A forked child is not quite that process: it keeps what it inherited from the server where the client
+  differs in something a child cannot adopt. The key covers what is known of that (umask, niceness,
+  affinity, resource limits, namespaces, cgroup, the import-time environment including ``KDLAB_*``, the
+  preloaded packages), which is why the launcher is opt-in rather than the default (issue 31).
 - The server imports and never computes: it runs no tensor operation and starts no Python thread (its
   ``serve`` checks), so a fork copies no lock another thread holds. The native threads that imports start
   (OpenBLAS's pool from numpy and scipy, a jemalloc background thread) have their own fork handlers, as
@@ -51,7 +55,12 @@ ENV_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CUDA_
             "PYTHONHASHSEED", "LD_PRELOAD", "LD_LIBRARY_PATH", "MPLBACKEND", "MALLOC_MMAP_THRESHOLD_",
             "MALLOC_TRIM_THRESHOLD_", "TMPDIR")
 ENV_PREFIXES = ("TORCH", "TORCHINDUCTOR_", "PYTORCH_", "KMP_", "GOMP_", "ONEDNN_", "DNNL_")
-_DEPS = ("torch", "torchvision", "mlflow", "torch_pruning", "numpy", "sqlalchemy")
+#: kdlab's own variables that only the client reads (every other KDLAB_* is keyed: KDLAB_EXPERIMENT is read
+#: when kdlab.infra.tracking is imported)
+CLIENT_ONLY = ("KDLAB_WARM", "KDLAB_WARM_IDLE", "KDLAB_IMPORTS_LOG")
+#: every package the server preloads (kdlab.warm_server), keyed by its file and mtime: an upgrade gets a new server
+_DEPS = ("torch", "torchvision", "mlflow", "torch_pruning", "numpy", "sqlalchemy", "scipy", "pandas", "matplotlib",
+         "yaml", "alembic")
 _HEADER = struct.Struct("!I")
 
 
@@ -59,15 +68,17 @@ def enabled(argv: list[str], commands) -> bool:
     """Whether ``kdlab argv`` (run as a program) should go through a warm server: ``commands`` are those worth a
     warm start (kdlab.cli.WARM_COMMANDS)."""
     return (bool(argv) and argv[0] in commands and sys.platform == "linux"
-            and os.environ.get("KDLAB_WARM", "1") != "0" and "LOCAL_RANK" not in os.environ
+            and os.environ.get("KDLAB_WARM", "0") == "1" and "LOCAL_RANK" not in os.environ
             and not os.environ.get("KDLAB_IMPORTS_LOG"))
 
 
 def key() -> str:
     """Digest of what the server's imports depend on: kdlab's sources, the interpreter and its packages,
     the import-time environment."""
-    h = hashlib.sha256(f"{sys.executable}\n{sys.version}\n{os.getuid()}\n".encode())
+    # the interpreter by its real path: `python -m kdlab.warm start` and the `kdlab` script (python3) share a server
+    h = hashlib.sha256(f"{os.path.realpath(sys.executable)}\n{sys.version}\n{os.getuid()}\n".encode())
     h.update(f"{Path(__file__).resolve().parent}\n".encode())
+    h.update(f"{_process()}\n".encode())
     io.hash_sources(h)
     for name in _DEPS:  # an upgraded package has another file or mtime
         spec = importlib.util.find_spec(name)
@@ -75,9 +86,26 @@ def key() -> str:
         mtime = os.stat(origin).st_mtime_ns if origin else 0
         h.update(f"{name} {origin} {mtime}\n".encode())
     for k in sorted(os.environ):
-        if k in ENV_KEYS or (k.startswith(ENV_PREFIXES) and not k.startswith("KDLAB_")):
+        if k in ENV_KEYS or k.startswith(ENV_PREFIXES) or (k.startswith("KDLAB_") and k not in CLIENT_ONLY):
             h.update(f"{k}={os.environ[k]}\n".encode())
     return h.hexdigest()[:20]
+
+
+def _process() -> str:
+    """What a forked child inherits from its server and not from its client: umask, niceness, CPU affinity,
+    resource limits, namespaces and cgroup. A client that differs in any gets its own server."""
+    import resource
+
+    umask = os.umask(0)
+    os.umask(umask)
+    limits = {n: resource.getrlimit(getattr(resource, n)) for n in sorted(dir(resource)) if n.startswith("RLIMIT_")}
+    try:
+        ns = {n: os.readlink(f"/proc/self/ns/{n}") for n in sorted(os.listdir("/proc/self/ns"))}
+        cgroup = Path("/proc/self/cgroup").read_text()
+    except OSError:
+        ns, cgroup = {}, ""
+    return json.dumps({"umask": umask, "nice": os.getpriority(os.PRIO_PROCESS, 0), "limits": limits, "ns": ns,
+                       "cgroup": cgroup, "affinity": sorted(os.sched_getaffinity(0))}, sort_keys=True)
 
 
 def socket_dir() -> Path:

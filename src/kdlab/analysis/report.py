@@ -112,6 +112,10 @@ def run_report(p: Params, metrics_files: dict | None = None, runs_frame=None):
     """Write the report, its pictures and the headline metrics, and log them to MLflow (the report as one
     HTML page with its pictures, which the UI shows); ``metrics_files`` ({run name: its metrics file}, from
     :func:`kdlab.analysis.results.metrics_files`): the study's runs, so that those DVC reused link into this study."""
+    missing = runs_frame.attrs.get("missing", []) if runs_frame is not None else []
+    if missing:  # every comparison is paired over the seeds of every arm: no report of a study with holes
+        raise io.StageError(f"{len(missing)} of the study's runs have no metrics file ({', '.join(missing[:3])}"
+                            f"{' ...' if len(missing) > 3 else ''}); `dvc repro` makes them, then the report")
     runs = io.load_json(RUNS_JSON, "dvc repro evaluate")
     curves = load_curves(runs)
     summary = paired_family(runs_frame, io.load_json(SUMMARY_JSON, "dvc repro evaluate"), p.study.effect)

@@ -7,9 +7,11 @@ Later stages load through :func:`load_prepared`, which verifies the checksums.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import socket
 import urllib.error
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ if TYPE_CHECKING:  # imported where used, so params validation needs no torch
     import torch
 
 FASHION_MNIST_DEB_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_DEB = "dataset-fashion-mnist"  # the Debian package that installs it there
 SPLITS = ("train", "val", "test")
 
 
@@ -55,12 +58,35 @@ def _read_idx(path: Path) -> np.ndarray:
     """An MNIST-format idx file (optionally gzipped) -> numpy array."""
     import numpy as np
 
+    fix = f"reinstall it (apt-get install --reinstall {FASHION_MNIST_DEB}) and rerun `kdlab prepare`"
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, OSError, zlib.error) as e:  # a cut gzip stream, a bad CRC or header, an unreadable file
+        raise DataError(f"{path} cannot be read ({type(e).__name__}: {io.first_line(e)}): a truncated or corrupt "
+                        f"copy; {fix}") from None
+    if len(data) < 4 or data[:3] != b"\0\0\x08":
+        raise DataError(f"{path} is not an idx file of bytes (its first 4 bytes are {data[:4].hex()}); {fix}")
     ndim = data[3]
     dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    need = 4 + 4 * ndim + math.prod(dims)
+    if len(data) != need:
+        raise DataError(f"{path} holds {len(data)} bytes where its header ({' x '.join(map(str, dims))}) needs "
+                        f"{need}: a truncated or corrupt copy; {fix}")
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def check_raw(raw: Raw, source: str) -> None:
+    """One image per label in each split, every label a class: refused here, in one line naming ``source``,
+    rather than as an IndexError in the first stage that trains (or a split size blamed on data.val_size)."""
+    for split, images, labels in (("training", raw.train_images, raw.train_labels),
+                                  ("test", raw.test_images, raw.test_labels)):
+        if len(images) != len(labels):
+            raise DataError(f"{source}: the {split} split has {len(images)} images but {len(labels)} labels")
+        if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < raw.classes:
+            raise DataError(f"{source}: the {split} split's labels run from {int(labels.min())} to "
+                            f"{int(labels.max())}, outside the {raw.classes} classes 0-{raw.classes - 1}")
 
 
 #: seconds a download may wait for the network before it gives up (KDLAB_DOWNLOAD_TIMEOUT overrides)
@@ -162,6 +188,9 @@ def prepare(p, out: Path) -> dict:
     import torch
 
     raw = DATASETS[p.name](p)
+    source = (f"{p.name} ({FASHION_MNIST_DEB_DIR})" if p.name == "fashion_mnist"
+              and (FASHION_MNIST_DEB_DIR / "train-images-idx3-ubyte.gz").exists() else p.name)
+    check_raw(raw, source)
     n = len(raw.train_labels)
     val_size = split_sizes(p)["val"]
     if val_size >= n:

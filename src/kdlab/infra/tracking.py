@@ -66,8 +66,13 @@ def _store_lock():
 
 def _client():
     """(client, experiment id) for the store, created once, in WAL mode when it is the repo's sqlite file."""
+    import logging
+
     from mlflow.tracking import MlflowClient
 
+    # a store that fails (a read-only mlflow.db) is one line of kdlab's (TrackingError, with its cause), not also
+    # MLflow's two logged tracebacks of about 90 lines
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     uri = tracking_uri()
     if uri.startswith(("http://", "https://")):
         for k, v in _HTTP_DEFAULTS.items():
@@ -79,8 +84,7 @@ def _client():
         except Exception as e:
             if uri.startswith("sqlite:///"):
                 raise _unusable(uri[len("sqlite:///"):].split("?", 1)[0], e) from None
-            raise TrackingError(f"cannot reach the MLflow tracking store {uri} ({type(e).__name__}: "
-                                f"{first_line(e)}); start it, or unset MLFLOW_TRACKING_URI to use the repo's sqlite "
+            raise TrackingError(f"cannot reach the MLflow tracking store {uri} ({_reason(e)}); start it, or unset MLFLOW_TRACKING_URI to use the repo's sqlite "
                                 f"store") from None
         if not os.environ.get("MLFLOW_TRACKING_URI"):
             import sqlite3
@@ -95,7 +99,7 @@ def _client():
 
 
 def _unusable(db, e: Exception) -> TrackingError:
-    return TrackingError(f"{db} is not a usable MLflow store ({type(e).__name__}: {first_line(e)}); move it aside "
+    return TrackingError(f"{db} is not a usable MLflow store ({_reason(e)}); move it aside "
                          f"(mv {db} {db}.bad) and rerun to start a new one")
 
 
@@ -457,8 +461,19 @@ def _logging(what: str, run_id: str | None = None):
         raise
     except Exception as e:
         raise TrackingError(f"MLflow could not log {what}{f' to run {run_id}' if run_id else ''} of "
-                            f"{tracking_uri()} ({type(e).__name__}: {first_line(e)}); fix the store (or its artifact "
+                            f"{tracking_uri()} ({_reason(e)}); fix the store (or its artifact "
                             f"directory) and rerun the stage: it resumes from its checkpoint") from None
+
+
+def _reason(e: BaseException) -> str:
+    """``e`` in a line, and the innermost exception it came from where that is another (SQLAlchemy's first line
+    can be advice about autoflush while its cause says the database is read-only)."""
+    root, seen = e, {id(e)}
+    while (root.__cause__ or root.__context__) is not None and id(root.__cause__ or root.__context__) not in seen:
+        root = root.__cause__ or root.__context__
+        seen.add(id(root))
+    said = f"{type(e).__name__}: {first_line(e)}"
+    return said if root is e else f"{said}; caused by {type(root).__name__}: {first_line(root)}"
 
 
 def _terminate(client, run_id: str, status: str) -> None:
