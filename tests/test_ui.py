@@ -11,6 +11,7 @@ import time
 import urllib.request
 
 from conftest import REPO
+from kdlab.infra.ui import port_free
 
 
 def _free_port() -> int:
@@ -70,7 +71,7 @@ def test_ui_serves_the_study_store(tmp_path):
         while time.time() < deadline and _alive(started):
             time.sleep(0.5)
         assert not _alive(started), f"left running after SIGTERM: {_alive(started)}"
-        assert _port_free(port)
+        assert port_free(port)
     finally:
         for pid in [proc.pid, *_alive(_descendants(proc.pid))]:
             try:
@@ -128,11 +129,3 @@ def _alive(pids: list[int]) -> list[int]:
             pass
     return out
 
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
