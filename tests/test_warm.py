@@ -131,6 +131,59 @@ def test_sigint_is_forwarded(tmp_path):
     assert "rerun the stage to resume" in rest
 
 
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_ctrl_z_stops_the_stage_and_fg_resumes_it(tmp_path):
+    """Issue 31, item 2: Ctrl-Z (SIGTSTP) stopped the client and left the stage training; now it stops both, and
+    SIGCONT (fg, bg) resumes both."""
+    env = _env(study_dir(tmp_path, tiny({"teacher": {"epochs": 40}})), True)
+    _start(env)
+    proc = subprocess.Popen([sys.executable, "-m", "kdlab", "train", "teacher"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "teacher epoch 1/40: loss" in line:
+            break
+    child = [p for p in _in_dir(tmp_path) if p != proc.pid]
+    assert child, "no warm child ran the teacher"
+    proc.send_signal(signal.SIGTSTP)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and {_state(p) for p in [proc.pid, *child]} != {"T"}:
+        time.sleep(0.1)
+    assert {_state(p) for p in [proc.pid, *child]} == {"T"}, "".join(lines)
+    proc.send_signal(signal.SIGCONT)
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=300) == 0, "".join(lines) + rest
+    assert "teacher epoch 40/40" in rest
+
+
+def test_a_stopped_server_or_a_deleted_directory_runs_the_command_directly(tmp_path):
+    """Issue 31, item 2: a stopped server (kill -STOP) hung every client forever, and a deleted working directory
+    gave a traceback from the client."""
+    env = dict(_env(study_dir(tmp_path, TINY), True), KDLAB_EXPERIMENT="stopped-server", KDLAB_WARM_TIMEOUT="2")
+    sock = _start(env)  # a server of its own (KDLAB_EXPERIMENT is in the key): no other test meets it stopped
+    server = next(int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+                  and str(sock).encode() in (p / "cmdline").read_bytes())
+    os.kill(server, signal.SIGSTOP)
+    try:
+        res = _kdlab(tmp_path, env, "check")
+    finally:
+        os.kill(server, signal.SIGCONT)
+    assert res.returncode == 0, res.stderr
+    assert "did not answer within 2 s (stopped?); running without it" in res.stderr, res.stderr
+    assert (tmp_path / "data/checked.json").exists()
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    res = subprocess.run(["bash", "-c", f"cd {gone} && rmdir {gone} && exec {sys.executable} -m kdlab check"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert "params.yaml" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
 def _key(pythonpath: Path, preexec=None, python: str = sys.executable, **env) -> str:
     out = subprocess.run([python, "-c", "from kdlab import warm; print(warm.key())"], capture_output=True,
                          text=True, env=dict(os.environ, PYTHONPATH=str(pythonpath), **env), check=True,

@@ -154,6 +154,7 @@ def run(argv: list[str]) -> int | None:
     try:
         d = socket_dir()
         k = key()
+        cwd = os.getcwd()  # a deleted working directory: the command runs here and says what is missing
     except OSError:
         return None
     path = d / f"{k}.sock"
@@ -165,8 +166,22 @@ def run(argv: list[str]) -> int | None:
         _start_server(d, k)
         return None
     with sock:
-        send(sock, {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}, [0, 1, 2])
-        started, _ = recv(sock)
+        if not _ours(sock):  # another uid serving in this user's directory gets nothing of the client's
+            print(f"kdlab: {path} is served by another user; running without it", file=sys.stderr)
+            return None
+        timeout = float(os.environ.get("KDLAB_WARM_TIMEOUT", "20"))
+        sock.settimeout(timeout)  # a server says hello in milliseconds; a stopped one never
+        try:
+            hello, _ = recv(sock)  # before the descriptors go: a stopped server would hold them (and our pipes)
+            if hello is None:  # the server went away (idle exit) between connect and accept
+                return None
+            send(sock, {"argv": argv, "cwd": cwd, "env": dict(os.environ)}, [0, 1, 2])
+            started, _ = recv(sock)
+        except TimeoutError:
+            print(f"kdlab: the warm server {path} did not answer within {timeout:.0f} s (stopped?); running "
+                  f"without it", file=sys.stderr)
+            return None
+        sock.settimeout(None)
         if started is None:  # the server went away (idle exit) between connect and fork
             return None
         pid = started["pid"]
@@ -177,8 +192,19 @@ def run(argv: list[str]) -> int | None:
             except ProcessLookupError:
                 pass
 
+        def suspend(signum, frame):  # Ctrl-Z stops the stage with its client, and fg/bg resume both
+            forward(signal.SIGTSTP, frame)
+            signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTSTP)
+
+        def resume(signum, frame):
+            signal.signal(signal.SIGTSTP, suspend)
+            forward(signal.SIGCONT, frame)
+
         for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(s, forward)
+        signal.signal(signal.SIGTSTP, suspend)
+        signal.signal(signal.SIGCONT, resume)
         done, _ = recv(sock)
     if done is None:
         print("kdlab: the warm server ended before its child; rerun (KDLAB_WARM=0 runs without it)",
@@ -190,6 +216,12 @@ def run(argv: list[str]) -> int | None:
         os.kill(os.getpid(), sig)
         return 128 + sig
     return done["exit"]
+
+
+def _ours(sock: socket.socket) -> bool:
+    """Whether the process at the other end of ``sock`` runs as this user (SO_PEERCRED)."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1] == os.getuid()
 
 
 def _start_server(d: Path, k: str) -> None:

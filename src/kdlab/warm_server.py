@@ -156,8 +156,12 @@ def _accept(conn: socket.socket, server_files: list, sel, children: dict) -> Non
 
     uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[1]
     conn.settimeout(10)
-    try:
-        request, fds = recv(conn, with_fds=3) if uid == os.getuid() else (None, [])
+    try:  # hello first: the client sends its descriptors only to a server that answers (not a stopped one)
+        if uid == os.getuid():
+            send(conn, {"hello": os.getpid()})
+            request, fds = recv(conn, with_fds=3)
+        else:
+            request, fds = None, []
     except (OSError, ValueError):
         request, fds = None, []
     if request is None or len(fds) != 3:
