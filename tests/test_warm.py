@@ -131,6 +131,13 @@ def test_sigint_is_forwarded(tmp_path):
     assert "rerun the stage to resume" in rest
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def _state(pid: int) -> str:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0]
@@ -148,13 +155,17 @@ def test_ctrl_z_stops_the_stage_and_fg_resumes_it(tmp_path):
         lines.append(line)
         if "teacher epoch 1/40: loss" in line:
             break
-    child = [p for p in _in_dir(tmp_path) if p != proc.pid]
-    assert child, "no warm child ran the teacher"
+    # the warm child: forked from the server, so it has the server's command line (a process it starts, such
+    # as git for the run's commit tag, is not the stage)
+    child = [p for p in _in_dir(tmp_path) if p != proc.pid and b"kdlab.warm_server" in _cmdline(p)]
+    assert len(child) == 1, ("no warm child ran the teacher", [(p, _cmdline(p)) for p in _in_dir(tmp_path)])
+    watched = [proc.pid, *child]
     proc.send_signal(signal.SIGTSTP)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and {_state(p) for p in [proc.pid, *child]} != {"T"}:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and {_state(p) for p in watched} != {"T"}:
         time.sleep(0.1)
-    assert {_state(p) for p in [proc.pid, *child]} == {"T"}, "".join(lines)
+    states = {p: (_state(p), _cmdline(p)[:80]) for p in watched}
+    assert {st for st, _ in states.values()} == {"T"}, (states, "".join(lines))
     proc.send_signal(signal.SIGCONT)
     rest = proc.stdout.read()
     assert proc.wait(timeout=300) == 0, "".join(lines) + rest

@@ -193,12 +193,12 @@ def run(argv: list[str]) -> int | None:
                 pass
 
         def suspend(signum, frame):  # Ctrl-Z stops the stage with its client, and fg/bg resume both
-            forward(signal.SIGTSTP, frame)
-            signal.signal(signal.SIGTSTP, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTSTP)
+            # SIGSTOP, not SIGTSTP: the kernel ignores SIGTSTP in an orphaned process group (a client started by
+            # a daemon or a detached script), and either process would then run on alone
+            forward(signal.SIGSTOP, frame)
+            os.kill(os.getpid(), signal.SIGSTOP)
 
         def resume(signum, frame):
-            signal.signal(signal.SIGTSTP, suspend)
             forward(signal.SIGCONT, frame)
 
         for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
