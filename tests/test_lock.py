@@ -50,3 +50,17 @@ def test_the_default_dvc_remote_is_a_directory_git_tracks_inside_the_repo():
     probe = remote.relative_to(REPO) / "files/md5/ab/cdef"
     ignored = subprocess.run(["git", "check-ignore", "-q", str(probe)], cwd=REPO, timeout=60)
     assert ignored.returncode == 1, f"git ignores {probe}"
+
+
+def test_each_lock_holds_only_stages_its_pipeline_defines():
+    """DVC adds and updates lock entries but never drops one: the default study's lock kept 54 entries of the
+    question-2/3 stages that moved to studies/q23 (issue 28). A lock entry describes a run of the pipeline, so
+    none may name a stage its dvc.yaml does not define."""
+    import yaml
+
+    for pipeline in ("dvc.yaml", "studies/q1/dvc.yaml", "studies/q23/dvc.yaml"):
+        defined = set(yaml.safe_load((REPO / pipeline).read_text())["stages"])
+        lock = yaml.safe_load((REPO / pipeline).with_name("dvc.lock").read_text())["stages"]
+        stray = sorted(name for name in lock if name.split("@")[0] not in defined)
+        assert not stray, (pipeline, stray[:10])
+        assert lock, pipeline
