@@ -29,6 +29,12 @@ def in_tmp(tmp_path, monkeypatch):
     return tmp_path
 
 
+def proc_stat(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name: [state, ppid, pgrp, ...] (OSError once it is gone)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
 def merge(base: dict, over: dict) -> dict:
     """``base`` with ``over``'s keys replaced, section by section."""
     out = dict(base)

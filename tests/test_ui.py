@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.request
 
-from conftest import REPO
+from conftest import REPO, proc_stat
 from kdlab.infra.ui import port_free
 
 
@@ -100,8 +100,7 @@ def _children() -> dict[int, list[int]]:
     for stat in os.listdir("/proc"):
         if stat.isdigit():
             try:
-                with open(f"/proc/{stat}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                ppid = int(proc_stat(int(stat))[1])
             except (OSError, ValueError, IndexError):
                 continue
             tree.setdefault(ppid, []).append(int(stat))
@@ -122,9 +121,8 @@ def _alive(pids: list[int]) -> list[int]:
     out = []
     for pid in pids:
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
-                    out.append(pid)
+            if proc_stat(pid)[0] != "Z":
+                out.append(pid)
         except OSError:
             pass
     return out

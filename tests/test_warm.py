@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, study_dir, tiny
+from conftest import REPO, proc_stat, study_dir, tiny
 
 TINY = tiny({"teacher": {"epochs": 1}, "student": {"epochs": 1}})
 
@@ -94,16 +94,25 @@ def test_exit_status_and_stderr_come_back(tmp_path):
     assert warm.stderr == direct.stderr and "loss.alpha" in warm.stderr
 
 
-@pytest.mark.slow
-def test_the_child_dies_with_its_client(tmp_path):
-    """SIGKILL of the client (what DVC or a test does to a stage) leaves no child training on."""
-    env = _env(study_dir(tmp_path, tiny({"teacher": {"epochs": 50}})), True)
+def _teacher_training(tmp_path: Path, epochs: int) -> tuple[subprocess.Popen, list[str]]:
+    """`kdlab train teacher` of ``epochs`` epochs through a warm server, once its first epoch is done (the
+    output so far)."""
+    env = _env(study_dir(tmp_path, tiny({"teacher": {"epochs": epochs}})), True)
     _start(env)
     proc = subprocess.Popen([sys.executable, "-m", "kdlab", "train", "teacher"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
     for line in proc.stdout:
-        if "teacher epoch 1/50: loss" in line:  # the child is training
+        lines.append(line)
+        if f"teacher epoch 1/{epochs}: loss" in line:  # the child is training
             break
+    return proc, lines
+
+
+@pytest.mark.slow
+def test_the_child_dies_with_its_client(tmp_path):
+    """SIGKILL of the client (what DVC or a test does to a stage) leaves no child training on."""
+    proc, _ = _teacher_training(tmp_path, 50)
     children = [p for p in _in_dir(tmp_path) if p != proc.pid]
     assert children, "no warm child ran the teacher"
     proc.kill()
@@ -116,16 +125,8 @@ def test_the_child_dies_with_its_client(tmp_path):
 
 def test_sigint_is_forwarded(tmp_path):
     """Ctrl-C reaches the child: it stops as a direct run does (exit 130, 'rerun the stage to resume')."""
-    env = _env(study_dir(tmp_path, tiny({"teacher": {"epochs": 50}})), True)
-    _start(env)
-    proc = subprocess.Popen([sys.executable, "-m", "kdlab", "train", "teacher"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if "teacher epoch 1/50: loss" in line:
-            proc.send_signal(signal.SIGINT)
-            break
+    proc, lines = _teacher_training(tmp_path, 50)
+    proc.send_signal(signal.SIGINT)
     rest = proc.stdout.read()
     assert proc.wait(timeout=120) == 130, "".join(lines) + rest
     assert "rerun the stage to resume" in rest
@@ -139,22 +140,13 @@ def _cmdline(pid: int) -> bytes:
 
 
 def _state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0]
+    return proc_stat(pid)[0]
 
 
 def test_ctrl_z_stops_the_stage_and_fg_resumes_it(tmp_path):
     """Issue 31, item 2: Ctrl-Z (SIGTSTP) stopped the client and left the stage training; now it stops both, and
     SIGCONT (fg, bg) resumes both."""
-    env = _env(study_dir(tmp_path, tiny({"teacher": {"epochs": 40}})), True)
-    _start(env)
-    proc = subprocess.Popen([sys.executable, "-m", "kdlab", "train", "teacher"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if "teacher epoch 1/40: loss" in line:
-            break
+    proc, lines = _teacher_training(tmp_path, 40)
     # the warm child: forked from the server, so it has the server's command line (a process it starts, such
     # as git for the run's commit tag, is not the stage)
     child = [p for p in _in_dir(tmp_path) if p != proc.pid and b"kdlab.warm_server" in _cmdline(p)]

@@ -166,7 +166,7 @@ def run(argv: list[str]) -> int | None:
         _start_server(d, k)
         return None
     with sock:
-        if not _ours(sock):  # another uid serving in this user's directory gets nothing of the client's
+        if peer_uid(sock) != os.getuid():  # another uid serving in this user's directory gets nothing of ours
             print(f"kdlab: {path} is served by another user; running without it", file=sys.stderr)
             return None
         timeout = float(os.environ.get("KDLAB_WARM_TIMEOUT", "20"))
@@ -218,10 +218,10 @@ def run(argv: list[str]) -> int | None:
     return done["exit"]
 
 
-def _ours(sock: socket.socket) -> bool:
-    """Whether the process at the other end of ``sock`` runs as this user (SO_PEERCRED)."""
+def peer_uid(sock: socket.socket) -> int:
+    """The uid of the process at the other end of a unix socket (SO_PEERCRED): client and server check it."""
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[1] == os.getuid()
+    return struct.unpack("3i", creds)[1]
 
 
 def _start_server(d: Path, k: str) -> None:

@@ -9,13 +9,12 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import struct
 import sys
 import time
 from pathlib import Path
 
 from kdlab import cli
-from kdlab.warm import recv, send
+from kdlab.warm import peer_uid, recv, send
 
 #: imported by the server once, before it serves: what a stage would otherwise import itself
 PRELOAD = ("torch", "torch._dynamo", "torch.optim", "torchvision", "numpy", "yaml", "mlflow", "mlflow.tracking",
@@ -154,10 +153,9 @@ def serve(path: str) -> None:
 def _accept(conn: socket.socket, server_files: list, sel, children: dict) -> None:
     import selectors
 
-    uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[1]
     conn.settimeout(10)
     try:  # hello first: the client sends its descriptors only to a server that answers (not a stopped one)
-        if uid == os.getuid():
+        if peer_uid(conn) == os.getuid():
             send(conn, {"hello": os.getpid()})
             request, fds = recv(conn, with_fds=3)
         else:

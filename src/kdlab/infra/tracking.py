@@ -84,8 +84,8 @@ def _client():
         except Exception as e:
             if uri.startswith("sqlite:///"):
                 raise _unusable(uri[len("sqlite:///"):].split("?", 1)[0], e) from None
-            raise TrackingError(f"cannot reach the MLflow tracking store {uri} ({_reason(e)}); start it, or unset MLFLOW_TRACKING_URI to use the repo's sqlite "
-                                f"store") from None
+            raise TrackingError(f"cannot reach the MLflow tracking store {uri} ({_reason(e)}); start it, or unset "
+                                f"MLFLOW_TRACKING_URI to use the repo's sqlite store") from None
         if not os.environ.get("MLFLOW_TRACKING_URI"):
             import sqlite3
 
@@ -99,8 +99,8 @@ def _client():
 
 
 def _unusable(db, e: Exception) -> TrackingError:
-    return TrackingError(f"{db} is not a usable MLflow store ({_reason(e)}); move it aside "
-                         f"(mv {db} {db}.bad) and rerun to start a new one")
+    return TrackingError(f"{db} is not a usable MLflow store ({_reason(e)}); move it aside (mv {db} {db}.bad) and "
+                         f"rerun to start a new one")
 
 
 #: the tables and columns where MLflow's sqlite store keeps absolute artifact locations
@@ -461,8 +461,8 @@ def _logging(what: str, run_id: str | None = None):
         raise
     except Exception as e:
         raise TrackingError(f"MLflow could not log {what}{f' to run {run_id}' if run_id else ''} of "
-                            f"{tracking_uri()} ({_reason(e)}); fix the store (or its artifact "
-                            f"directory) and rerun the stage: it resumes from its checkpoint") from None
+                            f"{tracking_uri()} ({_reason(e)}); fix the store (or its artifact directory) and rerun "
+                            f"the stage: it resumes from its checkpoint") from None
 
 
 def _reason(e: BaseException) -> str:

@@ -25,10 +25,6 @@ AFTER = {"evaluate": ("evaluate", "report"), "report": ("report",), "results": (
 ROOT_PARAMS = "params.yaml"
 
 
-def _leaves(section_or_key: str, value) -> dict:
-    return flatten_dict(value, section_or_key + ".") if isinstance(value, dict) else {section_or_key: value}
-
-
 def current(params: str | Path, overrides: list[str], study: tuple[str, str | Path] | None = None) -> dict[str, dict]:
     """{params file: {dotted key: value}}: the command's params (its file with its -S overrides) stand for
     params.yaml, and ``study`` = (the pipeline's study file, the one the command reads) for that file; any other
@@ -53,8 +49,8 @@ def recorded(lock: Path, skip: tuple = ()) -> dict[str, dict[str, dict]]:
         base = name.split("@")[0]
         if base in skip or (defined is not None and base not in defined):
             continue
-        out[name] = {path: {k: v for key, value in (keys or {}).items() for k, v in _leaves(key, value).items()}
-                     for path, keys in (entry.get("params") or {}).items()}
+        # a stage declares a section (``loss``) or a key (``cache.views``): either way, dotted keys
+        out[name] = {path: flatten_dict(keys or {}) for path, keys in (entry.get("params") or {}).items()}
     return out
 
 
@@ -76,10 +72,15 @@ def differences(now: dict[str, dict], record: dict[str, dict[str, dict]]) -> dic
     return out
 
 
+def _named(command: str) -> Path | None:
+    """The named study's folder a command belongs to (``q1_report``: studies/q1), else None."""
+    return Path("studies", command.removesuffix("_report")) if command in ("q1_report", "q23_report") else None
+
+
 def locks_of(command: str) -> list[Path]:
     """The locks whose stages ``command`` reads the outputs of (paths from the repository root)."""
-    if command in ("q1_report", "q23_report"):
-        return [Path(f"studies/{command.split('_')[0]}/dvc.lock")]
+    if _named(command):
+        return [_named(command) / "dvc.lock"]
     return [Path("dvc.lock"), *sorted(Path("studies").glob("*/dvc.lock"))] if command == "results" else [Path("dvc.lock")]
 
 
@@ -89,7 +90,7 @@ def check(command: str, params: str | Path, overrides: list[str], locks: list[Pa
     ``study``, a named study's file) agree with what each lock in ``locks`` (default :func:`locks_of`) recorded
     for the stages before it."""
     locks = locks_of(command) if locks is None else locks
-    named = (f"studies/{command.split('_')[0]}/params.yaml", study) if study and command.endswith("_report") else None
+    named = (f"{_named(command).as_posix()}/params.yaml", study) if study and _named(command) else None
     now = current(params, overrides, named)
     diffs: dict[str, tuple] = {}
     for lock in locks:
