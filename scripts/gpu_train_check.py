@@ -50,7 +50,8 @@ def main() -> int:
     import yaml
 
     from kdlab.infra import tracking
-    from kdlab.pipeline import cache, params, q23, stages, workspace
+    from kdlab.analysis import q23_design as q23
+    from kdlab.pipeline import cache, params, stages, workspace
     from kdlab.pipeline.train import train
 
     tracking.run = _no_tracking  # no MLflow on the GPU machine (every module logs through this one)
@@ -108,15 +109,15 @@ def main() -> int:
     q = q23.load()
     q_runs = q23.runs(p, q)
     run(f"q23 teachers/{q.teacher}", q_runs[f"teachers/{q.teacher}"])
-    q23.run_q23_cache(p, q)
+    q23.cache(p, q)
     name = q23.student_name(q23.Group("kd", "carved", q.epochs), 0)
     run(f"q23 students/{name}", q_runs[f"students/{name}"])
-    q23.run_q23_prune(p, q)  # the pruned teachers; then one pruned student and its shape from scratch
+    q23.prune(p, q)  # the pruned teachers; then one pruned student and its shape from scratch
     for init in ("pruned", "shape"):
         g = next(g for g in q23.groups(q) if g.init == init)
         name = q23.student_name(g, g.seeds[0])
         run(f"q23 students/{name}", q_runs[f"students/{name}"])
-    teacher_snaps = sorted(x.name for x in (q23.TEACHERS / q.teacher).iterdir())
+    teacher_snaps = sorted(x.name for x in (q23.LAYOUT.teachers / q.teacher).iterdir())
     out = {"device": dev, "torch": torch.__version__, "epochs": {"teacher": epochs + 1, "student": epochs},
            "precision": workspace.context(p, 0).precision, "runs": rows, "q23_teacher_files": teacher_snaps}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,35 @@ def test_each_command_has_its_own_help():
     assert wrong.returncode == 2 and "usage: kdlab bench" in wrong.stderr
 
 
+@pytest.mark.parametrize("argv,said", [
+    (["prune"], "prune is a named study's stage: kdlab prune --study studies/<name>/params.yaml"),
+    (["cache", "--teacher", "main"], "--teacher is a named study's"),
+    (["cache", "--study", "studies/q1/params.yaml", "--teacher", "nope"],
+     "--teacher 'nope' is not one of studies/q1/params.yaml's cached teachers ['big', 'main', 'self', 'small']"),
+    (["cache", "--study", "studies/q23/params.yaml", "--teacher", "a"], "studies/q23/params.yaml caches one teacher"),
+    (["cka", "--study", "studies/q1/params.yaml"], "studies/q1/params.yaml has no cka stage (its stages: train, cache, "
+                                                   "report)"),
+    (["cka", "--study", "q1"], "studies/q1/params.yaml has no cka stage"),  # a study's name for its file
+    (["report", "--study", "params.yaml"], "a named study's params file holds one section, the study's name"),
+    (["prune", "--study", "studies/q9/params.yaml"], "no such file"),
+])
+def test_a_named_study_stage_refuses_wrong_arguments_in_one_line(argv, said, capsys, monkeypatch):
+    """A stage of a named study (``--study``) is dispatched by the study's design (kdlab.analysis.<name>_design);
+    a stage it lacks, a teacher it does not cache, or a file that is no named study's is refused before anything
+    runs, exit 2."""
+    from conftest import REPO
+
+    monkeypatch.chdir(REPO)
+    assert cli.run(argv) == 2
+    err = capsys.readouterr().err
+    assert said in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_the_old_study_commands_point_to_the_generic_ones():
+    for old, new in (("q1_report", "report"), ("q23_prune", "prune"), ("q1_cache", "cache")):
+        assert f"`kdlab {new}`" in cli.did_you_mean(old)
+
+
 def test_results_prints_a_table_and_writes_percent():
     df = pd.DataFrame({"run": ["teacher", "raw-0", "raw-1", "q1/teacher.main", "q1/kd.main-e30-s0"],
                        "group": ["teacher", "raw", "raw", "teacher", "kd.main-e30"],

@@ -1,4 +1,4 @@
-"""Question 1 in depth (src/kdlab/pipeline/q1.py, q1_report.py): its params, the paired statistics against hand-computed
+"""Question 1 in depth (src/kdlab/analysis/q1_design.py, q1_report.py): its params, the paired statistics against hand-computed
 values, the per-class / confidence / teacher-right breakdown on hand-made predictions, and the report from a
 hand-made study's files. The stages themselves run under `dvc repro studies/q1/dvc.yaml` in tests/test_pipeline.py."""
 import json
@@ -9,9 +9,10 @@ import pytest
 import yaml
 
 from conftest import REPO, shipped_with
+from kdlab.analysis import q1_design as q1
 from kdlab.analysis import q1_report, stats
 from kdlab.infra.schema import ParamsError
-from kdlab.pipeline import params, q1
+from kdlab.pipeline import params
 
 #: a small study: two teachers, two budgets, two seeds, three declared families
 SMALL = {"q1": {

@@ -1,4 +1,4 @@
-"""Questions 2 and 3 with controls (kdlab.pipeline.q23, kdlab.analysis.q23_report, kdlab.core.cka and the two method files it added):
+"""Questions 2 and 3 with controls (kdlab.analysis.q23_design, kdlab.analysis.q23_report, kdlab.core.cka and the two method files it added):
 the estimators against independent computations, the methods on tiny models, the params checks, and the
 report's numbers from a hand-made study. The pipeline itself runs end to end in tests/test_pipeline.py."""
 import copy
@@ -131,7 +131,7 @@ def test_loss_importance_is_the_teachers_loss_rise_when_a_channel_is_zeroed():
 
 
 def test_recalibrated_batchnorm_holds_the_pruned_networks_own_statistics():
-    from kdlab.pipeline.q23 import recalibrate_bn
+    from kdlab.pipeline.cuts import recalibrate_bn
 
     torch.manual_seed(0)
     conv, bn = nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3)
@@ -153,7 +153,7 @@ def _shipped() -> dict:
 
 
 def _load(tmp_path, raw):
-    from kdlab.pipeline import q23
+    from kdlab.analysis import q23_design as q23
 
     path = tmp_path / "q23.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -203,7 +203,7 @@ def test_the_shipped_study_declares_its_groups_budgets_and_families():
     """Every group once; the matched budgets are 1,500 teacher steps (+ 300 pruning KD steps) + the student's
     1,500 at 50 steps an epoch; every family names groups the study trains, and the families over the curve's seeds
     only compare groups trained on them; each family's comparisons are distinct; DKD at its paper's closest pair."""
-    from kdlab.pipeline import q23
+    from kdlab.analysis import q23_design as q23
 
     q = q23.load(REPO / "studies/q23/params.yaml")
     groups = {g.name: g for g in q23.groups(q)}
@@ -231,7 +231,7 @@ def _study(effects: dict, noise: dict, collapsed: dict | None = None):
     """A hand-made study: every run of the shipped params, test accuracy 0.80 + effect + seed noise, final
     validation accuracy 0.80 unless ``collapsed`` sets it (group -> {seed: val})."""
     from kdlab.analysis.q23_report import load_runs
-    from kdlab.pipeline import q23
+    from kdlab.analysis import q23_design as q23
 
     q = q23.load(REPO / "studies/q23/params.yaml")
     rows = []

@@ -82,12 +82,13 @@ def test_a_named_study_is_held_to_its_own_lock_and_the_file_it_reads(in_tmp):
     (in_tmp / "studies/q1/params.yaml").write_text(yaml.safe_dump({"q1": {"effect": 0.5, "seeds": [0, 1]}}))
     (in_tmp / "studies/q1/dvc.lock").write_text(_lock({
         "q1_student@kd-0": {"cmd": "kdlab train", "params": {"studies/q1/params.yaml": {"q1.seeds": [0, 1]}}},
-        "q1_report": {"cmd": "kdlab q1_report", "params": {"studies/q1/params.yaml": {"q1.effect": 0.9}}}}))
-    recorded.check("q1_report", "params.yaml", [], study="studies/q1/params.yaml")
+        "q1_report": {"cmd": "kdlab report --study studies/q1/params.yaml",
+                      "params": {"studies/q1/params.yaml": {"q1.effect": 0.9}}}}))
+    recorded.check("report", "params.yaml", [], study="studies/q1/params.yaml")
     (in_tmp / "other.yaml").write_text(yaml.safe_dump({"q1": {"effect": 0.5, "seeds": [0, 1, 2]}}))
     with pytest.raises(Exception, match=r"studies/q1/params.yaml:q1.seeds is \[0, 1, 2\] here but the runs used "
                                         r"\[0, 1\] \(studies/q1/dvc.lock: q1_student@kd-0\)"):
-        recorded.check("q1_report", "params.yaml", [], study="other.yaml")
+        recorded.check("report", "params.yaml", [], study="other.yaml")
 
 
 def test_a_pipeline_never_reproduced_has_no_record_to_hold(in_tmp):

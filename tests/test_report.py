@@ -232,7 +232,8 @@ def test_kdlab_results_lists_the_named_studies_runs_too(in_tmp, capsys):
     from kdlab.analysis import results
     from kdlab.infra import tracking
     from kdlab.infra.schema import flatten
-    from kdlab.pipeline import q1, q23
+    from kdlab.analysis import q1_design as q1
+    from kdlab.analysis import q23_design as q23
 
     for name in ("q1", "q23"):
         (in_tmp / "studies" / name).mkdir(parents=True)

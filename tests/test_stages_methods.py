@@ -30,7 +30,7 @@ def study(tmp_path_factory):
 
 def _needs_question_1s_cache(name: str) -> bool:
     """kd_correct_clean reads the teacher's correctness per clean training image, which only studies/q1's cache
-    records (kdlab q1_cache); its training is tested there (tests/test_pipeline.py)."""
+    records (kdlab cache --study studies/q1/params.yaml); its training is tested there (tests/test_pipeline.py)."""
     return getattr(distill.method_class(name), "reads_clean_correct", False)
 
 

@@ -1,9 +1,12 @@
 """The one training path (kdlab.pipeline.train) on its own: what a run reads follows from its spec and its
 method, in every study alike. Every study's runs end to end are tests/test_pipeline.py's."""
+from pathlib import Path
+
 import pytest
 import torch
 
 from conftest import tiny
+from kdlab import distill
 from kdlab.core.loader import Normalize
 from kdlab.infra import io
 from kdlab.pipeline import params, train, workspace
@@ -88,7 +91,9 @@ def test_inits_that_conflict_or_lack_their_source_are_refused(tmp_path):
 
 def test_every_training_stage_names_a_run_of_its_study_and_every_run_has_its_stage():
     """`kdlab train RUN` in the three dvc.yaml files, as DVC renders them from the shipped params, against the
-    runs each study's params define (kdlab.cli._study_runs): the same sets, both ways."""
+    runs each study's params define (kdlab.cli.study_runs): the same sets, both ways. And each path is named once:
+    a stage's outs are exactly the files its run's spec writes (model file, or the teacher's folder with its
+    snapshots; metrics file; validation curve), and every file the spec reads is one of its deps or under one."""
     import shlex
 
     from dvc.repo import Repo
@@ -102,8 +107,22 @@ def test_every_training_stage_names_a_run_of_its_study_and_every_run_has_its_sta
                             ("studies/q23/dvc.yaml", "studies/q23/params.yaml")):
         cmds = [shlex.split(s.cmd) for s in repo.stage.collect(str(REPO / pipeline)) if s.cmd.startswith("kdlab train")]
         assert all(c[2:4] == ["--study", study] for c in cmds) if study else all(len(c) == 3 for c in cmds)
-        runs = cli._study_runs(p, study and str(REPO / study))
+        runs = cli.study_runs(p, study and str(REPO / study))
         assert sorted(c[-1] for c in cmds) == sorted(runs), pipeline
+        for stage in repo.stage.collect(str(REPO / pipeline)):
+            if not stage.cmd.startswith("kdlab train"):
+                continue
+            spec = runs[shlex.split(stage.cmd)[-1]]()
+            model = spec.snapshot_dir if spec.snapshot_dir and spec.snapshot_as_model else spec.files[0]
+            written = {model, spec.files[1], *([spec.curve] if spec.curve else [])}
+            assert {str(o.def_path) for o in stage.outs} == {str(f) for f in written}, stage.name
+            deps = [Path(str(d.def_path)) for d in stage.deps]
+            method = distill.method_class(spec.method)
+            read = [spec.teacher if method.uses_teacher_model or spec.init == "carved" else None,
+                    spec.cache if method.uses_teacher_logits else None,
+                    spec.pruned if spec.init in ("pruned", "shape") else None]
+            for source in filter(None, read):
+                assert any(source.path == d or d in source.path.parents for d in deps), (stage.name, source)
 
 
 def test_an_unknown_run_is_refused_with_the_studys_runs(in_tmp, capsys):

@@ -26,6 +26,9 @@ def _train(p, args):
 
 
 def _cache(p, args):
+    if args.study:  # a named study's cache (its design says of which teacher)
+        args.design.STAGES["cache"](p, args.q, args.teacher)
+        return
     from kdlab.pipeline.cache import run_cache
     run_cache(p)
 
@@ -36,6 +39,10 @@ def _evaluate(p, args):
 
 
 def _report(p, args):
+    if args.study:  # a named study's report: kdlab.analysis.<name>_report
+        from kdlab.analysis import studies
+        studies.report(args.study).report(p, args.q)
+        return
     from kdlab.analysis.report import run_report
     from kdlab.analysis.results import frame, metrics_files, run_results
     run_report(p, metrics_files(p), frame(p))
@@ -49,19 +56,11 @@ def _results(p, args):
     run_results(p, Path(args.out), named=True)  # the named studies too; the report stage's CSV is the default's
 
 
-def _q1(stage):
-    """A stage of question 1's study (studies/q1): its params file is --study."""
+def _named(stage):
+    """A stage only named studies have (``prune``, ``cka``): their design runs it."""
     def call(p, args):
-        from kdlab.pipeline import q1
-
-        q1.run_q1_cache(p, q1.load(args.study), args.teacher)
+        args.design.STAGES[stage](p, args.q)
     return call
-
-
-def _q1_report(p, args):
-    from kdlab.analysis.q1_report import run_q1_report
-    from kdlab.pipeline import q1
-    run_q1_report(p, q1.load(args.study))
 
 
 def _pilot(p, args):
@@ -72,24 +71,6 @@ def _pilot(p, args):
     run_pilot(p, study)
     run_pilot_report(study.pilot, study.metrics, study.metrics / "pilot.json", study.report, study.name,
                      study.train_images)
-
-
-def _q23(stage):
-    """A stage of the question-2/3 study with controls (studies/q23): its params file is --study."""
-    def call(p, args):
-        from kdlab.pipeline import q23
-
-        q = q23.load(args.study)
-        if stage == "cache":
-            q23.run_q23_cache(p, q)
-        elif stage == "prune":
-            q23.run_q23_prune(p, q)
-        elif stage == "cka":
-            q23.run_q23_cka(p, q)
-        else:
-            from kdlab.analysis.q23_report import run_q23_report
-            run_q23_report(p, q, q23.report_inputs(q))
-    return call
 
 
 def _sweep(p, args):
@@ -108,14 +89,13 @@ def _readme(p, args):
     run_readme()
 
 
-#: the question-2/3 study's stages (kdlab q23_<stage>)
-Q23_STAGES = ("cache", "prune", "cka", "report")
-#: the named studies (studies/<name>/params.yaml, whose one section is <name>) and their stage modules
-NAMED_STUDIES = {"q1": "kdlab.pipeline.q1", "q23": "kdlab.pipeline.q23"}
+#: the commands that take a named study's params file (--study): a named study's stage, by its design
+#: (kdlab.analysis.studies); prune and cka only named studies have
+STUDY_COMMANDS = ("train", "cache", "report", "prune", "cka")
 
 #: every command; the one that trains runs under torchrun when train.nproc > 1 (see kdlab.infra.distributed)
 STAGES = {"check": _check, "prepare": _prepare, "train": _train, "cache": _cache, "evaluate": _evaluate,
-          "report": _report, "q1_cache": _q1("cache"), "q1_report": _q1_report, "pilot": _pilot, **{f"q23_{s}": _q23(s) for s in Q23_STAGES},
+          "report": _report, "prune": _named("prune"), "cka": _named("cka"), "pilot": _pilot,
           "results": _results, "sweep": _sweep, "readme": _readme, "bench": _bench, "ui": None}
 #: the commands a warm server runs (kdlab.warm): all but the bench (it times itself) and the UI
 WARM_COMMANDS = tuple(c for c in STAGES if c not in ("bench", "ui"))
@@ -126,13 +106,13 @@ HELP = {
     "check": "validate all of params.yaml (every method's options, the architectures): the pipeline's first stage",
     "prepare": "prepare the data set into data/prepared (uint8 tensors, sha256-stamped)",
     "train": "train one teacher or student of a study, named by its model file under models/ without .pt",
-    "cache": "the default study's logit cache: the teacher's logits for the cached views",
+    "cache": "a teacher's logit cache: the teacher's logits for the cached views (default study, or --study)",
     "evaluate": "run every model of the default study on the test split (metrics/summary.json, runs.json)",
-    "report": "the default study's report, headline metrics and reports/results.csv, from the metrics files",
-    "q1_cache": "question 1 in depth (studies/q1): one teacher's logit cache",
-    "q1_report": "question 1 in depth: its report, findings and headline metrics",
+    "report": "a study's report, findings and headline metrics from its metrics files (the default study's with "
+              "reports/results.csv; a named study's with --study)",
+    "prune": "a named study's pruned teachers, and why pruned teachers start at chance (--study)",
+    "cka": "a named study's CKA of its students and a reference with its teacher (--study)",
     "pilot": "a named study's recipe pilot (its pilot section; validation only)",
-    **{f"q23_{s}": f"questions 2 and 3 (studies/q23): the {s} stage" for s in Q23_STAGES},
     "results": "every run of every study as one table: prints a summary, writes a CSV (accuracies in percent)",
     "sweep": "gather DVC experiments over a param into a table and a plot",
     "readme": "copy the pipeline's result blocks into README.md and docs/",
@@ -141,13 +121,14 @@ HELP = {
 }
 #: words a user may try for a command, and the command that does it
 ALIASES = {"student": "train", "teacher": "train", "baseline": "train", "fit": "train", "test": "evaluate",
-           "eval": "evaluate", "validate": "check", "mlflow": "ui", "table": "results", "q1": "q1_report",
-           "q23": "q23_report"}
+           "eval": "evaluate", "validate": "check", "mlflow": "ui", "table": "results", "q1_report": "report",
+           "q23_report": "report", "q1_cache": "cache", "q23_cache": "cache", "q23_prune": "prune", "q23_cka": "cka"}
 
 
-def _study_option(ap: argparse.ArgumentParser, default: str | None) -> None:
-    ap.add_argument("--study", default=None, help="the study's params file" + (
-        f" (default {default})" if default else " (default: the default study, params.yaml)"))
+def _study_option(ap: argparse.ArgumentParser, required: bool) -> None:
+    default = " (required)" if required else " (default: the default study, params.yaml)"
+    ap.add_argument("--study", default=None, help="a named study: its params file (studies/q23/params.yaml) or its "
+                    "name (q23)" + default)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -163,15 +144,13 @@ def _parser() -> argparse.ArgumentParser:
     cmds["train"].add_argument("run", nargs="?", help="the run: `teacher`, `students/kd-0`; with --study "
                                "studies/q1/params.yaml `teachers/main` or `students/kd.main-w0.5-e30-s0`; an unknown "
                                "run lists the study's runs")
-    _study_option(cmds["train"], None)
+    for name in STUDY_COMMANDS:
+        _study_option(cmds[name], required=name in ("prune", "cka"))
     for name, cmd in cmds.items():  # a run given to another command is refused by _check_run_args, in words
         if name != "train":
             cmd.add_argument("run", nargs="?", help=argparse.SUPPRESS)
-    cmds["q1_cache"].add_argument("--teacher", help="one of q1.cached")
-    for name in ("q1_cache", "q1_report"):
-        _study_option(cmds[name], "studies/q1/params.yaml")
-    for s in Q23_STAGES:
-        _study_option(cmds[f"q23_{s}"], "studies/q23/params.yaml")
+    cmds["cache"].add_argument("--teacher", help="with --study, the study's teacher to cache (studies/q1: one of "
+                               "q1.cached)")
     cmds["pilot"].add_argument("--study", help="the named study's params file (required), e.g. studies/q1/params.yaml")
     cmds["results"].add_argument("-o", "--out", default="reports/results_all.csv", help="the CSV to write (default "
                                  "reports/results_all.csv; the report stage writes reports/results.csv, the default "
@@ -213,32 +192,20 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _study_runs(p, study: str | None) -> dict:
+def study_runs(p, study: str | None) -> dict:
     """Every training run of the default study (``study`` None) or of the named study whose params file is
-    ``study``, by name."""
-    import importlib
-    from pathlib import Path
-
-    from kdlab.infra.schema import ParamsError, read_yaml
-
+    ``study`` (its design's ``runs``), by name."""
     if study is None:
         from kdlab.pipeline.stages import runs
         return runs(p)
-    sections = list(read_yaml(Path(study)) or {})
-    if len(sections) != 1 or sections[0] not in NAMED_STUDIES:
-        raise ParamsError(study, f"a named study's params file holds one section, one of {sorted(NAMED_STUDIES)}; "
-                          f"found {sections}")
-    module = importlib.import_module(NAMED_STUDIES[sections[0]])
-    return module.runs(p, module.load(study))
+    from kdlab.analysis import studies
+
+    design = studies.design(study)
+    return design.runs(p, design.load(study))
 
 
 def _check_train_args(p, args) -> str | None:
-    from kdlab.infra.schema import ParamsError
-
-    try:
-        runs = _study_runs(p, args.study)
-    except ParamsError as e:
-        return str(e)
+    runs = args.design.runs(p, args.q) if args.study else study_runs(p, None)
     if args.run not in runs:
         import difflib
         from collections import Counter
@@ -252,20 +219,30 @@ def _check_train_args(p, args) -> str | None:
     return None
 
 
-def _check_named_args(args) -> str | None:
-    """What is wrong with a named study's stage arguments (q1_cache's ``--teacher``), if anything."""
-    import importlib
-
+def _check_study_args(args) -> str | None:
+    """What is wrong with a command's named study (``--study``, and cache's ``--teacher``), if anything; else its
+    design and params go on ``args``."""
+    if args.study is None:  # the default study's stage: nothing of the named studies is imported
+        if args.stage in ("prune", "cka"):
+            return f"{args.stage} is a named study's stage: kdlab {args.stage} --study studies/<name>/params.yaml"
+        return "--teacher is a named study's (kdlab cache --study FILE --teacher T)" if args.teacher else None
+    from kdlab.analysis import studies
     from kdlab.infra.schema import ParamsError
 
-    name = args.stage.split("_")[0]
-    args.study = args.study or f"studies/{name}/params.yaml"
+    args.study = str(studies.params_file(args.study))  # a study's name stands for its params file
     try:
-        q = importlib.import_module(NAMED_STUDIES[name]).load(args.study)
+        args.design = studies.design(args.study)
+        args.q = args.design.load(args.study)
     except ParamsError as e:
         return str(e)
-    if args.stage == "q1_cache" and args.teacher not in q.cached:
-        return f"--teacher {args.teacher!r} is not in q1.cached {list(q.cached)}"
+    if args.stage != "train" and args.stage not in args.design.STAGES:
+        return f"{args.study} has no {args.stage} stage (its stages: train, {', '.join(args.design.STAGES)})"
+    if args.stage == "cache":
+        teachers = args.design.cache_teachers(args.q) if hasattr(args.design, "cache_teachers") else None
+        if teachers is None and args.teacher:
+            return f"{args.study} caches one teacher: no --teacher"
+        if teachers is not None and args.teacher not in teachers:
+            return f"--teacher {args.teacher!r} is not one of {args.study}'s cached teachers {teachers}"
     return None
 
 
@@ -273,10 +250,8 @@ def _check_run_args(p, args) -> str | None:
     """What is wrong with the command's arguments, if anything."""
     if (args.run is not None) != (args.stage == "train"):
         return "train takes one run (kdlab train RUN); no other command takes one"
-    if args.stage == "train":
-        return _check_train_args(p, args)
-    if args.stage.split("_")[0] in NAMED_STUDIES:
-        return _check_named_args(args)
+    if args.stage in STUDY_COMMANDS:
+        return _check_study_args(args) or (_check_train_args(p, args) if args.stage == "train" else None)
     if args.stage == "pilot":
         if not args.study:
             return "pilot takes a named study's params file: kdlab pilot --study studies/q1/params.yaml"
@@ -342,7 +317,7 @@ def run(argv: list[str] | None = None) -> int:
     # test's SIGINT) would be lost on a stage run under `cmd &`, so the handler is installed explicitly
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        if args.stage in ("evaluate", "report", "results", "q1_report", "q23_report"):  # they describe runs
+        if args.stage in ("evaluate", "report", "results"):  # they describe runs
             from kdlab.pipeline import recorded
 
             recorded.check(args.stage, args.params, args.overrides, study=args.study)

@@ -22,7 +22,7 @@ PRELOAD = ("torch", "torch._dynamo", "torch.optim", "torchvision", "numpy", "yam
            "torch_pruning", "matplotlib", "scipy.stats", "pandas",
            "kdlab.infra.tracking", "kdlab.core.data", "kdlab.core.features", "kdlab.core.surgery", "kdlab.core.channels",
            "kdlab.distill", "kdlab.pipeline.check", "kdlab.pipeline.train", "kdlab.pipeline.stages",
-           "kdlab.pipeline.cache", "kdlab.pipeline.q1", "kdlab.pipeline.q23", "kdlab.analysis.stats",
+           "kdlab.pipeline.cache", "kdlab.analysis.q1_design", "kdlab.analysis.q23_design", "kdlab.analysis.stats",
            "kdlab.analysis.present", "kdlab.analysis.evaluate", "kdlab.analysis.report", "kdlab.analysis.results",
            "kdlab.analysis.sweep", "kdlab.analysis.readme")
 

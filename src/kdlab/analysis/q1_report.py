@@ -1,4 +1,4 @@
-"""``kdlab q1_report``: question 1 in depth (studies/q1), from the study's metrics files alone.
+"""Question 1 in depth (studies/q1; ``kdlab report --study studies/q1/params.yaml``), from its metrics files alone.
 
 The comparisons are the families ``q1.families`` declares before the runs: ``A - B`` is paired over seeds (the
 same seed gives both arms the same initialisation, batch order and views), ``A - teacher`` is the student minus
@@ -20,7 +20,6 @@ metrics/q1/analysis.json (every number) and metrics/q1/headline.json (the study'
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -42,13 +41,12 @@ from kdlab.analysis.study_report import (
     said,
     short,
 )
-from kdlab.infra import io
-from kdlab.pipeline.params import Params, with_overrides
-from kdlab.pipeline.q1 import (
+from kdlab.analysis.q1_design import (
     CACHE_METRICS,
+    LAYOUT,
     METRICS,
     Q1,
-    STUDY,
+    REBUILD,
     TESTS,
     arm_name,
     arm_teacher,
@@ -57,14 +55,15 @@ from kdlab.pipeline.q1 import (
     students,
     study_params,
 )
+from kdlab.infra import io
+from kdlab.pipeline.params import Params, with_overrides
 
-REPORT_DIR = Path("reports/q1")
+REPORT_DIR = LAYOUT.reports
 REPORT_MD = REPORT_DIR / "report.md"
 FINDINGS_MD = REPORT_DIR / "findings.md"
 ANALYSIS_JSON = METRICS / "analysis.json"
 HEADLINE_JSON = METRICS / "headline.json"
 PILOT_JSON = METRICS / "pilot.json"
-REBUILD = f"dvc repro {STUDY.parent / 'dvc.yaml'}"
 #: what each family asks, in the report's and the README's words
 QUESTIONS = {
     "kd_vs_labels": "Does KD beat the labels, and beat label smoothing?",
@@ -318,8 +317,8 @@ def findings(p: Params, q: Q1, a: dict) -> str:
     pl, fams = a["plateau"], a["families"]
     lines = [f"Question 1 in depth (`make q1`: {_setting(p, q, a)}; differences in points, [95% "
              f"interval], Holm p within each declared family, equivalence within +/-{q.effect} points; "
-             f"{_hours(a['compute'])}; `kdlab q1_report` writes this from `metrics/q1/`; details in "
-             f"`reports/q1/report.md`):", ""]
+             f"{_hours(a['compute'])}; `kdlab report --study studies/q1/params.yaml` writes this from "
+             f"`metrics/q1/`; details in `reports/q1/report.md`):", ""]
     if pl["checks"]:
         lines.append(f"- **Has raw plateaued?** Its validation accuracy gains {_plateau_words(q, pl)}; the rule: "
                      f"under {q.plateau} points.")
@@ -430,6 +429,11 @@ def pictures(q: Q1, a: dict) -> dict:
 
 
 # ---------------------------------------------------------------- the stage
+
+def report(p: Params, q: Q1) -> dict:
+    """The study's report stage (``kdlab report --study studies/q1/params.yaml``)."""
+    return run_q1_report(p, q)
+
 
 def run_q1_report(p: Params, q: Q1) -> dict:
     df = load_runs(q)

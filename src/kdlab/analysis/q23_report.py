@@ -1,7 +1,7 @@
-"""``kdlab q23_report``: questions 2 and 3 (studies/q23), from the study's metrics files alone.
+"""Questions 2 and 3 (studies/q23; ``kdlab report --study studies/q23/params.yaml``), from its metrics files alone.
 
 The comparisons are the families ``q23.families`` declares before the runs: ``A - B`` of two student groups
-(:class:`kdlab.pipeline.q23.Group`), paired over the seeds both ran and neither collapsed on, with the 95% t interval,
+(:class:`kdlab.analysis.q23_design.Group`), paired over the seeds both ran and neither collapsed on, with the 95% t interval,
 the t-test's p, Holm's adjustment within its family and a verdict in four words
 (:func:`kdlab.analysis.study_report.family`): above or below where the Holm-adjusted p is below 0.05, equivalent
 where the Holm-adjusted TOST within +/- ``q23.effect`` points rejects, else inconclusive with the effect the seeds
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -42,14 +41,13 @@ from kdlab.analysis.study_report import (
     said,
     short,
 )
+from kdlab.analysis.q23_design import LAYOUT, Q23, Group, report_inputs
 from kdlab.infra import io
 from kdlab.infra.schema import flatten_dict
+from kdlab.pipeline.cuts import cut_name
 from kdlab.pipeline.params import Params
 
-if TYPE_CHECKING:
-    from kdlab.pipeline.q23 import Q23
-
-REPORT_DIR = Path("reports/q23")
+REPORT_DIR = LAYOUT.reports
 #: what each family asks, in the report's and the README's words
 QUESTIONS = {
     "vs_labels": "Which knowledge beats the labels?",
@@ -119,7 +117,6 @@ def families(q: Q23, df: pd.DataFrame) -> dict[str, dict]:
 
 def curve(q: Q23, rows: dict) -> dict:
     """Per size of ``q23.prune.sizes``: the three arms of the trade-off (their parameters and test intervals)."""
-    from kdlab.pipeline.q23 import Group, cut_name
 
     out = {}
     for size in q.prune.sizes:
@@ -265,8 +262,8 @@ def findings(p: Params, q: Q23, a: dict) -> str:
         f"students `{q.student.arch}` x{q.student.width}, {len(q.seeds)} seeds per family arm; differences in "
         f"points, [95% interval], Holm p within each declared family, equivalence within +/-{q.effect} points; "
         f"{a['collapsed']} of {comp['student_runs']} runs collapsed by the declared rule and are left out; "
-        f"{_hours(comp['seconds'])} of training wall time recorded; `kdlab q23_report` writes this from "
-        f"`metrics/q23/`; details in `reports/q23/report.md`):", ""]
+        f"{_hours(comp['seconds'])} of training wall time recorded; `kdlab report --study "
+        f"studies/q23/params.yaml` writes this from `metrics/q23/`; details in `reports/q23/report.md`):", ""]
     for name, fam in a["families"].items():
         lines.append(f"- **{QUESTIONS.get(name, name)}** " + "; ".join(
             f"`{c['a']}` - `{c['b']}`: {short(c)}, **{said(c)}**" for c in fam["comparisons"].values()) + ".")
@@ -340,8 +337,13 @@ def pictures(q: Q23, a: dict) -> dict:
 
 # ---------------------------------------------------------------- the stage
 
+def report(p: Params, q: Q23) -> dict:
+    """The study's report stage (``kdlab report --study studies/q23/params.yaml``)."""
+    return run_q23_report(p, q, report_inputs(q))
+
+
 def run_q23_report(p: Params, q: Q23, inputs: dict) -> dict:
-    """``inputs`` (:func:`kdlab.pipeline.q23.report_inputs`): every student run, the study's metrics folder and the command
+    """``inputs`` (:func:`kdlab.analysis.q23_design.report_inputs`): every student run, the study's metrics folder and the command
     that rebuilds a missing file."""
     df = load_runs(q, inputs)
     metrics, rebuild = Path(inputs["metrics"]), inputs["rebuild"]

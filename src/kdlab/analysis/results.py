@@ -45,8 +45,9 @@ def _q1(p: Params) -> list[tuple[dict, Path]]:
     return rows
 
 
-def _teachers(study: str, key: str, question: int, teachers: dict, metrics: Path) -> list[tuple[dict, Path]]:
-    return [({"study": key, "question": question, "run": f"{study}/teacher.{name}", "group": "teacher",
+def teacher_rows(study: str, question: int, teachers: dict, metrics: Path) -> list[tuple[dict, Path]]:
+    """A named study's teachers as rows of the table (a design's :func:`table` starts with them)."""
+    return [({"question": question, "run": f"{study}/teacher.{name}", "group": "teacher",
               "variant": "teacher", "seed": t.seed, "arch": t.arch, "width": t.width},
              metrics / "teachers" / f"{name}.json") for name, t in teachers.items()]
 
@@ -58,31 +59,14 @@ def _not_default(rows: list[tuple[dict, Path]]) -> list[tuple[dict, Path]]:
 
 def _named(p: Params) -> list[tuple[dict, Path]]:
     """The named studies' runs, where their params files are: (identity with the study's key, metrics file)."""
-    from kdlab.pipeline import q1, q23
+    from kdlab.analysis import studies
 
     flat, rows = flatten(p), []
-    if q1.STUDY.exists():
-        q = q1.load()
-        key = tracking.study_key({**flat, **q1.study_params(q)})
-        rows += _teachers("q1", key, 1, q.teachers, q1.METRICS)
-        for variant, teacher, width, epochs in q1.students(q):
-            for seed in q.seeds:
-                name = q1.student_name(variant, teacher, width, epochs, seed)
-                rows.append(({"study": key, "question": 1, "run": f"q1/{name}", "group": name.rsplit("-s", 1)[0],
-                              "variant": variant, "seed": seed, "arch": q.student.arch, "teacher": teacher,
-                              "width": width}, q1.METRICS / "students" / f"{name}.json"))
-    if q23.STUDY.exists():
-        q = q23.load()
-        key = tracking.study_key({**flat, **q23.study_params(q)})
-        rows += _teachers("q23", key, 2, q.teachers, q23.METRICS)
-        for g in q23.groups(q):
-            for seed in g.seeds:
-                name = q23.student_name(g, seed)
-                question = 3 if g.init in ("pruned", "shape") or g.arm in q.selective else 2
-                rows.append(({"study": key, "question": question, "run": f"q23/{name}", "group": g.name,
-                              "variant": q.arms[g.arm].method, "seed": seed, "init": g.init, "arch": q.student.arch,
-                              "teacher": q.teacher, "width": q.student.width},
-                             q23.METRICS / "students" / f"{name}.json"))
+    for path in studies.found():
+        design = studies.design(path)
+        q = design.load(path)
+        key = tracking.study_key({**flat, **design.study_params(q)})
+        rows += [({"study": key, **ident}, file) for ident, file in design.table(q)]
     return _not_default(rows)
 
 

@@ -1,5 +1,5 @@
 """Channel pruning of a trained network by channel importance (question 3's tool; the study is
-:mod:`kdlab.pipeline.q23`).
+:mod:`kdlab.pipeline.cuts`).
 
 Structured pruning goes through torch-pruning's DependencyGraph (DepGraph, Fang et al. 2023), which finds
 every layer a channel touches (a residual layer's channels run through all of its blocks and shortcuts),

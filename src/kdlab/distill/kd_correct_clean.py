@@ -3,7 +3,7 @@ augmented view the student sees. Where the teacher classifies the clean image co
 :mod:`kd` on every view of it; elsewhere plain CE with full weight.
 
 It reads the teacher's correctness per clean training image, which only question 1's cache records
-(``kdlab q1_cache``): the study sets ``clean_correct`` (a bool per training image) before training.
+(``kdlab cache --study studies/q1/params.yaml``): the study sets ``clean_correct`` (a bool per training image) before training.
 """
 from kdlab.distill import register
 from kdlab.distill.kd import KD, kl_per_sample
@@ -19,7 +19,7 @@ class KDCorrectClean(KD):
         super().attach(student, teacher, example, labels)
         if self.clean_correct is None:
             raise StageError("kd_correct_clean reads the teacher's correctness on each clean training image, which "
-                             "only question 1's study records (studies/q1, kdlab q1_cache)")
+                             "only question 1's study records (studies/q1, kdlab cache --study)")
 
     def forward(self, student, batch):
         logits = student(batch.images)

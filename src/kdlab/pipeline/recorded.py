@@ -6,7 +6,7 @@ was edited without ``dvc repro``, stops before it writes a file or an MLflow run
 The record is each stage's ``params`` in the pipeline's lock (the root's ``dvc.lock``, or a named study's
 ``studies/<name>/dvc.lock``), which DVC writes as each stage finishes, so a report stage inside ``dvc repro`` or
 ``dvc exp run`` compares against the runs just made. Compared: every stage of the pipeline that comes before the
-command (:data:`AFTER` names those it must not be held to: itself and what follows it). A pipeline never
+command (:data:`AFTER` names the commands of the stages it must not be held to: itself and what follows it). A pipeline never
 reproduced (no lock) has no record, and nothing is compared.
 """
 from __future__ import annotations
@@ -18,9 +18,8 @@ import yaml
 from kdlab.infra.io import StageError
 from kdlab.infra.schema import apply_override, flatten_dict, parse_override, read_yaml
 
-#: per command, the stages of its pipeline that run after it reads its inputs (or are itself)
-AFTER = {"evaluate": ("evaluate", "report"), "report": ("report",), "results": ("report", "q1_report", "q23_report"),
-         "q1_report": ("q1_report",), "q23_report": ("q23_report",)}
+#: per command, the commands of its pipeline's stages that run after it reads its inputs (or are itself)
+AFTER = {"evaluate": ("evaluate", "report"), "report": ("report",), "results": ("report",)}
 #: where the stages' params files live: the repository root (the named studies' stages run there too, wdir ../..)
 ROOT_PARAMS = "params.yaml"
 
@@ -40,14 +39,15 @@ def current(params: str | Path, overrides: list[str], study: tuple[str, str | Pa
 
 def recorded(lock: Path, skip: tuple = ()) -> dict[str, dict[str, dict]]:
     """{stage: {params file: {dotted key: value}}} of ``lock``'s stages that its dvc.yaml still defines, but
-    ``skip`` (foreach items by their stage's name)."""
+    those whose command is ``kdlab`` one of ``skip``."""
     stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
     pipeline = lock.with_name("dvc.yaml")  # a lock keeps entries of stages since removed: they describe no run now
     defined = set((yaml.safe_load(pipeline.read_text()) or {}).get("stages", {})) if pipeline.exists() else None
     out = {}
     for name, entry in stages.items():
         base = name.split("@")[0]
-        if base in skip or (defined is not None and base not in defined):
+        words = str(entry.get("cmd") or "").split()
+        if words[:1] == ["kdlab"] and words[1:2] and words[1] in skip or (defined is not None and base not in defined):
             continue
         # a stage declares a section (``loss``) or a key (``cache.views``): either way, dotted keys
         out[name] = {path: flatten_dict(keys or {}) for path, keys in (entry.get("params") or {}).items()}
@@ -72,15 +72,17 @@ def differences(now: dict[str, dict], record: dict[str, dict[str, dict]]) -> dic
     return out
 
 
-def _named(command: str) -> Path | None:
-    """The named study's folder a command belongs to (``q1_report``: studies/q1), else None."""
-    return Path("studies", command.removesuffix("_report")) if command in ("q1_report", "q23_report") else None
+def _named(study: str | Path | None) -> Path | None:
+    """The folder of the named study whose params file (or a copy of it elsewhere) is ``study``: studies/<its one
+    section>; None for the default study."""
+    return Path("studies", *list(read_yaml(Path(study)) or {})[:1]) if study else None
 
 
-def locks_of(command: str) -> list[Path]:
-    """The locks whose stages ``command`` reads the outputs of (paths from the repository root)."""
-    if _named(command):
-        return [_named(command) / "dvc.lock"]
+def locks_of(command: str, study: str | Path | None = None) -> list[Path]:
+    """The locks whose stages ``command`` (of the named study ``study``) reads the outputs of (paths from the
+    repository root)."""
+    if _named(study):
+        return [_named(study) / "dvc.lock"]
     return [Path("dvc.lock"), *sorted(Path("studies").glob("*/dvc.lock"))] if command == "results" else [Path("dvc.lock")]
 
 
@@ -89,8 +91,8 @@ def check(command: str, params: str | Path, overrides: list[str], locks: list[Pa
     """Refuse ``command`` (a :class:`StageError`, one message naming every key) unless the params it reads (and
     ``study``, a named study's file) agree with what each lock in ``locks`` (default :func:`locks_of`) recorded
     for the stages before it."""
-    locks = locks_of(command) if locks is None else locks
-    named = (f"{_named(command).as_posix()}/params.yaml", study) if study and _named(command) else None
+    locks = locks_of(command, study) if locks is None else locks
+    named = (f"{_named(study).as_posix()}/params.yaml", study) if _named(study) else None
     now = current(params, overrides, named)
     diffs: dict[str, tuple] = {}
     for lock in locks:

@@ -1,7 +1,7 @@
 """The default study's training runs (``kdlab train RUN``): the teacher and the students of every variant over
 the seeds, each a :class:`kdlab.pipeline.spec.RunSpec` built from params.yaml and trained by
 :func:`kdlab.pipeline.train.train`. A run is named by its model file under ``models/``: ``teacher``,
-``students/kd-0``. Questions 2 and 3 are studies/q23's (:mod:`kdlab.pipeline.q23`)."""
+``students/kd-0``. Questions 2 and 3 are studies/q23's (:mod:`kdlab.analysis.q23_design`)."""
 from __future__ import annotations
 
 from functools import partial

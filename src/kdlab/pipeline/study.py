@@ -1,6 +1,7 @@
-"""What every named study (``studies/<name>``: its own params section and ``dvc.yaml``) shares: its teacher
-runs and student architecture as params, its seeded subset, and its teachers' runs as
-:class:`kdlab.pipeline.train.RunSpec`."""
+"""What every named study (``studies/<name>``: its own params section and ``dvc.yaml``) shares: where its files
+are (:class:`Layout`, derived from its name once), its teacher runs and student architecture as params, its seeded
+subset, and its teachers' runs as :class:`kdlab.pipeline.train.RunSpec`. A study's own design (which runs, which
+comparisons) is its analysis's: ``kdlab.analysis.<name>_design``."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,6 +11,60 @@ from typing import Literal, Union
 from kdlab.infra.schema import ParamsError, choice, no_duplicates, positive
 from kdlab.pipeline.params import ModelParams
 from kdlab.pipeline.spec import RunSpec, Subset
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Every folder of the named study ``name``, derived from its name here and nowhere else: its params file
+    and pipeline under ``studies/<name>/``, its models under ``models/<name>/``, its caches under
+    ``data/<name>/``, its metrics and reports under ``metrics/<name>/`` and ``reports/<name>/``."""
+    name: str
+
+    @property
+    def folder(self) -> Path:
+        return Path("studies", self.name)
+
+    @property
+    def params(self) -> Path:
+        return self.folder / "params.yaml"
+
+    @property
+    def rebuild(self) -> str:
+        """The command that rebuilds the study's files, for errors that name a missing one."""
+        return f"dvc repro {(self.folder / 'dvc.yaml').as_posix()}"
+
+    @property
+    def models(self) -> Path:
+        return Path("models", self.name)
+
+    @property
+    def teachers(self) -> Path:
+        return self.models / "teachers"
+
+    @property
+    def students(self) -> Path:
+        return self.models / "students"
+
+    @property
+    def data(self) -> Path:
+        return Path("data", self.name)
+
+    @property
+    def metrics(self) -> Path:
+        return Path("metrics", self.name)
+
+    @property
+    def reports(self) -> Path:
+        return Path("reports", self.name)
+
+    def student_files(self, run: str) -> tuple[Path, Path]:
+        """(model file, metrics file) of the student run ``run``."""
+        return self.students / f"{run}.pt", self.metrics / "students" / f"{run}.json"
+
+
+def layout_of(path: str | Path) -> Layout:
+    """The layout of the study whose params file is ``path`` (``studies/q1/params.yaml``: q1)."""
+    return Layout(Path(path).parent.name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,13 +195,13 @@ def subset(q) -> Subset:
     return Subset(q.train_images, q.val_images, q.subset_seed)
 
 
-def teacher_spec(q, name: str, out: Path, metrics_dir: Path, study: str, extra: dict,
-                 overrides: dict | None = None) -> RunSpec:
-    """The named study ``q``'s teacher run ``q.teachers[name]``, on the labels, into ``out`` (``final.pt``, and
-    ``e<k>.pt`` for each of its snapshots) and ``metrics_dir/<name>.json`` (with ``<name>.curve.json``: its
-    validation curve); ``study``: the study's name in run names and tags (``q1``); ``overrides``: the study's
-    recipe (:attr:`kdlab.pipeline.spec.RunSpec.overrides`)."""
-    t = q.teachers[name]
+def teacher_spec(q, name: str, layout: Layout, extra: dict, overrides: dict | None = None) -> RunSpec:
+    """The named study ``q``'s teacher run ``q.teachers[name]``, on the labels, into ``layout.teachers/<name>/``
+    (``final.pt``, and ``e<k>.pt`` for each of its snapshots) and ``layout.metrics/teachers/<name>.json`` (with
+    ``<name>.curve.json``: its validation curve); the study's name (``q1``) is in the run's name and tags;
+    ``overrides``: the study's recipe (:attr:`kdlab.pipeline.spec.RunSpec.overrides`)."""
+    t, study = q.teachers[name], layout.name
+    out, metrics_dir = layout.teachers / name, layout.metrics / "teachers"
     images = t.train_images or q.train_images
     about = (f"The {study} study's teacher `{name}` ({images} training images)"
              + (f", with snapshots at epochs {t.snapshots}. " if t.snapshots else ". "))

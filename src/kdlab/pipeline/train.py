@@ -1,7 +1,7 @@
 """The one training path: a run is data (:class:`RunSpec`), and :func:`train` trains every teacher and student
 of every study from one. What a study adds is only how it names its runs and where it keeps them (its spec
-builders: :mod:`kdlab.pipeline.stages`, :mod:`kdlab.pipeline.q1`,
-:mod:`kdlab.pipeline.q23`).
+builders: :mod:`kdlab.pipeline.stages`, the named studies' designs,
+:mod:`kdlab.analysis.q1_design`, :mod:`kdlab.analysis.q23_design`).
 
 A run: a fresh model (``init``: ``random``; ``carved``, the teacher's residual blocks ``blocks`` with their
 weights; ``pruned``, a pruned teacher's file; ``shape``, that file's shape freshly initialised) trained

@@ -6,13 +6,14 @@ adopted) overrides the training recipe of every run. Every run trains on a seede
 training split (``q1.train_images``; a teacher may have its own, larger one) and chooses its checkpoint on a
 seeded subset of the validation split (``q1.val_images``).
 
-Stages (``kdlab train --study studies/q1/params.yaml RUN``, ``kdlab q1_cache``; ``q1_pilot`` is
-:mod:`kdlab.pipeline.pilot`, ``q1_report`` :mod:`kdlab.analysis.q1_report`), the runs named as :func:`runs` lists
-them:
+This module is the study's design: its params (:class:`Q1`), its runs and the arguments of its stages
+(``kdlab train --study studies/q1/params.yaml RUN``, ``kdlab cache | report --study studies/q1/params.yaml``;
+``q1_pilot`` is :mod:`kdlab.pipeline.pilot`, the report :mod:`kdlab.analysis.q1_report`), the runs named as
+:func:`runs` lists them:
 
 - ``train teachers/RUN``: trains ``q1.teachers[RUN]`` on the labels, keeping its best-on-validation state
   (``final.pt``).
-- ``q1_cache --teacher T``: the teacher's logits on the cached views of the subset (as
+- ``cache --teacher T``: the teacher's logits on the cached views of the subset (as
   :mod:`kdlab.pipeline.cache`), whether it is right on each clean training image, its accuracy on validation and
   test, how many training views and images it gets wrong, and its test predictions with their confidence.
 - ``train students/V.T-wW-eE-sS`` (``raw-wW-eE-sS``, ``ls-...``: on the labels alone): the student
@@ -36,6 +37,7 @@ from kdlab.infra.schema import ParamsError, build, choice, flatten_dict, no_dupl
 from kdlab.pipeline.params import ModelParams, Params, with_overrides
 from kdlab.pipeline.spec import RunSpec, Source
 from kdlab.pipeline.study import (
+    Layout,
     Recipe,
     StudentSpec,
     TeacherRun,
@@ -45,13 +47,12 @@ from kdlab.pipeline.study import (
     teacher_spec,
 )
 
+LAYOUT = Layout("q1")
 #: the study's params file (relative to the repository root, where its stages run)
-STUDY = Path("studies/q1/params.yaml")
-REBUILD = f"dvc repro {STUDY.parent / 'dvc.yaml'}"
-TEACHERS = Path("models/q1/teachers")
-STUDENTS = Path("models/q1/students")
-CACHES = Path("data/q1/logits")
-METRICS = Path("metrics/q1")
+STUDY = LAYOUT.params
+REBUILD = LAYOUT.rebuild
+CACHES = LAYOUT.data / "logits"
+METRICS = LAYOUT.metrics
 #: per teacher: its accuracy and the training views and images it gets wrong (q1_cache)
 CACHE_METRICS = METRICS / "caches"
 #: per student (and teacher): identity and test predictions, for the per-class and per-confidence analysis
@@ -231,7 +232,7 @@ def load(path: Path = STUDY) -> Q1:
 
 def teacher_file(name: str, q: Q1) -> Path:
     run, epoch = teacher_source(q, name)
-    return TEACHERS / run / ("final.pt" if epoch is None else f"e{epoch}.pt")
+    return LAYOUT.teachers / run / ("final.pt" if epoch is None else f"e{epoch}.pt")
 
 
 def student_name(variant: str, teacher: str | None, width: float, epochs: int, seed: int) -> str:
@@ -258,7 +259,8 @@ def study_params(q: Q1) -> dict:
 
 # ---------------------------------------------------------------- stages
 
-def run_q1_cache(p: Params, q: Q1, name: str) -> dict:
+def cache(p: Params, q: Q1, name: str) -> dict:
+    """The logit cache of the teacher ``name`` (one of ``q1.cached``)."""
     from kdlab.pipeline.cache import run_study_cache  # here: the students never import the cache's writer
 
     return run_study_cache(with_overrides(p, overrides(q)), subset(q), name, teacher_file(name, q), REBUILD,
@@ -280,7 +282,7 @@ def student_spec(p: Params, q: Q1, variant: str, teacher: str | None, width: flo
               "seed": seed}
     return RunSpec(
         name, "student", ModelParams(q.student.arch, width, epochs, q.student.lr, seed, "auto"), seed,
-        (STUDENTS / f"{name}.pt", METRICS / "students" / f"{name}.json"), variant,
+        LAYOUT.student_files(name), variant,
         teacher=Source(teacher_file(teacher, q), REBUILD) if teacher else None,
         teacher_model=q.teachers[teacher_source(q, teacher)[0]] if cls.uses_teacher_model else None,
         cache=Source(CACHES / f"{teacher}.pt", REBUILD) if cls.uses_teacher_logits else None, subset=subset(q),
@@ -305,10 +307,34 @@ def students(q: Q1) -> list[tuple[str, str | None, float, int]]:
 
 def runs(p: Params, q: Q1) -> dict[str, Callable[[], RunSpec]]:
     """Every training run of the study, by name (its model file or folder under models/q1/, without ``.pt``)."""
-    out = {f"teachers/{name}": partial(teacher_spec, q, name, TEACHERS / name, METRICS / "teachers", "q1",
-                                       study_params(q), overrides(q)) for name in q.teachers}
+    out = {f"teachers/{name}": partial(teacher_spec, q, name, LAYOUT, study_params(q), overrides(q))
+           for name in q.teachers}
     for v, t, width, epochs in students(q):
         for seed in q.seeds:
             out[f"students/{student_name(v, t, width, epochs, seed)}"] = partial(student_spec, p, q, v, t, width,
                                                                                 epochs, seed)
     return out
+
+
+def table(q: Q1) -> list[tuple[dict, Path]]:
+    """Every run of the study as a row of ``kdlab results`` (its identity, its metrics file)."""
+    from kdlab.analysis.results import teacher_rows
+
+    rows = teacher_rows("q1", 1, q.teachers, METRICS)
+    for variant, teacher, width, epochs in students(q):
+        for seed in q.seeds:
+            name = student_name(variant, teacher, width, epochs, seed)
+            rows.append(({"question": 1, "run": f"q1/{name}", "group": name.rsplit("-s", 1)[0], "variant": variant,
+                          "seed": seed, "arch": q.student.arch, "teacher": teacher, "width": width},
+                         LAYOUT.student_files(name)[1]))
+    return rows
+
+
+def cache_teachers(q: Q1) -> list[str]:
+    """The teachers ``kdlab cache --study ... --teacher T`` takes."""
+    return list(q.cached)
+
+
+#: the stages the study has besides ``train`` (``kdlab cache --study studies/q1/params.yaml --teacher main``)
+#: (its report: :func:`kdlab.analysis.q1_report.report`)
+STAGES = {"cache": cache, "report": None}

@@ -3,60 +3,62 @@ transfers, do the teacher's weights or its outputs carry the gain, and what can 
 
 Its params are ``studies/q23/params.yaml`` (section ``q23``, checked by :func:`load`); data, views, the cache's
 views, ``train.*``, ``loss.*`` and ``methods.*`` are the default study's (params.yaml). Like question 1's study
-(:mod:`kdlab.pipeline.q1`) every run trains on a seeded subset of the training split and chooses its checkpoint on a
+(:mod:`kdlab.analysis.q1_design`) every run trains on a seeded subset of the training split and chooses its checkpoint on a
 seeded subset of the validation split. It trains its own teachers: ``q23.teacher`` is distilled from, and
 ``q23.reference`` (the same architecture, another seed) is CKA's reference point.
 
 Every run trains with ``q23.recipe`` (question 1's pilot-adopted recipe: its lr, schedule, batch, weight average
-and cached views). Stages (``kdlab train --study studies/q23/params.yaml RUN``, ``kdlab q23_cache | q23_prune |
-q23_cka``; ``q23_report`` is :mod:`kdlab.analysis.q23_report`), the runs named as :func:`runs` lists them:
+and cached views). This module is the study's design: its params (:class:`Q23`), its runs and the arguments of its
+stages (``kdlab train --study studies/q23/params.yaml RUN``, ``kdlab cache | prune | cka | report --study
+studies/q23/params.yaml``; the report is :mod:`kdlab.analysis.q23_report`), the runs named as :func:`runs` lists
+them:
 
-- ``train teachers/RUN``, ``q23_cache``: as question 1's (the cache is ``q23.teacher``'s).
+- ``train teachers/RUN``, ``cache``: as question 1's (the cache is ``q23.teacher``'s).
 - ``train students/GROUP-sS`` (:class:`Group`, :func:`groups`): arm ``A`` (``q23.arms``: a method and its option
   overrides) from random weights, from the teacher's carved blocks ``q23.keep`` (``carved``), from a pruned teacher
   (``pruned``) or from its shape freshly initialised (``shape``), for ``q23.epochs`` or, matching the total SGD
   steps of a student that starts from the teacher (:func:`matched_epochs`), for more.
-- ``q23_prune``: the pruned teachers the students start from (:func:`cuts`): every size of ``q23.prune.sizes`` by
+- ``prune``: the pruned teachers the students start from (:func:`kdlab.pipeline.cuts.run_prune`): every size of ``q23.prune.sizes`` by
   the iterative route (the trade-off curve) and every criterion one-shot at ``q23.prune.criteria_size``, each
   recalibrated (BatchNorm statistics of its own), with why pruned teachers start at chance (blocks, channels
   scored on the full or on the carved network) measured on validation before and after recalibration.
-- ``q23_cka``: linear CKA with the teacher per stage, biased and unbiased (:mod:`kdlab.core.cka`), for the
+- ``cka``: linear CKA with the teacher per stage, biased and unbiased (:mod:`kdlab.core.cka`), for the
   reference teacher and every student of the transfer, selective and carved groups.
 
 Every file is tensors or plain data (:func:`kdlab.infra.io.load_torch`, JSON).
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 from functools import partial
 from pathlib import Path
 from typing import Callable
 
-import torch
-from torch import nn
-
 from kdlab import distill
-from kdlab.core.train import accuracy, kd_finetuner, predict
 from kdlab.infra import io
 from kdlab.infra.schema import ParamsError, build, choice, flatten_dict, no_duplicates, positive, read_yaml
-from kdlab.pipeline.params import PRUNE_CRITERIA, ModelParams, Params, with_overrides
+from kdlab.pipeline.cuts import Cutting, Prune, cut_name, pruned_file
+from kdlab.pipeline.params import ModelParams, Params, with_overrides
 from kdlab.pipeline.spec import RunSpec, Source
-from kdlab.pipeline.study import Recipe, StudentSpec, TeacherRun, check_recipe, check_study, subset, teacher_spec
-from kdlab.pipeline.workspace import build_model, context, model_from_checkpoint
+from kdlab.pipeline.study import (
+    Layout,
+    Recipe,
+    StudentSpec,
+    TeacherRun,
+    check_recipe,
+    check_study,
+    subset,
+    teacher_spec,
+)
 
-STUDY = Path("studies/q23/params.yaml")
-REBUILD = f"dvc repro {STUDY.parent / 'dvc.yaml'}"
-TEACHERS = Path("models/q23/teachers")
-STUDENTS = Path("models/q23/students")
-PRUNED = Path("models/q23/pruned")
-CACHE = Path("data/q23/logits.pt")
-METRICS = Path("metrics/q23")
+LAYOUT = Layout("q23")
+STUDY = LAYOUT.params
+REBUILD = LAYOUT.rebuild
+METRICS = LAYOUT.metrics
+CACHE = LAYOUT.data / "logits.pt"
 PRUNE_JSON = METRICS / "prune.json"
 CKA_JSON = METRICS / "cka.json"
-#: the param a pruning that cannot reach its target is blamed on
-MAX_RATIO = "q23.prune.max_ratio"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,25 +67,6 @@ class Arm:
     ``methods.<name>`` options."""
     method: str = "raw"
     options: dict = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass(frozen=True)
-class Prune:
-    #: the trade-off curve: pruned teachers of these sizes, multiples of the student's parameter count, each by
-    #: the iterative route (``iterative``, ``steps`` pruning steps with ``finetune_steps`` KD steps between)
-    sizes: list[float] = dataclasses.field(default_factory=lambda: [0.25, 0.5, 1.0, 1.5])
-    #: the size at which the criteria are compared, each pruned one-shot
-    criteria_size: float = 1.0
-    criteria: list[str] = dataclasses.field(default_factory=lambda: ["l1", "taylor", "activation", "random"])
-    #: the size at which channels scored on the carved network meet channels scored on the full one (diagnosis)
-    small: float = 0.5
-    iterative: str = "l1"
-    steps: int = 4
-    finetune_steps: int = 100
-    calibration_images: int = 512
-    #: training images whose batch statistics replace the BatchNorm running statistics
-    recalibration_images: int = 2000
-    max_ratio: float = 0.9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,21 +173,7 @@ class Q23:
             if needed not in self.transfer:
                 raise ParamsError("q23.transfer", f"must include {needed!r}: the curve and every table compare "
                                   f"against it")
-        pr = self.prune
-        for c in pr.criteria + [pr.iterative]:
-            choice("q23.prune.criteria", c, PRUNE_CRITERIA)
-        if not pr.sizes:
-            raise ParamsError("q23.prune.sizes", "at least one size")
-        no_duplicates("q23.prune.sizes", pr.sizes)
-        for v in (*pr.sizes, pr.criteria_size, pr.small):
-            positive("q23.prune.sizes", v)
-        positive("q23.prune.steps", pr.steps)
-        positive("q23.prune.finetune_steps", pr.finetune_steps, strict=False)
-        positive("q23.prune.calibration_images", pr.calibration_images)
-        positive("q23.prune.recalibration_images", pr.recalibration_images)
-        if not 0 < pr.max_ratio < 1:
-            raise ParamsError(MAX_RATIO, f"the largest fraction of a convolution's channels pruned: in (0, 1), got "
-                              f"{pr.max_ratio}")
+        self.prune.check("q23.prune")
         if self.cka_images < 4:  # the unbiased CKA's U-statistic needs n > 3
             raise ParamsError("q23.cka_images", f"at least 4 images, got {self.cka_images}")
         for init in ("carved", "pruned"):
@@ -240,30 +209,14 @@ def study_params(q: Q23) -> dict:
 
 
 def teacher_file(name: str) -> Path:
-    return TEACHERS / name / "final.pt"
+    return LAYOUT.teachers / name / "final.pt"
 
 
-def size_name(size: float) -> str:
-    """``x0.25``, ``x1.0``: as DVC writes the size into a stage's command."""
-    return f"x{float(size)}"
-
-
-def cut_name(criterion: str, size: float, iterative: bool) -> str:
-    """``l1-it-x0.5``: the pruned teacher of ``size`` student parameter counts by the iterative route with
-    ``l1``; ``taylor-x1.0``: one-shot by ``taylor``."""
-    return f"{criterion}{'-it' if iterative else ''}-{size_name(size)}"
-
-
-def pruned_file(cut: str) -> Path:
-    return PRUNED / f"{cut}.pt"
-
-
-def cuts(q: Q23) -> list[str]:
-    """Every pruned teacher q23_prune saves: the curve's (iterative) and the criteria's (one-shot)."""
-    pr = q.prune
-    out = [cut_name(pr.iterative, s, True) for s in pr.sizes]
-    out += [cut_name(c, pr.criteria_size, False) for c in pr.criteria]
-    return list(dict.fromkeys(out))
+def cutting(q: Q23) -> Cutting:
+    """What the study's ``prune`` stage prunes and where it writes (:func:`kdlab.pipeline.cuts.run_prune`)."""
+    return Cutting(teacher_file(q.teacher), q.teachers[q.teacher].seed, subset(q),
+                   ModelParams(q.student.arch, q.student.width, 1, q.student.lr, 0, "auto"), q.keep, CACHE,
+                   LAYOUT.models / "pruned", PRUNE_JSON, REBUILD, "q23.prune", "q23.keep")
 
 
 def steps_per_epoch(q: Q23) -> int:
@@ -307,11 +260,6 @@ def report_inputs(q: Q23) -> dict:
     return {"runs": runs, "metrics": METRICS, "rebuild": REBUILD}
 
 
-def load_teacher_model(ctx, name: str) -> tuple[dict, nn.Module]:
-    ckpt = io.load_torch(teacher_file(name), REBUILD)
-    return ckpt, model_from_checkpoint(ckpt, ctx)
-
-
 def recipe_params(p: Params, q: Q23) -> Params:
     """The params every run, the cache and the pruning of the study train with: the default study's, the
     recipe's ``train.*`` and ``cache.views`` set."""
@@ -320,7 +268,8 @@ def recipe_params(p: Params, q: Q23) -> Params:
 
 # ---------------------------------------------------------------- teachers, the cache, students
 
-def run_q23_cache(p: Params, q: Q23) -> dict:
+def cache(p: Params, q: Q23) -> dict:
+    """The teacher's logit cache (``q23.teacher``: the study has one)."""
     from kdlab.pipeline.cache import run_study_cache  # here: the students never import the cache's writer
 
     return run_study_cache(recipe_params(p, q), subset(q), q.teacher, teacher_file(q.teacher), REBUILD, CACHE,
@@ -339,8 +288,8 @@ def student_spec(p: Params, q: Q23, group: Group, seed: int) -> RunSpec:
              f"{group.epochs} epochs on {q.train_images} training images. ")
     return RunSpec(
         name, "student", ModelParams(q.student.arch, q.student.width, group.epochs, q.student.lr, seed, "auto"), seed,
-        (STUDENTS / f"{name}.pt", METRICS / "students" / f"{name}.json"), arm.method, dict(arm.options), group.init,
-        blocks=q.keep, pruned=Source(pruned_file(group.cut), REBUILD) if group.cut else None,
+        LAYOUT.student_files(name), arm.method, dict(arm.options), group.init,
+        blocks=q.keep, pruned=Source(pruned_file(cutting(q), group.cut), REBUILD) if group.cut else None,
         teacher=Source(teacher_file(q.teacher), REBUILD), teacher_model=q.teachers[q.teacher],
         cache=Source(CACHE, REBUILD), subset=subset(q), calibration_images=q.calibration_images,
         tags={"variant": group.arm, "q23_arm": group.arm, "q23_group": group.name, "method": arm.method,
@@ -350,130 +299,50 @@ def student_spec(p: Params, q: Q23, group: Group, seed: int) -> RunSpec:
 
 def runs(p: Params, q: Q23) -> dict[str, Callable[[], RunSpec]]:
     """Every training run of the study, by name (its model file or folder under models/q23/, without ``.pt``)."""
-    out = {f"teachers/{name}": partial(teacher_spec, q, name, TEACHERS / name, METRICS / "teachers", "q23",
-                                       study_params(q), q.recipe.overrides()) for name in q.teachers}
+    out = {f"teachers/{name}": partial(teacher_spec, q, name, LAYOUT, study_params(q), q.recipe.overrides())
+           for name in q.teachers}
     for g in groups(q):
         for seed in g.seeds:
             out[f"students/{student_name(g, seed)}"] = partial(student_spec, p, q, g, seed)
     return out
 
 
-# ---------------------------------------------------------------- why pruned teachers start at chance
+# ---------------------------------------------------------------- the study's stages (kdlab COMMAND --study)
 
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> nn.Module:
-    """A copy of ``model`` whose BatchNorm running statistics are the average over ``images`` (normalised) of
-    its batch statistics in training mode: what a pruned network's statistics are, instead of the teacher's."""
-    m = copy.deepcopy(model)
-    bns = [x for x in m.modules() if isinstance(x, nn.modules.batchnorm._BatchNorm)]
-    momenta = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # a cumulative average over the batches
-    m.train()
-    for start in range(0, len(images), batch_size):
-        m(images[start:start + batch_size])
-    for bn, mom in zip(bns, momenta):
-        bn.momentum = mom
-    return m.eval()
+def prune(p: Params, q: Q23) -> dict:
+    """The pruned teachers the students start from, and why pruned teachers start at chance."""
+    from kdlab.pipeline.cuts import run_prune
+
+    return run_prune(recipe_params(p, q), q.prune, cutting(q))
 
 
-def run_q23_prune(p: Params, q: Q23) -> dict:
-    from kdlab.core import channels
-    from kdlab.core.models import count_params
-    from kdlab.core.surgery import keep_blocks
-
-    p = recipe_params(p, q)
-    t = q.teachers[q.teacher]
-    ctx = context(p, t.seed, subset(q))
-    ckpt, teacher = load_teacher_model(ctx, q.teacher)
-    train, val = ctx.splits["train"], ctx.splits["val"]
-    pr = q.prune
-    calib = (ctx.normalize(train["images"][:pr.calibration_images].to(ctx.device)),
-             train["labels"][:pr.calibration_images].to(ctx.device))
-    recal_images = ctx.normalize(train["images"][:pr.recalibration_images].to(ctx.device))
-    unit = count_params(build_model(ModelParams(q.student.arch, q.student.width, 1, q.student.lr, 0, "auto"), ctx))
-
-    def target(size: float) -> int:
-        return round(size * unit)
-
-    def val_acc(model) -> float:
-        return accuracy(predict(model, val["images"], val["labels"], ctx.normalize, p.train.eval_batch_size,
-                                p.train.precision), val["labels"])
-
-    rows = {}
-
-    def measure(name, model, route, criterion, scored_on, histories=None):
-        recal = recalibrate_bn(model, recal_images)
-        rows[name] = {"route": route, "criterion": criterion, "scored_on": scored_on, "params": count_params(model),
-                      "val_acc": val_acc(model), "val_acc_recalibrated": val_acc(recal)}
-        if histories is not None:  # a start of pruned students: saved recalibrated
-            io.save_torch({"arch": ckpt["arch"], "width": ckpt["width"], "in_channels": ckpt["in_channels"],
-                           "classes": ckpt["classes"], "blocks": None, "pruning": histories,
-                           "state_dict": recal.state_dict(), "cut": name, **rows[name]}, pruned_file(name))
-        print(f"{name}: {rows[name]['params']:,} parameters, val {rows[name]['val_acc']:.4f}, after BatchNorm "
-              f"recalibration {rows[name]['val_acc_recalibrated']:.4f}")
-
-    measure("teacher", teacher, "none", None, None)
-    # why pruned teachers start at chance: blocks carved, channels scored on the carved or on the full network
-    carved = keep_blocks(teacher, q.keep, "q23.keep")
-    measure("blocks", carved, "blocks", None, None)
-    for c in pr.criteria:
-        m, _, _ = channels.prune_to(carved, c, target(pr.small), calib, pr.max_ratio, seed=t.seed, key=MAX_RATIO)
-        measure(f"blocks+channels.{c}-{size_name(pr.small)}", m, "blocks, then channels", c, "carved")
-        m, _, _ = channels.prune_to(teacher, c, target(pr.small), calib, pr.max_ratio, seed=t.seed, key=MAX_RATIO,
-                                    transform=lambda pruned: keep_blocks(pruned, q.keep, "q23.keep"))
-        measure(f"channels+blocks.{c}-{size_name(pr.small)}", m, "channels, then blocks", c, "full")
-    # the criteria at one size, one-shot
-    for c in pr.criteria:
-        m, hist, _ = channels.prune_to(teacher, c, target(pr.criteria_size), calib, pr.max_ratio, seed=t.seed,
-                                       key=MAX_RATIO)
-        measure(cut_name(c, pr.criteria_size, False), m, "channels, one-shot", c, "full", [hist])
-    # the curve: every size by the iterative route, KD from the cached logits between its steps
-    from kdlab.pipeline.cache import cached_batches
-
-    kd_batches = cached_batches(p, ctx, CACHE, REBUILD, teacher_file(q.teacher), t.seed, subset(q))
-    for size in pr.sizes:
-        between = kd_finetuner(distill.build("kd", p), kd_batches, pr.finetune_steps, q.student.lr, p.train,
-                               ctx.device, ctx.precision)
-        m, histories = channels.prune_iteratively(teacher, pr.iterative, target(size), calib, pr.steps, between,
-                                                  pr.max_ratio, seed=t.seed)
-        measure(cut_name(pr.iterative, size, True), m, f"channels, {pr.steps} steps with KD between", pr.iterative,
-                "full", histories)
-    out = {"student_params": unit, "targets": {size_name(s): target(s) for s in {*pr.sizes, pr.criteria_size,
-                                                                                   pr.small}},
-           "cuts": cuts(q), "models": rows}
-    io.save_json(out, PRUNE_JSON)
-    return out
-
-
-# ---------------------------------------------------------------- CKA
-
-def run_q23_cka(p: Params, q: Q23) -> dict:
+def cka(p: Params, q: Q23) -> dict:
     """metrics/q23/cka.json: per stage, CKA (biased and unbiased) with ``q23.teacher`` on the first
     ``q23.cka_images`` validation images, for the reference teacher and every student of the transfer, selective
     and carved groups."""
-    from kdlab.core import cka
-    from kdlab.core.features import features, layers
+    from kdlab.pipeline.similarity import run_cka
 
-    ctx = context(recipe_params(p, q), 0, subset(q))
-    images = ctx.normalize(ctx.splits["val"]["images"][:q.cka_images].to(ctx.device))
-    _, teacher = load_teacher_model(ctx, q.teacher)
-    paths = layers(teacher)
-    t_feats = features(teacher, images, paths)
+    chosen = {g.name: {student_name(g, seed): LAYOUT.student_files(student_name(g, seed))[0] for seed in g.seeds}
+              for g in groups(q) if g.init in ("random", "carved") and g.epochs == q.epochs}
+    return run_cka(recipe_params(p, q), subset(q), q.cka_images, teacher_file(q.teacher), teacher_file(q.reference),
+                   chosen, REBUILD, CKA_JSON)
 
-    def profile(model) -> dict:
-        return cka.profile(model, images, paths, t_feats)
 
-    _, ref = load_teacher_model(ctx, q.reference)
-    out = {"images": len(images), "stages": paths, "reference": profile(ref), "students": {}}
+def table(q: Q23) -> list[tuple[dict, Path]]:
+    """Every run of the study as a row of ``kdlab results`` (its identity, its metrics file)."""
+    from kdlab.analysis.results import teacher_rows
+
+    rows = teacher_rows("q23", 2, q.teachers, METRICS)
     for g in groups(q):
-        if g.init not in ("random", "carved") or g.epochs != q.epochs:
-            continue
         for seed in g.seeds:
             name = student_name(g, seed)
-            out["students"][name] = profile(model_from_checkpoint(io.load_torch(STUDENTS / f"{name}.pt", REBUILD),
-                                                                  ctx))
-        print(f"{g.name}: CKA done")
-    io.save_json(out, CKA_JSON)
-    return out
+            question = 3 if g.init in ("pruned", "shape") or g.arm in q.selective else 2
+            rows.append(({"question": question, "run": f"q23/{name}", "group": g.name,
+                          "variant": q.arms[g.arm].method, "seed": seed, "init": g.init, "arch": q.student.arch,
+                          "teacher": q.teacher, "width": q.student.width}, LAYOUT.student_files(name)[1]))
+    return rows
+
+
+#: the stages the study has besides ``train`` (``kdlab cache --study studies/q23/params.yaml``)
+#: (its report: :func:`kdlab.analysis.q23_report.report`)
+STAGES = {"cache": lambda p, q, teacher: cache(p, q), "prune": prune, "cka": cka, "report": None}
