@@ -12,7 +12,7 @@ it. Prints:
 2. a short real training run on the prepared Fashion-MNIST tensors (data/prepared, carried into the working
    tree), resnet20 teacher and resnet8 student, seconds per epoch and test accuracy;
 3. the teachers' own training steps (ResNet-50, and each other architecture of ``--q1``'s teachers), compiled;
-   the founding note's study (ResNet-50 teacher, every variant, 3 seeds) and question 1 in depth at that setting
+   the founding note's study (ResNet-50 teacher, every method, 3 seeds) and question 1 in depth at that setting
    (``--q1``, studies/q1/params.gpu.yaml: every teacher, cache and student of it) projected from the measured rates;
 4. first, before this process touches CUDA: whether a child forked from it trains on the GPU, as kdlab's warm
    server (kdlab.warm) forks every stage from a process that imported torch and never used the device.
@@ -56,9 +56,9 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def method(variant: str, student, teacher, example):
-    """kdlab's method ``variant`` (alpha 0.5, temperature 4, as the shipped params), attached to ``student``."""
-    m = distill.build(variant, SimpleNamespace(loss=LossParams(0.5, 4.0), methods={}, train=TrainParams()))
+def method(name: str, student, teacher, example):
+    """kdlab's method ``name`` (alpha 0.5, temperature 4, as the shipped params), attached to ``student``."""
+    m = distill.build(name, SimpleNamespace(loss=LossParams(0.5, 4.0), methods={}, train=TrainParams()))
     m.attach(student, teacher if m.uses_teacher_model else None, example)
     return m.to(example.device)
 
@@ -172,12 +172,12 @@ def throughput(args, device) -> dict:
         del model, m, forward, opt
     student_flops = None
     for compiled in (False, True) if args.compile else (False,):
-        for variant in ("raw", "kd", "kd_online"):
+        for name in ("raw", "kd", "kd_online"):
             torch.manual_seed(0)
             student = models.build(args.student, 3, 10).to(device, memory_format=mf)
             student_flops = student_flops or step_flops(student, (3, 32, 32), device, train=True)
             student.train()
-            m = method(variant, student, teacher, norm(images[:8]))
+            m = method(name, student, teacher, norm(images[:8]))
             forward = torch.compile(m, dynamic=False) if compiled else m  # as kdlab.core.train.fit compiles
             opt = make_optimizer(student.parameters(), 0.05, TrainParams())
 
@@ -185,7 +185,7 @@ def throughput(args, device) -> dict:
                 step(lambda b: forward(student, b), b, opt, device=device, precision=precision)
 
             r, warm = rate(one_step, cycle(batches.epoch), args.steps, bs, device)
-            key = f"{variant}{'_compiled' if compiled else ''}"
+            key = f"{name}{'_compiled' if compiled else ''}"
             mfu = r * student_flops / peak if peak else None
             out[key] = {"images_per_s": r, "epoch_seconds_50k": 50_000 / r, "warmup_seconds": warm, "mfu": mfu}
             print(f"{args.student} {key}: {r:,.0f} img/s, {50_000 / r:.2f} s per 50k epoch"
@@ -288,10 +288,10 @@ def project_q1(tp: dict, preset: Path, args) -> dict | None:
         return q["teachers"][q["cached"][name]]["arch"]
 
     caches_s = sum(n * n_views / forward.get(arch_of(t), forward[args.teacher]) for t in q["cached"])
-    budgets, variants, controls = q["budgets"], q["variants"], q["controls"]
+    budgets, methods, controls = q["budgets"], q["methods"], q["controls"]
     raw_epochs = (1 + len(q.get("labels", []))) * sum(budgets)  # raw and the other methods on the labels alone
-    online_epochs = sum(budgets) if "kd_online" in variants else 0
-    kd_epochs = ((len(variants) - ("kd_online" in variants)) * sum(budgets)
+    online_epochs = sum(budgets) if "kd_online" in methods else 0
+    kd_epochs = ((len(methods) - ("kd_online" in methods)) * sum(budgets)
                  + (len(q["quality"]) + len(controls)) * q["quality_epochs"])
     online_rate = tp["kd_online"]["images_per_s"] if "kd_online" in tp else kd_rate
     students_s = seeds * n * (raw_epochs / raw_rate + kd_epochs / kd_rate + online_epochs / online_rate)

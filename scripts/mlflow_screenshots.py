@@ -4,8 +4,8 @@
 
 starts `kdlab ui` in the study (its MLflow store), opens five pages and writes:
 
-- ``mlflow_runs.png``: `kdlab ui`'s bare address (its first view), every training run grouped by variant with the columns that
-  tell runs apart (variant, seed, alpha, temperature) and their results (test accuracy, agreement);
+- ``mlflow_runs.png``: `kdlab ui`'s bare address (its first view), every training run grouped by arm with the columns that
+  tell runs apart (method, seed, alpha, temperature) and their results (test accuracy, agreement);
 - ``mlflow_run.png``: a distilled student's run page (description, params, metrics, dataset, logged model);
 - ``mlflow_run_charts.png``: its charts: the per-step training loss next to the per-epoch curves;
 - ``mlflow_compare.png``: MLflow's comparison of the raw and the distilled student of the first seed;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make sweep`: a grid over loss.alpha x loss.temperature (each experiment trains every variant on
+# `make sweep`: a grid over loss.alpha x loss.temperature (each experiment trains every method on
 # study.seeds), run by DVC's experiment queue, then gathered by `kdlab sweep`.
 #
 #   ALPHAS=0.3,0.5,0.7 TEMPERATURES=2,4 SEEDS='[0,1,2]' JOBS=2 make sweep          # N workers on this machine

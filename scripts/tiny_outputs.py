@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 #: what a study's tiny version needs from a revision
 TREE = ("src", "dvc.yaml", "studies", "pyproject.toml", ".gitignore", ".dvcignore", "web/templates")
 #: the outputs fingerprinted (everything a stage writes that is a result; reports and plots are worded from these)
-OUTPUTS = ("models", "data/teacher_logits", "data/q1", "data/q23", "metrics", "predictions")
+OUTPUTS = ("models", "data/teacher_logits", "data/q1", "data/q23", "metrics", "predictions", "plots")
 #: left out: timings (seconds, throughput), the sha256 stamps of input files, which hold their timings (the
 #: inputs themselves are fingerprinted where they are outputs), and the source digest a run records (``code``:
 #: provenance, which every source edit changes; the outputs it describes are fingerprinted)

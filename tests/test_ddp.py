@@ -22,7 +22,7 @@ TINY = tiny({
     # AMD EPYC one and two processes ended 0.12 apart. At 0.005 a wrong slice of the teacher's logits or of
     # the batch would still move the weights by ~1e-2, far above the bound
     "student": {"epochs": 2, "lr": 0.005},
-    "study": {"variants": ["kd"], "seeds": [0]},
+    "study": {"methods": ["kd"], "seeds": [0]},
     # fp32 so that the comparison is tight; compile off to keep the test short; threads as torchrun sets them
     "train": {"batch_size": 32, "precision": "fp32", "threads": 0},
     "cache": {"views": 4},

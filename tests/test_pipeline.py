@@ -98,8 +98,8 @@ def test_repro_runs_every_stage_into_metrics_report_and_mlflow(studied):
     teacher = json.loads((root / "metrics/teacher.json").read_text())
     assert teacher["test_acc"] > 0.5, teacher  # 3 separable classes: far above chance (1/3)
     summary = json.loads((root / "metrics/summary.json").read_text())
-    assert set(summary["variants"]) == {"raw", "kd", "kd_correct_only"}
-    assert summary["variants"]["kd"]["test_acc"]["n"] == 2
+    assert set(summary["methods"]) == {"raw", "kd", "kd_correct_only"}
+    assert summary["methods"]["kd"]["test_acc"]["n"] == 2
     assert "Distilled (kd)" in (root / "metrics/summary.md").read_text()
     report = (root / "reports/report.md").read_text()
     assert "KD alpha 0.5," in report and "| Distilled (kd) | resnet8 |" in report
@@ -113,7 +113,7 @@ def test_repro_runs_every_stage_into_metrics_report_and_mlflow(studied):
     # the headline DVC metrics and the tidy table of every run; the findings give each comparison its verdict
     headline = json.loads((root / "metrics/headline.json").read_text())
     assert set(headline) == {"teacher", "raw", "kd", "kd_correct_only", "q1"}
-    assert headline["kd"]["acc"] == round(100 * summary["variants"]["kd"]["test_acc"]["mean"], 2)
+    assert headline["kd"]["acc"] == round(100 * summary["methods"]["kd"]["test_acc"]["mean"], 2)
     assert set(headline["q1"]) == {"kd_vs_raw", "kd_correct_only_vs_raw", "kd_correct_only_vs_kd"}
     found = (root / "reports/findings.md").read_text()
     # (a tiny arm can equal another on every seed: no spread, so that comparison says it is not testable)
@@ -126,7 +126,7 @@ def test_repro_runs_every_stage_into_metrics_report_and_mlflow(studied):
     assert set(df.run) == {"teacher"} | STUDENTS
     kd_runs = df.set_index("run").loc[["kd-0", "kd-1"], "test_acc"]
     # the CSV in percent, as the reports give it (rounded to 0.01 points)
-    assert kd_runs.mean() == pytest.approx(100 * summary["variants"]["kd"]["test_acc"]["mean"], abs=0.01)
+    assert kd_runs.mean() == pytest.approx(100 * summary["methods"]["kd"]["test_acc"]["mean"], abs=0.01)
 
     # MLflow: one study parent with teacher, students and evaluate as children, in the repo's sqlite store
     from mlflow.tracking import MlflowClient
@@ -233,8 +233,8 @@ Q1_TINY = {"q1": {
     "teachers": {"main": {"arch": "resnet8", "width": 0.5, "epochs": 2, "lr": 0.1, "seed": 0},
                  "small": {"arch": "resnet8", "width": 0.25, "epochs": 1, "lr": 0.1, "seed": 0, "train_images": 300}},
     "teacher": "main", "cached": {"main": "main", "small": "small"}, "student": {"arch": "resnet8", "width": 0.25, "lr": 0.1},
-    "budgets": [1], "labels": ["ls"], "variants": ["kd", "kd_online"], "quality": ["small"], "quality_epochs": 1,
-    "long": {"budgets": [2], "epochs": 2, "labels": ["ls"], "variants": ["kd"]},
+    "budgets": [1], "labels": ["ls"], "methods": ["kd", "kd_online"], "quality": ["small"], "quality_epochs": 1,
+    "long": {"budgets": [2], "epochs": 2, "labels": ["ls"], "methods": ["kd"]},
     "control_teacher": "small", "controls": ["kd_correct_clean"],
     "families": {"kd_vs_labels": ["kd.main-e1 - raw-e1", "kd.main-e1 - ls-e1"], "cap": ["kd.small-e1 - teacher"],
                  "kd_vs_labels_long": ["kd.main-e2 - raw-e2"]},

@@ -20,7 +20,7 @@ SMALL = {"q1": {
     "teachers": {"main": {"arch": "resnet8", "width": 0.5, "epochs": 3, "lr": 0.1, "seed": 0},
                  "small": {"arch": "resnet8", "width": 0.25, "epochs": 3, "lr": 0.1, "seed": 0}},
     "teacher": "main", "cached": {"main": "main", "small": "small"}, "student": {"arch": "resnet8", "width": 0.25, "lr": 0.1},
-    "budgets": [1, 2], "labels": ["ls"], "variants": ["kd", "kd_correct_only"],
+    "budgets": [1, 2], "labels": ["ls"], "methods": ["kd", "kd_correct_only"],
     "quality": ["small"], "quality_epochs": 1, "control_teacher": "small",
     "controls": ["kd_correct_clean", "kd_wrong_only"],
     "families": {"kd_vs_labels": ["kd.main-e2 - raw-e2", "kd.main-e2 - ls-e2", "kd_correct_only.main-e2 - kd.main-e2"],
@@ -47,13 +47,13 @@ def test_the_shipped_study_params_load_and_name_every_arm():
     assert q1.student_name("kd", "main", 1.0, 15, 2) == "kd.main-w1.0-e15-s2"
     assert q1.student_name("raw", None, 0.5, 2, 0) == "raw-w0.5-e2-s0"
     assert (q1.arm_teacher("kd_online.main-e30"), q1.arm_teacher("ls-e40")) == ("main", None)
-    # the longer budgets: raw at each, the long arms at the last alone, and none of the other variants there
+    # the longer budgets: raw at each, the long arms at the last alone, and none of the other methods there
     last = q.long.epochs
     assert last == q.long.budgets[-1] and q.long.budgets[0] > q.budgets[-1]
     assert {q1.arm_name("raw", None, e) for e in q.long.budgets} <= names
     assert {a for a in names if a.endswith(f"-e{last}")} == (
         {q1.arm_name(m, None, last) for m in ("raw", *q.long.labels)}
-        | {q1.arm_name(v, q.teacher, last) for v in q.long.variants})
+        | {q1.arm_name(v, q.teacher, last) for v in q.long.methods})
 
 
 @pytest.mark.parametrize("change, key", [
@@ -74,14 +74,14 @@ def test_the_shipped_study_params_load_and_name_every_arm():
     # issue 31, item 3: a named study's params checked like the root's, one line naming the key
     ({"budgets": [1, 1, 2]}, "q1.budgets"),
     # the longer budgets (q1.long): longer than q1.budgets, its arms at the last, from the study's own lists
-    ({"long": {"budgets": [2, 3], "epochs": 3, "labels": ["ls"], "variants": []}}, "q1.long.budgets"),
-    ({"long": {"budgets": [4, 3], "epochs": 4, "labels": [], "variants": ["kd"]}}, "q1.long.budgets"),
-    ({"long": {"budgets": [3, 4], "epochs": 3, "labels": ["ls"], "variants": []}}, "q1.long.epochs"),
-    ({"long": {"budgets": [], "epochs": 4, "labels": [], "variants": ["kd"]}}, "q1.long.epochs"),
-    ({"long": {"budgets": [3, 4], "epochs": 4, "labels": ["ls"], "variants": ["kd_online"]}}, "q1.long.variants"),
-    ({"long": {"budgets": [3, 4], "epochs": 4, "labels": ["ls", "ls"], "variants": []}}, "q1.long.labels"),
-    ({"variants": ["kd", "kd"]}, "q1.variants"),
-    ({"variants": ["raw"]}, "q1.variants"),                    # raw is the baseline at every budget already
+    ({"long": {"budgets": [2, 3], "epochs": 3, "labels": ["ls"], "methods": []}}, "q1.long.budgets"),
+    ({"long": {"budgets": [4, 3], "epochs": 4, "labels": [], "methods": ["kd"]}}, "q1.long.budgets"),
+    ({"long": {"budgets": [3, 4], "epochs": 3, "labels": ["ls"], "methods": []}}, "q1.long.epochs"),
+    ({"long": {"budgets": [], "epochs": 4, "labels": [], "methods": ["kd"]}}, "q1.long.epochs"),
+    ({"long": {"budgets": [3, 4], "epochs": 4, "labels": ["ls"], "methods": ["kd_online"]}}, "q1.long.methods"),
+    ({"long": {"budgets": [3, 4], "epochs": 4, "labels": ["ls", "ls"], "methods": []}}, "q1.long.labels"),
+    ({"methods": ["kd", "kd"]}, "q1.methods"),
+    ({"methods": ["raw"]}, "q1.methods"),                    # raw is the baseline at every budget already
     ({"controls": ["kd_correct_clean", "kd_correct_clean"]}, "q1.controls"),
     ({"seeds": [0, -1]}, r"q1.seeds\[1\]"),
     ({"teachers": {**SMALL["q1"]["teachers"], "main": {**SMALL["q1"]["teachers"]["main"], "lr": 0}}}, "q1.teachers.main.lr"),
@@ -107,7 +107,7 @@ def test_a_recipe_a_teacher_on_more_data_and_an_online_teacher_reach_the_run_spe
     assert ls.method == "ls" and ls.teacher is None and ls.cache is None
     teachers = {**SMALL["q1"]["teachers"], "main": {**SMALL["q1"]["teachers"]["main"], "train_images": 300}}
     q = q1.load(_write(tmp_path / "p.yaml", {"q1": {**SMALL["q1"], "recipe": recipe, "teachers": teachers,
-                                                    "variants": ["kd", "kd_online"], "families": {}}}))
+                                                    "methods": ["kd", "kd_online"], "families": {}}}))
     p = params.from_dict(shipped_with({}))
     want = {"train": {"schedule": "cosine", "warmup": 0.05, "batch_size": 50, "ema": 0.9, "compile": "auto"},
             "cache": {"views": "all"}}
@@ -245,17 +245,17 @@ def fake_study(root, q, teacher_acc=0.9, kd_gain=0.02, seed=0):
         dump(root / q1.METRICS / "teachers" / f"{name}.curve.json",
              {"teacher": name, "val_curve": np.linspace(0.5, teacher_acc, t.epochs).tolist()})
         dump(root / q1.METRICS / "teachers" / f"{name}.json", {"test_acc": teacher_acc, "wall_seconds": 600.0})
-    for variant, teacher, width, epochs in q1.students(q):
+    for method, teacher, width, epochs in q1.students(q):
         for s in q.seeds:
             rs = np.random.default_rng([seed, s, epochs, int(100 * width)])
             acc = 0.8 + 0.01 * epochs + (kd_gain if teacher else 0.0) + rs.normal(0, 0.002)
             pred = noisy(acc, rs)
-            name = q1.student_name(variant, teacher, width, epochs, s)
+            name = q1.student_name(method, teacher, width, epochs, s)
             test_acc = float((pred == labels).mean())
             dump(root / q1.METRICS / "students" / f"{name}.json", {"test_acc": test_acc, "params": int(1e4 * width),
                                                                    "wall_seconds": 30.0 * epochs})
             dump(root / q1.TESTS / f"{name}.json", {
-                "variant": variant, "teacher": teacher, "arch": "resnet8", "width": width, "epochs": epochs,
+                "method": method, "teacher": teacher, "arch": "resnet8", "width": width, "epochs": epochs,
                 "seed": s, "test_acc": test_acc, "val_acc": acc, "val_curve": np.linspace(0.5, acc, epochs).tolist(),
                 "pred": digits(pred)})
 
@@ -264,7 +264,7 @@ def test_report_from_a_hand_made_study(in_tmp):
     """Every declared family Holm-adjusted over exactly its comparisons and worded with a verdict; the seeds the
     pilot's SD asks for per family; the plateau rule; the inherited errors; pictures, findings and headline."""
     raw = {**SMALL["q1"], "seeds": [0, 1, 2, 3],
-           "long": {"budgets": [3, 5], "epochs": 5, "labels": ["ls"], "variants": ["kd"]}}
+           "long": {"budgets": [3, 5], "epochs": 5, "labels": ["ls"], "methods": ["kd"]}}
     q = q1.load(_write(in_tmp / "p.yaml", {"q1": raw}))
     p = params.from_dict(shipped_with({}))
     fake_study(in_tmp, q, kd_gain=0.05)

@@ -10,7 +10,7 @@ from kdlab.pipeline import params, workspace
 
 
 def _fixture_runs(p, accs):
-    """runs.json-like dict: accs[variant] = per-seed test accuracies."""
+    """runs.json-like dict: accs[method] = per-seed test accuracies."""
     runs = {"teacher": {"test_acc": 0.9, "ece": 0.02, "params": 1000, "flops_per_image": 2e6,
                         "images_per_second": 500.0, "val_acc": 0.91, "test_acc_last": 0.9, "best_epoch": 3,
                         "per_class_acc": {"0": 0.9}}}
@@ -18,7 +18,7 @@ def _fixture_runs(p, accs):
         for s, a in zip(p.study.seeds, values):
             runs[f"{v}-{s}"] = {"test_acc": a, "test_acc_last": a - 0.01, "agreement": a + 0.02,
                                 "kl_teacher_student": 0.1, "ece": 0.03, "params": 100, "flops_per_image": 2e5,
-                                "images_per_second": 5000.0, "variant": v, "seed": s, "val_acc": a,
+                                "images_per_second": 5000.0, "method": v, "seed": s, "val_acc": a,
                                 "best_epoch": 2, "per_class_acc": {"0": a}}
     return runs
 
@@ -45,13 +45,13 @@ def study(in_tmp):
 
 def _frame(runs):
     """kdlab.analysis.results.frame's shape for question 1: a row per run (the teacher aside)."""
-    return pd.DataFrame([{"question": 1, "group": r["variant"], "seed": r["seed"], "test_acc": r["test_acc"]}
+    return pd.DataFrame([{"question": 1, "group": r["method"], "seed": r["seed"], "test_acc": r["test_acc"]}
                          for n, r in runs.items() if n != "teacher"])
 
 
 def test_summary_intervals_and_comparisons(study):
     p, s, _ = study
-    kd = s["variants"]["kd"]["test_acc"]
+    kd = s["methods"]["kd"]["test_acc"]
     assert kd["mean"] == pytest.approx(0.85) and kd["std"] == pytest.approx(0.01)
     assert kd["ci_low"] == pytest.approx(0.85 - 4.302653 * 0.01 / 3 ** 0.5, rel=1e-6)
     w = s["comparisons"]["kd_vs_raw"]["test_acc"]
@@ -86,7 +86,7 @@ def test_verdicts_do_not_overstate():
     assert "**A was worse than B**" in present.verdict("A", "B", paired, 3)
 
 
-def test_report_renders_every_variant_and_valid_pngs(study, monkeypatch):
+def test_report_renders_every_method_and_valid_pngs(study, monkeypatch):
     p, _, runs = study
     monkeypatch.setattr(report.tracking, "run", _no_tracking)
     path = report.run_report(p, None, _frame(runs))
@@ -206,9 +206,9 @@ def test_results_is_one_tidy_row_per_run_of_the_study(in_tmp, capsys):
     for i, v in enumerate(["raw", "kd", "kd_correct_only"]):
         for s in (0, 1) if v != "kd_correct_only" else (0,):  # kd_correct_only-1 not trained yet
             write(in_tmp / workspace.run_files(v, s)[1], 0.80 + i / 100 + s / 1000)
-    (in_tmp / workspace.RUNS_JSON).write_text(json.dumps({"kd-1": {"agreement": 0.95, "variant": "kd", "seed": 1}}))
+    (in_tmp / workspace.RUNS_JSON).write_text(json.dumps({"kd-1": {"agreement": 0.95, "method": "kd", "seed": 1}}))
     df = results.run_results(p)
-    assert list(df.columns[:6]) == ["study", "question", "run", "group", "variant", "seed"]
+    assert list(df.columns[:6]) == ["study", "question", "run", "group", "method", "seed"]
     assert df.groupby("question").size().to_dict() == {1: 6}
     kd1 = df[df.run == "kd-1"].iloc[0]
     assert kd1.test_acc == pytest.approx(0.811) and kd1.agreement == 0.95 and kd1["loss.alpha"] == 0.5
@@ -257,11 +257,11 @@ def test_kdlab_results_lists_the_named_studies_runs_too(in_tmp, capsys):
                                  f"q1/raw-w0.5-e{a.budgets[-1]}-s2", f"q23/kd.carved-e{b.epochs}-s1",
                                  f"q23/kd.pruned-l1-it-x0.5-e{b.epochs}-s0"}
     kd = by_run.loc[f"q1/kd.main-w0.5-e{a.budgets[0]}-s0"]
-    assert (kd.question, kd.variant, kd.teacher, kd.width, kd.seed, kd.test_acc) == (1, "kd", "main", 0.5, 0, 0.85)
+    assert (kd.question, kd.method, kd.teacher, kd.width, kd.seed, kd.test_acc) == (1, "kd", "main", 0.5, 0, 0.85)
     raw = by_run.loc[f"q1/raw-w0.5-e{a.budgets[-1]}-s2"]
-    assert pd.isna(raw.teacher) and (raw.width, raw.variant) == (0.5, "raw")
+    assert pd.isna(raw.teacher) and (raw.width, raw.method) == (0.5, "raw")
     carved, pruned = by_run.loc[f"q23/kd.carved-e{b.epochs}-s1"], by_run.loc[f"q23/kd.pruned-l1-it-x0.5-e{b.epochs}-s0"]
-    assert (carved.question, carved.init, carved.variant, carved.teacher) == (2, "carved", "kd", b.teacher)
+    assert (carved.question, carved.init, carved.method, carved.teacher) == (2, "carved", "kd", b.teacher)
     assert (pruned.question, pruned.init, pruned.group) == (3, "pruned", f"kd.pruned-l1-it-x0.5-e{b.epochs}")
     flat = flatten(p)
     assert by_run.loc["q1/teacher.main", "study"] == tracking.study_key({**flat, **q1.study_params(a)})

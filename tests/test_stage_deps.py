@@ -20,8 +20,8 @@ stages:
       - teacher
   student:
     matrix:
-      variant: [kd]
-    cmd: kdlab student --variant ${item.variant}
+      method: [kd]
+    cmd: kdlab student --method ${item.method}
     deps: *train_deps
   report:
     cmd: kdlab report

@@ -20,7 +20,7 @@ def study(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.chdir(root)
     mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-    p = params.from_dict({**TINY, "study": {"variants": [m for m in distill.names() if m != "raw"], "seeds": [0]}})
+    p = params.from_dict({**TINY, "study": {"methods": [m for m in distill.names() if m != "raw"], "seeds": [0]}})
     data.prepare(p.data, workspace.PREPARED)
     train(p, stages.teacher_spec(p))
     cache.run_cache(p)
@@ -34,16 +34,16 @@ def _needs_question_1s_cache(name: str) -> bool:
     return getattr(distill.method_class(name), "reads_clean_correct", False)
 
 
-@pytest.mark.parametrize("variant", [m for m in distill.names() if m != "raw" and not _needs_question_1s_cache(m)])
-def test_every_method_trains_through_the_student_stage(study, variant):
-    metrics = train(study, stages.student_spec(study, variant, 0))
+@pytest.mark.parametrize("method", [m for m in distill.names() if m != "raw" and not _needs_question_1s_cache(m)])
+def test_every_method_trains_through_the_student_stage(study, method):
+    metrics = train(study, stages.student_spec(study, method, 0))
     assert 0 <= metrics["test_acc"] <= 1 and metrics["epochs"] == 1
     ctx = workspace.context(study, 0)
-    path, _ = workspace.run_files(variant, 0)
+    path, _ = workspace.run_files(method, 0)
     model = workspace.load_model(path, ctx, "rerun")
     out = model(ctx.normalize(ctx.splits["test"]["images"][:4]))
     assert out.shape == (4, 3) and torch.isfinite(out).all()
-    carved = distill.method_class(variant).builds_from_teacher
+    carved = distill.method_class(method).builds_from_teacher
     teacher = workspace.load_model(workspace.TEACHER, ctx, "rerun")
     # a carved student has the teacher's width (one block per stage of a resnet8: the teacher's shape)
     assert (sum(t.numel() for t in model.parameters()) == sum(t.numel() for t in teacher.parameters())) == carved

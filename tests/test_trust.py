@@ -96,9 +96,9 @@ def test_an_incomplete_params_file_is_refused_before_any_work(tmp_path):
 
 
 def test_the_check_stage_refuses_what_only_other_stages_would_build(tmp_path):
-    """`kdlab check` (dvc.yaml's first stage) checks the options of methods that study.variants does not list
+    """`kdlab check` (dvc.yaml's first stage) checks the options of methods that study.methods does not list
     and the architectures; it writes its stamp only when all of params.yaml passed."""
-    env = study_dir(tmp_path, {**TINY, "study": {"variants": ["kd"], "seeds": [0]},
+    env = study_dir(tmp_path, {**TINY, "study": {"methods": ["kd"], "seeds": [0]},
                                "methods": {"fitnet": {"layers": ["layer4"]}}})
     _one_line_failure(_kdlab(tmp_path, env, "check"), 2, "methods.fitnet.layers[0]", "has no layer 'layer4'")
     assert not (tmp_path / "data/checked.json").exists()
@@ -142,11 +142,11 @@ BAD = [
     # stages the architectures lack
     ({"methods": {"at": {"layers": ["layer4"]}}}, "methods.at.layers[0]", "has no layer 'layer4'"),
     ({"methods": {"rkd": {"layers": ["layer3.5"]}}}, "methods.rkd.layers[0]", "has no layer 'layer3.5'"),
-    # options of methods other stages build, though not in study.variants
-    ({"study": {"variants": ["kd"]}, "methods": {"fitnet": {"layers": ["layer4"]}}}, "methods.fitnet.layers[0]",
+    # options of methods other stages build, though not in study.methods
+    ({"study": {"methods": ["kd"]}, "methods": {"fitnet": {"layers": ["layer4"]}}}, "methods.fitnet.layers[0]",
      "no layer"),
-    ({"study": {"variants": ["kd"]}, "methods": {"dkd": {"beta": -1.0}}}, "methods.dkd.beta", ">= 0"),
-    ({"study": {"variants": ["kd"]}, "methods": {"at": {"layers": []}}}, "methods.at.layers", "empty"),
+    ({"study": {"methods": ["kd"]}, "methods": {"dkd": {"beta": -1.0}}}, "methods.dkd.beta", ">= 0"),
+    ({"study": {"methods": ["kd"]}, "methods": {"at": {"layers": []}}}, "methods.at.layers", "empty"),
     ({"methods": {"init_teacher": {"keep": [[0, 5], [0], [0]]}}}, "methods.init_teacher.keep[0]", "blocks 0..2"),
     ({"methods": {"init_teacher": {"keep": [[0], [0]]}}}, "methods.init_teacher.keep", "lists 2 layers"),
     # seeds the generators cannot tell apart (-1 draws what 2**64 - 1 draws)
@@ -393,12 +393,12 @@ def test_a_read_only_store_is_one_line_with_its_cause(in_tmp, monkeypatch, caplo
     advice about autoflush; the one line now says the database is read-only."""
     db = in_tmp / "store.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
-    with tracking.run("student", "kd-0", {"loss.alpha": 0.5}, {"variant": "kd", "seed": 0}) as run:
+    with tracking.run("student", "kd-0", {"loss.alpha": 0.5}, {"method": "kd", "seed": 0}) as run:
         run.log({"test_acc": 0.5})
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///file:{db}?mode=ro&uri=true")
     caplog.clear()
     with pytest.raises(tracking.TrackingError, match="attempt to write a readonly database"):
-        with tracking.run("student", "kd-1", {"loss.alpha": 0.5}, {"variant": "kd", "seed": 1}) as run:
+        with tracking.run("student", "kd-1", {"loss.alpha": 0.5}, {"method": "kd", "seed": 1}) as run:
             run.log({"test_acc": 0.5})
     assert not [r for r in caplog.records if r.levelno >= 40], [r.getMessage()[:200] for r in caplog.records]
 

@@ -27,8 +27,9 @@ def test_ui_serves_the_study_store(tmp_path):
     env = dict(os.environ, MLFLOW_TRACKING_URI=uri, PYTHONPATH=str(REPO / "src"))
     os.environ["MLFLOW_TRACKING_URI"] = uri
     try:
-        for variant, acc in (("raw", 0.81), ("kd", 0.84)):
-            with tracking.run("student", f"{variant}-0", {"loss.alpha": 0.5}, {"variant": variant, "seed": 0}) as run:
+        for method, acc in (("raw", 0.81), ("kd", 0.84)):
+            with tracking.run("student", f"{method}-0", {"loss.alpha": 0.5}, {"method": method, "arm": method,
+                                                                             "seed": 0}) as run:
                 run.log({"val_acc": acc - 0.01}, step=1)
                 run.log({"test_acc": acc})
     finally:
@@ -49,7 +50,7 @@ def test_ui_serves_the_study_store(tmp_path):
         names = {e["name"] for e in body["experiments"]}
         assert "kdlab" in names
         # kdlab ui's first link is the bare address, which opens the training runs in model-training mode, kdlab's
-        # columns, a row per variant (MLflow's own home page is its GenAI view)
+        # columns, a row per arm (MLflow's own home page is its GenAI view)
         printed = proc.stdout.readline() + proc.stdout.readline() + proc.stdout.readline()
         url = re.search(r"every training run: +(http://\S+)", printed).group(1)
         assert url == f"http://127.0.0.1:{port}/", printed
@@ -61,7 +62,7 @@ def test_ui_serves_the_study_store(tmp_path):
         columns = set(re.findall(r'col-id="([^"]+)"', dom))
         assert {"metrics.`test_acc`", "params.`loss.alpha`", "params.`seed`"} <= columns, sorted(columns)
         assert ">raw-0<" in dom and ">kd-0<" in dom and "Model training" in dom
-        assert "Group:" in dom  # grouped by the variant param
+        assert "Group:" in dom and "arm: kd" in dom.replace("&nbsp;", " "), re.findall(r"Group:.{0,200}", dom)  # by arm
         # SIGTERM to kdlab ui alone (as a service manager or `kill` sends it) stops the server it started
         started = _descendants(proc.pid)
         assert len(started) >= 2, started  # mlflow ui and its uvicorn

@@ -3,7 +3,7 @@
 Per run (teacher and each student): top-1 (and top-5 with more than 10 classes) accuracy, agreement with
 the teacher and KL(teacher || student) (fidelity), expected calibration error, per-class accuracy,
 parameters, FLOPs per image, inference throughput on this machine; its test logits are saved under
-predictions/ so statistics can be recomputed without the models. Per variant: mean, std and 95% t
+predictions/ so statistics can be recomputed without the models. Per method: mean, std and 95% t
 interval over seeds, the difference to the raw baseline (Welch) and paired per-seed tests.
 """
 from __future__ import annotations
@@ -54,8 +54,8 @@ from kdlab.pipeline.workspace import (
 ECE_BINS = 15
 
 
-def variants(p: Params) -> list[str]:
-    return [BASELINE, *p.study.variants]
+def methods(p: Params) -> list[str]:
+    return [BASELINE, *p.study.methods]
 
 
 # ---------------------------------------------------------------- per-run metrics
@@ -125,20 +125,20 @@ FIDELITY = ("agreement", "kl_teacher_student", "ece", "test_acc_top5")
 def summarize(p: Params, runs: dict[str, dict], predictions: dict[str, torch.Tensor] | None = None,
               labels: torch.Tensor | None = None) -> dict:
     """``runs["kd-0"] = {test_acc, agreement, ...}`` (plus ``runs["teacher"]``) -> summary.json."""
-    out = {"teacher": {k: v for k, v in runs["teacher"].items() if k != "per_class_acc"}, "variants": {},
+    out = {"teacher": {k: v for k, v in runs["teacher"].items() if k != "per_class_acc"}, "methods": {},
            "comparisons": {}}
     import pandas as pd
 
     seeds = p.study.seeds
-    df = pd.DataFrame([{**runs[f"{v}-{s}"], "variant": v, "seed": s} for v in variants(p) for s in seeds])
-    per_metric = {k: stats.intervals(df, "variant", k) for k in SUMMARIZED if k in df.columns}
-    for variant, rows in df.groupby("variant", sort=False):
-        out["variants"][variant] = {k: per_metric[k][variant] for k in per_metric}
-        out["variants"][variant]["params"] = int(rows["params"].iloc[0])
-    pairs = [(v, BASELINE) for v in p.study.variants]
-    if "kd" in p.study.variants and "kd_correct_only" in p.study.variants:
+    df = pd.DataFrame([{**runs[f"{v}-{s}"], "method": v, "seed": s} for v in methods(p) for s in seeds])
+    per_metric = {k: stats.intervals(df, "method", k) for k in SUMMARIZED if k in df.columns}
+    for method, rows in df.groupby("method", sort=False):
+        out["methods"][method] = {k: per_metric[k][method] for k in per_metric}
+        out["methods"][method]["params"] = int(rows["params"].iloc[0])
+    pairs = [(v, BASELINE) for v in p.study.methods]
+    if "kd" in p.study.methods and "kd_correct_only" in p.study.methods:
         pairs.append(("kd_correct_only", "kd"))
-    welch = stats.welch_pairs(df, "variant", "test_acc", pairs)
+    welch = stats.welch_pairs(df, "method", "test_acc", pairs)
     for a, b in pairs:
         entry = {"test_acc": welch[f"{a}_vs_{b}"]}
         if predictions is not None:
@@ -161,13 +161,13 @@ def markdown(p: Params, summary: dict) -> str:
     n = len(p.study.seeds)
     test = test_name(summary["comparisons"])
     rows = [["Teacher", p.teacher.arch, num(summary["teacher"]["test_acc"]), "-", "-", "-", "-"]]
-    for variant in variants(p):
-        e = summary["variants"][variant]
-        cmp_ = summary["comparisons"].get(f"{variant}_vs_{BASELINE}", {}).get("test_acc")
+    for method in methods(p):
+        e = summary["methods"][method]
+        cmp_ = summary["comparisons"].get(f"{method}_vs_{BASELINE}", {}).get("test_acc")
         # one p a comparison: a paired family's is Holm-adjusted, and that is the one shown
         difference, pval = (diff(cmp_), fmt_p(cmp_.get("p_holm", cmp_["p"]))) if cmp_ else ("-", "-")
         agree = ci(e["agreement"]) if "agreement" in e else "-"
-        rows.append([LABELS.get(variant, variant), p.student.arch, ci(e["test_acc"]), ci(e["test_acc_last"]), agree,
+        rows.append([LABELS.get(method, method), p.student.arch, ci(e["test_acc"]), ci(e["test_acc_last"]), agree,
                      difference, pval])
     columns = ["model", "arch", "test accuracy (%)", "last epoch (%)", "agreement with teacher (%)", "vs raw (points)",
                f"p ({test})"]
@@ -177,14 +177,14 @@ def markdown(p: Params, summary: dict) -> str:
 
 
 def headline(p: Params, summary: dict) -> dict:
-    """Question 1's part of metrics/headline.json: the teacher, each variant's test accuracy and agreement with
+    """Question 1's part of metrics/headline.json: the teacher, each method's test accuracy and agreement with
     the teacher (mean and 95% half-width, %), and each comparison's gain with its Holm-adjusted p."""
     out = {"teacher": {"acc": round(100 * summary["teacher"]["test_acc"], 2)}}
-    for variant in variants(p):
-        e = summary["variants"][variant]
-        out[variant] = headline_acc(e["test_acc"])
+    for method in methods(p):
+        e = summary["methods"][method]
+        out[method] = headline_acc(e["test_acc"])
         if "agreement" in e:
-            out[variant]["agree"] = round(100 * e["agreement"]["mean"], 2)
+            out[method]["agree"] = round(100 * e["agreement"]["mean"], 2)
     cmp_ = {k: c["test_acc"] for k, c in summary["comparisons"].items()}
     adjusted = stats.holm({k: w["p"] for k, w in cmp_.items()})
     out["q1"] = {k: headline_gain(w, adjusted[k]) for k, w in cmp_.items()}
@@ -215,14 +215,14 @@ def run_evaluate(p: Params) -> dict:
     runs, predictions, curves = {}, {}, {}
     teacher_logits, runs["teacher"], curves["teacher"] = evaluate_model(TEACHER, "dvc repro teacher", p.teacher, None)
     predictions["teacher"] = teacher_logits
-    for variant in variants(p):
+    for method in methods(p):
         for seed in p.study.seeds:
-            name = f"{variant}-{seed}"
-            path, _ = run_files(variant, seed)
-            stage = "baseline" if variant == BASELINE else "student"
+            name = f"{method}-{seed}"
+            path, _ = run_files(method, seed)
+            stage = "baseline" if method == BASELINE else "student"
             predictions[name], runs[name], curves[name] = evaluate_model(
                 path, f"dvc repro {stage}@{name}", p.student, teacher_logits)
-            runs[name].update(variant=variant, seed=seed)
+            runs[name].update(method=method, seed=seed)
     for name, logits in predictions.items():
         io.save_torch({"logits": logits.half(), "labels": test_y}, PREDICTIONS / f"{name}.pt")
     summary = summarize(p, runs, predictions, test_y)
@@ -230,14 +230,14 @@ def run_evaluate(p: Params) -> dict:
     io.save_json(runs, RUNS_JSON)
     for name, rows in curves.items():
         io.save_json([{k: r[k] for k in ("epoch", "val_acc", "loss")} for r in rows], CURVES / f"{name}.json")
-    io.save_json([{"run": n, "variant": r["variant"], "seed": r["seed"], "test_acc": r["test_acc"],
+    io.save_json([{"run": n, "method": r["method"], "seed": r["seed"], "test_acc": r["test_acc"],
                    "agreement": r["agreement"]} for n, r in runs.items() if n != "teacher"], ACCURACY_PLOT)
     table = markdown(p, summary)
     io.save_text(table, SUMMARY_MD)
     print(table)
     with tracking.run("evaluate", "evaluate", flatten(p)) as run:
-        flat = {f"{v}/test_acc_mean": e["test_acc"]["mean"] for v, e in summary["variants"].items()}
-        flat.update({f"{v}/agreement_mean": e["agreement"]["mean"] for v, e in summary["variants"].items()})
+        flat = {f"{v}/test_acc_mean": e["test_acc"]["mean"] for v, e in summary["methods"].items()}
+        flat.update({f"{v}/agreement_mean": e["agreement"]["mean"] for v, e in summary["methods"].items()})
         flat["teacher/test_acc"] = summary["teacher"]["test_acc"]
         run.log(flat)
         run.log_to_study(flat)
@@ -257,15 +257,15 @@ def run_evaluate(p: Params) -> dict:
 
 def plot_accuracy(p: Params, summary: dict, runs: dict, path: Path) -> None:
     fig, ax = plt().subplots(figsize=(6, 3.6))
-    for i, v in enumerate(variants(p)):
-        s = summary["variants"][v]["test_acc"]
+    for i, v in enumerate(methods(p)):
+        s = summary["methods"][v]["test_acc"]
         ax.errorbar([i], [100 * s["mean"]], yerr=yerr([s]), fmt="o", capsize=6, color=color(v, i),
                     label="mean, 95% CI" if i == 0 else None)
-        seeds = [100 * r["test_acc"] for r in runs.values() if r.get("variant") == v]
+        seeds = [100 * r["test_acc"] for r in runs.values() if r.get("method") == v]
         ax.scatter([i + 0.12] * len(seeds), seeds, s=12, color=color(v, i), alpha=0.6,
                    label="single seeds" if i == 0 else None)
     ax.axhline(100 * summary["teacher"]["test_acc"], color="black", ls="--", lw=1, label=f"teacher ({p.teacher.arch})")
-    ax.set_xticks(range(len(variants(p))), [LABELS.get(v, v).replace(" (", "\n(") for v in variants(p)], fontsize=8)
+    ax.set_xticks(range(len(methods(p))), [LABELS.get(v, v).replace(" (", "\n(") for v in methods(p)], fontsize=8)
     finish(fig, ax, "", "test accuracy (%)", f"{p.student.arch} students on {p.data.name}", path)
 
 
@@ -273,8 +273,8 @@ def plot_curves(p: Params, curves: dict[str, list], runs: dict, path: Path) -> N
     fig, ax = plt().subplots(figsize=(6, 3.6))
     labelled = set()
     for name, rows in curves.items():
-        v = "teacher" if name == "teacher" else runs[name]["variant"]
-        i = variants(p).index(v) if v in variants(p) else 0
+        v = "teacher" if name == "teacher" else runs[name]["method"]
+        i = methods(p).index(v) if v in methods(p) else 0
         ax.plot([r["epoch"] for r in rows], [100 * r["val_acc"] for r in rows], marker=".", color=color(v, i),
                 alpha=0.8, label=None if v in labelled else LABELS.get(v, v))
         labelled.add(v)
@@ -283,8 +283,8 @@ def plot_curves(p: Params, curves: dict[str, list], runs: dict, path: Path) -> N
 
 def plot_agreement(p: Params, runs: dict, path: Path) -> None:
     fig, ax = plt().subplots(figsize=(5, 3.6))
-    for i, v in enumerate(variants(p)):
-        rows = [r for r in runs.values() if r.get("variant") == v]
+    for i, v in enumerate(methods(p)):
+        rows = [r for r in runs.values() if r.get("method") == v]
         ax.scatter([100 * r["agreement"] for r in rows], [100 * r["test_acc"] for r in rows], color=color(v, i),
                    label=LABELS.get(v, v))
     finish(fig, ax, "top-1 agreement with the teacher (%)", "test accuracy (%)",
@@ -292,9 +292,9 @@ def plot_agreement(p: Params, runs: dict, path: Path) -> None:
 
 
 def curve_rows(runs: dict, curves: dict[str, list]) -> list[dict]:
-    """Every student's validation curve as one table (run, variant, seed, epoch, val_acc), for `dvc plots`: all
+    """Every student's validation curve as one table (run, method, seed, epoch, val_acc), for `dvc plots`: all
     runs in one chart, coloured by run."""
-    return [{"run": name, "variant": runs[name].get("variant", name), "seed": runs[name].get("seed"),
+    return [{"run": name, "method": runs[name].get("method", name), "seed": runs[name].get("seed"),
              "epoch": r["epoch"], "val_acc": r["val_acc"]}
             for name in sorted(curves) if name in runs and name != "teacher" for r in curves[name]]
 
@@ -324,17 +324,17 @@ def report_section(p: Params, summary: dict, runs: dict) -> list[str]:
     student = next(r for k, r in runs.items() if k != "teacher")
     cost = [("teacher", p.teacher.arch, summary["teacher"]), ("student", p.student.arch, student)]
     fidelity = [[LABELS.get(v, v), ci(e.get("agreement")), ci(e.get("kl_teacher_student"), 1, 4), ci(e.get("ece"))]
-                for v, e in ((v, summary["variants"][v]) for v in variants(p))]
+                for v, e in ((v, summary["methods"][v]) for v in methods(p))]
     lines = [
         "## The founding note's table, with intervals",
         "",
         markdown(p, summary),
-        "![accuracy per variant](accuracy.png)",
+        "![accuracy per method](accuracy.png)",
         "",
         "## Question 1: does KD beat training on the labels, and does distilling only where the teacher is right help?",
         "",
     ]
-    for v in p.study.variants:
+    for v in p.study.methods:
         lines.append("- " + verdict(LABELS.get(v, v), LABELS[BASELINE], comps[f"{v}_vs_{BASELINE}"], n))
     if "kd_correct_only_vs_kd" in comps:
         lines.append("- " + verdict(LABELS["kd_correct_only"], LABELS["kd"], comps["kd_correct_only_vs_kd"], n))
@@ -354,7 +354,7 @@ def report_section(p: Params, summary: dict, runs: dict) -> list[str]:
         "find that students often do not match their teachers even when they could); expected calibration "
         "error with 15 bins. Mean [95% CI] over seeds.",
         "",
-        table(pd.DataFrame(fidelity, columns=["variant", "agreement (%)", "KL(teacher \\|\\| student)", "ECE (%)"])),
+        table(pd.DataFrame(fidelity, columns=["method", "agreement (%)", "KL(teacher \\|\\| student)", "ECE (%)"])),
         "",
         "![agreement vs accuracy](agreement_vs_accuracy.png)",
         "",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-#: how a variant is called in tables, pictures and sentences
+#: how a method is called in tables, pictures and sentences
 LABELS = {"raw": "Trained alone (raw)", "kd": "Distilled (kd)", "kd_correct_only": "Distilled, teacher-correct only"}
 COLORS = {"teacher": "black", "raw": "tab:gray", "kd": "tab:blue", "kd_correct_only": "tab:orange",
           "init_teacher": "tab:red", "init_random": "tab:pink"}
@@ -59,7 +59,7 @@ def verdict(name_a: str, name_b: str, cmp_: dict, n_seeds: int) -> str:
     if "p_holm" in w:
         return _paired_verdict(name_a, name_b, w, n_seeds)
     if w["ci_low"] is None:
-        return (f"{name_a} vs {name_b}: {pts(w['diff'])} points with one seed per variant; no interval over "
+        return (f"{name_a} vs {name_b}: {pts(w['diff'])} points with one seed per method; no interval over "
                 f"seeds is possible, so only the paired test below speaks to it.")
     interval = (f"95% CI [{pts(w['ci_low'])}, {pts(w['ci_high'])}] points, Welch p = {fmt_p(w['p'])}, {n_seeds} "
                 f"seeds each")
@@ -178,8 +178,8 @@ def plt():
     return pyplot
 
 
-def color(variant: str, i: int) -> str:
-    return COLORS.get(variant, f"C{i + 2}")
+def color(method: str, i: int) -> str:
+    return COLORS.get(method, f"C{i + 2}")
 
 
 def bounds(s: dict) -> tuple[float, float]:

@@ -63,12 +63,12 @@ SNAPSHOT = re.compile(r"^(?P<run>.+)_e(?P<epoch>\d+)$")
 @dataclasses.dataclass(frozen=True)
 class Long:
     """Longer budgets, for the comparison of KD and the labels where raw has plateaued: raw at each of
-    ``budgets`` (the plateau rule reads its last two), ``labels`` and ``variants`` (from ``q1.teacher``) at
+    ``budgets`` (the plateau rule reads its last two), ``labels`` and ``methods`` (from ``q1.teacher``) at
     ``epochs``, the last of them. Empty: none."""
     budgets: list[int] = dataclasses.field(default_factory=list)
     epochs: int = 0
     labels: list[str] = dataclasses.field(default_factory=list)
-    variants: list[str] = dataclasses.field(default_factory=list)
+    methods: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,19 +78,19 @@ class Q1:
     subset_seed: int = 0
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
     teachers: dict[str, TeacherRun] = dataclasses.field(default_factory=dict)
-    #: the teacher of the budget arms (``variants`` at every budget)
+    #: the teacher of the budget arms (``methods`` at every budget)
     teacher: str = "main"
     #: every teacher with a logit cache (a run, or a snapshot ``<run>_e<k>``) -> the run it comes from, so that
     #: its cache stage depends on that run's directory alone (dvc.yaml)
     cached: dict[str, str] = dataclasses.field(default_factory=dict)
     student: StudentSpec = StudentSpec()
-    #: student epochs: raw, every one of ``labels`` and every one of ``variants`` at each
+    #: student epochs: raw, every one of ``labels`` and every one of ``methods`` at each
     budgets: list[int] = dataclasses.field(default_factory=list)
     #: methods on the labels alone besides raw (``ls``: the control for KD's regularisation)
     labels: list[str] = dataclasses.field(default_factory=list)
     #: methods distilled from ``teacher`` at every budget
-    variants: list[str] = dataclasses.field(default_factory=list)
-    #: longer budgets for raw, and for some of ``labels`` and ``variants`` at the last of them (:class:`Long`)
+    methods: list[str] = dataclasses.field(default_factory=list)
+    #: longer budgets for raw, and for some of ``labels`` and ``methods`` at the last of them (:class:`Long`)
     long: Long = Long()
     #: the other teachers, each distilled with kd at ``quality_epochs``
     quality: list[str] = dataclasses.field(default_factory=list)
@@ -122,10 +122,10 @@ class Q1:
             raise ParamsError("q1.long.budgets", f"strictly increasing epochs: {lg.budgets}")
         if lg.budgets and lg.budgets[0] <= self.budgets[-1]:
             raise ParamsError("q1.long.budgets", f"{lg.budgets} must all be longer than q1.budgets {self.budgets}")
-        if (lg.labels or lg.variants) and lg.epochs != (lg.budgets or [None])[-1]:
+        if (lg.labels or lg.methods) and lg.epochs != (lg.budgets or [None])[-1]:
             raise ParamsError("q1.long.epochs", f"{lg.epochs} must be the last of q1.long.budgets {lg.budgets} "
                               "(where raw runs too)")
-        for key, listed in (("labels", self.labels), ("variants", self.variants)):
+        for key, listed in (("labels", self.labels), ("methods", self.methods)):
             no_duplicates(f"q1.long.{key}", getattr(lg, key))
             for m in getattr(lg, key):
                 if m not in listed:
@@ -158,7 +158,7 @@ class Q1:
         if self.quality_epochs not in self.budgets:
             raise ParamsError("q1.quality_epochs", f"{self.quality_epochs} must be one of q1.budgets {self.budgets} "
                               f"(its raw and kd arms are the budget arms')")
-        for key in ("labels", "variants", "controls", "quality"):
+        for key in ("labels", "methods", "controls", "quality"):
             no_duplicates(f"q1.{key}", getattr(self, key))
         for m in self.labels:
             choice("q1.labels", m, distill.names())
@@ -175,7 +175,7 @@ class Q1:
                 if lr != r.lr:
                     raise ParamsError(key, f"{lr} is not q1.recipe.lr {r.lr}: the recipe's lr is every run's")
 
-        for key in ("variants", "controls"):
+        for key in ("methods", "controls"):
             for v in getattr(self, key):
                 choice(f"q1.{key}", v, distill.names())
                 if v == "raw":
@@ -235,15 +235,15 @@ def teacher_file(name: str, q: Q1) -> Path:
     return LAYOUT.teachers / run / ("final.pt" if epoch is None else f"e{epoch}.pt")
 
 
-def student_name(variant: str, teacher: str | None, width: float, epochs: int, seed: int) -> str:
+def student_name(method: str, teacher: str | None, width: float, epochs: int, seed: int) -> str:
     """``kd.main-w0.5-e15-s0``; a labels-only run names no teacher: ``raw-w0.5-e15-s0``."""
-    head = variant if teacher is None else f"{variant}.{teacher}"
+    head = method if teacher is None else f"{method}.{teacher}"
     return f"{head}-w{float(width)}-e{epochs}-s{seed}"
 
 
-def arm_name(variant: str, teacher: str | None, epochs: int) -> str:
+def arm_name(method: str, teacher: str | None, epochs: int) -> str:
     """An arm of the study (its runs over q1.seeds): ``kd.main-e30``, ``raw-e40``."""
-    return f"{variant if teacher is None else variant + '.' + teacher}-e{epochs}"
+    return f"{method if teacher is None else method + '.' + teacher}-e{epochs}"
 
 
 def arm_teacher(arm: str) -> str | None:
@@ -268,38 +268,39 @@ def cache(p: Params, q: Q1, name: str) -> dict:
                            CACHE_METRICS / f"{name}.json", TESTS / f"teacher.{name}.json")
 
 
-def student_spec(p: Params, q: Q1, variant: str, teacher: str | None, width: float, epochs: int,
+def student_spec(p: Params, q: Q1, method: str, teacher: str | None, width: float, epochs: int,
                  seed: int) -> RunSpec:
-    cls = distill.method_class(variant)
+    cls = distill.method_class(method)
     if cls.builds_from_teacher:
-        raise io.StageError(f"question 1's students start from random weights; {variant!r} builds from the teacher")
+        raise io.StageError(f"question 1's students start from random weights; {method!r} builds from the teacher")
     if (cls.uses_teacher_logits or cls.uses_teacher_model) == (teacher is None):
-        raise io.StageError(f"{variant}: {'give' if teacher is None else 'no'} teacher")
-    name = student_name(variant, teacher, width, epochs, seed)
+        raise io.StageError(f"{method}: {'give' if teacher is None else 'no'} teacher")
+    name = student_name(method, teacher, width, epochs, seed)
     about = (f"Question 1: {q.student.arch} x{width} for {epochs} epochs on {q.train_images} training images, "
              f"{'from teacher `' + teacher + '`' if teacher else 'labels only'}. ")
-    record = {"variant": variant, "teacher": teacher, "arch": q.student.arch, "width": width, "epochs": epochs,
+    record = {"method": method, "teacher": teacher, "arch": q.student.arch, "width": width, "epochs": epochs,
               "seed": seed}
     return RunSpec(
         name, "student", ModelParams(q.student.arch, width, epochs, q.student.lr, seed, "auto"), seed,
-        LAYOUT.student_files(name), variant,
+        LAYOUT.student_files(name), method,
         teacher=Source(teacher_file(teacher, q), REBUILD) if teacher else None,
         teacher_model=q.teachers[teacher_source(q, teacher)[0]] if cls.uses_teacher_model else None,
         cache=Source(CACHES / f"{teacher}.pt", REBUILD) if cls.uses_teacher_logits else None, subset=subset(q),
         curve=TESTS / f"{name}.json", record=record, predictions=True,
-        tags={"variant": variant, "q1_teacher": teacher or "", "width": width, "epochs": epochs}, about=about,
+        tags={"method": method, "arm": arm_name(method, teacher, epochs), "q1_teacher": teacher or "", "width": width,
+              "epochs": epochs}, about=about,
         extra=study_params(q), overrides=overrides(q))
 
 
 def students(q: Q1) -> list[tuple[str, str | None, float, int]]:
-    """(variant, teacher, width, epochs) of every arm of the study (studies/q1/dvc.yaml's stages), each over
+    """(method, teacher, width, epochs) of every arm of the study (studies/q1/dvc.yaml's stages), each over
     q1.seeds."""
     w = q.student.width
     out = [(m, None, w, e) for m in ("raw", *q.labels) for e in q.budgets]
-    out += [(v, q.teacher, w, e) for v in q.variants for e in q.budgets]
+    out += [(v, q.teacher, w, e) for v in q.methods for e in q.budgets]
     out += [("raw", None, w, e) for e in q.long.budgets]
     out += [(m, None, w, q.long.epochs) for m in q.long.labels]
-    out += [(v, q.teacher, w, q.long.epochs) for v in q.long.variants]
+    out += [(v, q.teacher, w, q.long.epochs) for v in q.long.methods]
     out += [("kd", t, w, q.quality_epochs) for t in q.quality]
     out += [(v, q.control_teacher, w, q.quality_epochs) for v in q.controls]
     return list(dict.fromkeys(out))
@@ -321,10 +322,10 @@ def table(q: Q1) -> list[tuple[dict, Path]]:
     from kdlab.analysis.results import teacher_rows
 
     rows = teacher_rows("q1", 1, q.teachers, METRICS)
-    for variant, teacher, width, epochs in students(q):
+    for method, teacher, width, epochs in students(q):
         for seed in q.seeds:
-            name = student_name(variant, teacher, width, epochs, seed)
-            rows.append(({"question": 1, "run": f"q1/{name}", "group": name.rsplit("-s", 1)[0], "variant": variant,
+            name = student_name(method, teacher, width, epochs, seed)
+            rows.append(({"question": 1, "run": f"q1/{name}", "group": name.rsplit("-s", 1)[0], "method": method,
                           "seed": seed, "arch": q.student.arch, "teacher": teacher, "width": width},
                          LAYOUT.student_files(name)[1]))
     return rows

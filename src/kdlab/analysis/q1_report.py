@@ -89,12 +89,12 @@ def load_runs(q: Q1) -> pd.DataFrame:
     """One row per trained student: its arm, seed, accuracies, validation curve, test predictions and whether it
     collapsed (final validation accuracy below ``q1.collapse`` points)."""
     rows = []
-    for variant, teacher, width, epochs in students(q):
+    for method, teacher, width, epochs in students(q):
         for seed in q.seeds:
-            name = student_name(variant, teacher, width, epochs, seed)
+            name = student_name(method, teacher, width, epochs, seed)
             t = io.load_json(TESTS / f"{name}.json", REBUILD)
             m = io.load_json(METRICS / "students" / f"{name}.json", REBUILD)
-            rows.append({"name": name, "arm": arm_name(variant, teacher, epochs), "variant": variant,
+            rows.append({"name": name, "arm": arm_name(method, teacher, epochs), "method": method,
                          "teacher": teacher, "epochs": epochs, "seed": seed, "test_acc": t["test_acc"],
                          "val_acc": t["val_acc"], "val_curve": t["val_curve"], "pred": digits(t["pred"]),
                          "collapsed": 100 * t["val_acc"] < q.collapse, "wall_seconds": m["wall_seconds"]})

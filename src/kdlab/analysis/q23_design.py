@@ -292,7 +292,7 @@ def student_spec(p: Params, q: Q23, group: Group, seed: int) -> RunSpec:
         blocks=q.keep, pruned=Source(pruned_file(cutting(q), group.cut), REBUILD) if group.cut else None,
         teacher=Source(teacher_file(q.teacher), REBUILD), teacher_model=q.teachers[q.teacher],
         cache=Source(CACHE, REBUILD), subset=subset(q), calibration_images=q.calibration_images,
-        tags={"variant": group.arm, "q23_arm": group.arm, "q23_group": group.name, "method": arm.method,
+        tags={"method": arm.method, "arm": group.name, "q23_arm": group.arm,
               "init": group.init, "epochs": group.epochs, **({"cut": group.cut} if group.cut else {})},
         about=about, extra=study_params(q), overrides=q.recipe.overrides())
 
@@ -338,7 +338,7 @@ def table(q: Q23) -> list[tuple[dict, Path]]:
             name = student_name(g, seed)
             question = 3 if g.init in ("pruned", "shape") or g.arm in q.selective else 2
             rows.append(({"question": question, "run": f"q23/{name}", "group": g.name,
-                          "variant": q.arms[g.arm].method, "seed": seed, "init": g.init, "arch": q.student.arch,
+                          "method": q.arms[g.arm].method, "seed": seed, "init": g.init, "arch": q.student.arch,
                           "teacher": q.teacher, "width": q.student.width}, LAYOUT.student_files(name)[1]))
     return rows
 

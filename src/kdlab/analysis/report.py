@@ -90,7 +90,7 @@ def findings(p: Params, numbers: dict, summary: dict) -> str:
              f"differences in points, paired over seeds, Holm-adjusted over the {len(comps)} comparisons, "
              f"equivalence within "
              f"+/-{p.study.effect:.1f} points by TOST, the declared `study.effect`):", ""]
-    for v in p.study.variants:
+    for v in p.study.methods:
         if f"{v}_vs_raw" in comps:
             lines.append(f"- `{v}` {numbers[v]['acc']:.2f}% against {numbers['raw']['acc']:.2f}% trained alone: "
                          f"{_verdict(comps[f'{v}_vs_raw'])}.")

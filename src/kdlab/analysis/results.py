@@ -5,12 +5,12 @@ metrics ``kdlab evaluate`` wrote to ``metrics/runs.json``). ``kdlab results`` ad
 studies whose params files are there (``studies/q1``: question 1 in depth; ``studies/q23``: questions 2 and 3 with
 controls): their teachers and students, ``run`` prefixed with the study's folder (``q1/kd.main-w0.5-e15-s0``).
 The runs are the current params' (not whatever lies in those directories), and each row names its study (the key
-of its MLflow parent run), question, group, training variant, seed, the params that set it apart and every
+of its MLflow parent run), question, group, training method, seed, the params that set it apart and every
 number its stage measured. In a notebook::
 
     import pandas as pd
     df = pd.read_csv("reports/results.csv")
-    df[df.question == 1].groupby("variant").test_acc.agg(["mean", "std", "count"])
+    df[df.question == 1].groupby("method").test_acc.agg(["mean", "std", "count"])
 """
 from __future__ import annotations
 
@@ -29,18 +29,18 @@ STUDY_PARAMS = ("data.name", "teacher.arch", "student.arch", "student.width", "s
 #: width and teacher; data, loss and cache views are the default study's in every study)
 OWN_PARAMS = ("teacher.arch", "student.arch", "student.width", "student.epochs")
 #: identity columns first, in this order; then the study's params, then the measured numbers (sorted)
-ID_COLUMNS = ("study", "question", "run", "group", "variant", "seed", "init", "arch",
+ID_COLUMNS = ("study", "question", "run", "group", "method", "seed", "init", "arch",
               "teacher", "width")
 
 
 def _q1(p: Params) -> list[tuple[dict, Path]]:
-    from kdlab.analysis.evaluate import variants
+    from kdlab.analysis.evaluate import methods
 
-    rows = [({"question": 1, "run": "teacher", "group": "teacher", "variant": "teacher", "seed": p.teacher.seed,
+    rows = [({"question": 1, "run": "teacher", "group": "teacher", "method": "teacher", "seed": p.teacher.seed,
               "arch": p.teacher.arch}, METRICS / "teacher.json")]
-    for v in variants(p):
+    for v in methods(p):
         for s in p.study.seeds:
-            rows.append(({"question": 1, "run": f"{v}-{s}", "group": v, "variant": v, "seed": s,
+            rows.append(({"question": 1, "run": f"{v}-{s}", "group": v, "method": v, "seed": s,
                           "arch": p.student.arch}, run_files(v, s)[1]))
     return rows
 
@@ -48,7 +48,7 @@ def _q1(p: Params) -> list[tuple[dict, Path]]:
 def teacher_rows(study: str, question: int, teachers: dict, metrics: Path) -> list[tuple[dict, Path]]:
     """A named study's teachers as rows of the table (a design's :func:`table` starts with them)."""
     return [({"question": question, "run": f"{study}/teacher.{name}", "group": "teacher",
-              "variant": "teacher", "seed": t.seed, "arch": t.arch, "width": t.width},
+              "method": "teacher", "seed": t.seed, "arch": t.arch, "width": t.width},
              metrics / "teachers" / f"{name}.json") for name, t in teachers.items()]
 
 
@@ -125,7 +125,7 @@ def summary_table(df) -> str:
     if not len(df):
         return "no runs yet"
     # each teacher is its own row (a study's teachers differ on purpose); students group over seeds
-    group = df.group.where(df.variant != "teacher", df.run.str.split("/").str[-1])
+    group = df.group.where(df.method != "teacher", df.run.str.split("/").str[-1])
     rows = (in_percent(df).assign(study=study_of(df), group=group).groupby(["study", "group"], sort=False)["test_acc"]
             .agg(**{"runs": "count", "test acc (%)": "mean", "SD (points)": "std"}).round(2).reset_index())
     return rows.to_string(index=False, na_rep="-")

@@ -2,9 +2,9 @@
 
 Run the sweep first (``make sweep``, or e.g. ``dvc exp run --queue -S 'loss.alpha=0.1,0.5,0.9' && dvc queue
 start``). This reads ``dvc exp show --json`` (every experiment's params.yaml and metrics/headline.json), groups
-the experiments by the swept param and writes reports/sweep_<param>.md and .png: each variant's test
+the experiments by the swept param and writes reports/sweep_<param>.md and .png: each method's test
 accuracy (mean and 95% interval over seeds) against the param's value. With ``--by`` (a grid over two params)
-there is one curve per variant and value of the second param, in reports/sweep_<param>_by_<by>.md/.png.
+there is one curve per method and value of the second param, in reports/sweep_<param>_by_<by>.md/.png.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def _get(tree: dict, dotted: str):
 
 
 def accuracies(headline: dict) -> dict[str, dict]:
-    """{variant: test accuracy as a :func:`kdlab.analysis.stats.t_interval`-like dict of fractions} from a headline.json
+    """{method: test accuracy as a :func:`kdlab.analysis.stats.t_interval`-like dict of fractions} from a headline.json
     (``acc`` and its 95% half-width ``acc_ci`` in %); the teacher and the comparisons are left out."""
     out = {}
     for name, e in headline.items():
@@ -68,7 +68,7 @@ def experiments(exp_show: list) -> list[dict]:
 
 
 def table(exps: list[dict], param: str, by: str | None = None) -> tuple[list[str], list[tuple]]:
-    """(variants, rows) with rows = (param value, ``by``'s value or None, experiment name, {variant: test_acc
+    """(methods, rows) with rows = (param value, ``by``'s value or None, experiment name, {method: test_acc
     stats}), sorted by ``by`` then ``param``."""
     rows = []
     for e in exps:
@@ -100,7 +100,7 @@ def markdown(param: str, names: list[str], rows: list[tuple], by: str | None = N
 
 
 def plot(param: str, names: list[str], rows: list[tuple], path: Path, by: str | None = None) -> None:
-    """One curve per variant (and per value of ``by``: line styles), mean and 95% CI against ``param``."""
+    """One curve per method (and per value of ``by``: line styles), mean and 95% CI against ``param``."""
     fig, ax = plt().subplots(figsize=(6.4, 3.8))
     others = list(dict.fromkeys(r[1] for r in rows))
     styles = ["-", "--", ":", "-."]

@@ -22,7 +22,7 @@ class Method(nn.Module):
     uses_teacher_logits = False
     #: runs the teacher (models/teacher.pt) at every step, e.g. for its features
     uses_teacher_model = False
-    #: "cache": the views the cache covers (so every variant sees the same pixels); "all": any view
+    #: "cache": the views the cache covers (so every method sees the same pixels); "all": any view
     views = "cache"
     #: the student is built from the teacher's weights (see :meth:`init_student`)
     builds_from_teacher = False

@@ -200,14 +200,15 @@ def study_description(flat: dict, key: str) -> str:
 #: with their headline numbers. Column ids are MLflow's: group.`name`
 UI_VIEWS = {
     "kdlab-runs": {"searchFilter": "params.seed LIKE '%'",  # the training runs: the others have no seed
-                   "selectedColumns": ["params.`variant`", "params.`seed`", "params.`loss.alpha`",
+                   "selectedColumns": ["params.`method`", "params.`seed`", "params.`loss.alpha`",
                                        "params.`loss.temperature`", "metrics.`test_acc`", "metrics.`agreement`",
                                        "metrics.`best_val_acc`", "tags.`best_epoch`", "attributes.`Models`"],
-                   # a row per study and variant (mean over its seeds), each opening onto its seeds' runs: groups
+                   # a row per study and arm (a cell of its design: the default study's are its methods; mean
+                   # over its seeds), each opening onto its seeds' runs: groups
                    # never mix studies (other alphas, the named studies)
                    "groupBy": {"aggregateFunction": "average",
                                "groupByKeys": [{"mode": "tag", "groupByData": STUDY},
-                                               {"mode": "param", "groupByData": "variant"}]}},
+                                               {"mode": "param", "groupByData": "arm"}]}},
     "kdlab-studies": {"searchFilter": f"tags.`{ROLE}` = 'study'",
                       "selectedColumns": ["params.`loss.alpha`", "params.`loss.temperature`", "params.`student.epochs`",
                                           "metrics.`raw.acc`", "metrics.`kd.acc`", "metrics.`q1.kd_vs_raw.gain`",

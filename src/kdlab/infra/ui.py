@@ -27,8 +27,11 @@ def _raise_stop(signum, frame):
 
 
 def port_free(port: int) -> bool:
-    """Whether 127.0.0.1:``port`` can be listened on now (no SO_REUSEADDR: a listener there makes this False)."""
+    """Whether 127.0.0.1:``port`` can be listened on now: a listener there makes this False; connections of an
+    earlier server left in TIME_WAIT do not (SO_REUSEADDR, as uvicorn binds: on Linux it never binds over a
+    listener)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

@@ -96,11 +96,11 @@ class Job:
         return self.model(self.p.teacher).eval().requires_grad_(False)
 
 
-def time_kdlab(job: Job, variant: str, steps: int, precision: str = "fp32", compiled: bool = False) -> tuple[float, float]:
+def time_kdlab(job: Job, name: str, steps: int, precision: str = "fp32", compiled: bool = False) -> tuple[float, float]:
     """(images/second, seconds of the warm-up steps) of kdlab's own step loop (the one :func:`kdlab.core.train.fit`
-    runs) for ``variant``; with ``compiled``, the warm-up includes torch.compile's compilation."""
+    runs) for the method ``name``; with ``compiled``, the warm-up includes torch.compile's compilation."""
     p = job.p
-    method = distill.build(variant, p)
+    method = distill.build(name, p)
     teacher = job.teacher() if method.uses_teacher_model else None
     logits = None
     if method.uses_teacher_logits:  # the cache's layout: (N, K, classes) fp16; any values time the same

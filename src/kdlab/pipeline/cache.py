@@ -132,7 +132,7 @@ def run_study_cache(p: Params, subset: Subset, name: str, teacher_path: Path, re
     metrics = {
         "teacher": name, "val_acc": accuracy(val, ctx.splits["val"]["labels"]), "test_acc": accuracy(test, test_labels),
         "train_view_acc": view_right.float().mean().item(), "train_clean_acc": clean_right.float().mean().item(),
-        # the fractions the KD-where-right variants act on
+        # the fractions the KD-where-right methods act on
         "train_views_wrong": 1 - view_right.float().mean().item(),
         "train_images_wrong": 1 - clean_right.float().mean().item(),
         "train_images_any_view_wrong": (~view_right).any(1).float().mean().item(),

@@ -1,7 +1,7 @@
 """``kdlab check``, the pipeline's first stage: all of params.yaml, with the checks that need torch.
 
 Every stage checks its params (:mod:`kdlab.pipeline.params`) before any work; this stage adds every method's options
-(not only study.variants': studies/q1 and studies/q23 build others from the same section), each of them set in the
+(not only study.methods': studies/q1 and studies/q23 build others from the same section), each of them set in the
 file, the device, and what the teacher and student architectures must have: the layers that taps and carving name.
 Architectures are built on the meta device: nothing is allocated.
 """

@@ -24,11 +24,11 @@ from kdlab.infra.schema import (
     unit_interval,
 )
 
-#: the labels-only student every distillation variant is compared against
+#: the labels-only student every distillation method is compared against
 BASELINE = "raw"
 #: channel-importance criteria of question 3's pruning (studies/q23, kdlab.core.channels); here so that validation needs no torch
 PRUNE_CRITERIA = ("l1", "bn_scale", "taylor", "activation", "random")
-#: a study trains (1 + len(variants)) x len(seeds) students; more seeds than this is almost surely a typo
+#: a study trains (1 + len(methods)) x len(seeds) students; more seeds than this is almost surely a typo
 MAX_SEEDS = 20
 #: seeds are in [0, SEED_LIMIT): torch's generators take seeds modulo 2**64 (-1 draws what 2**64 - 1 draws),
 #: and a run's epoch generator is seeded with seed * 1_000_003 + epoch, which must stay apart and below 2**64
@@ -181,7 +181,7 @@ class CacheParams:
 
 @dataclass(frozen=True)
 class StudyParams:
-    variants: list[str] = field(default_factory=lambda: ["kd", "kd_correct_only"])
+    methods: list[str] = field(default_factory=lambda: ["kd", "kd_correct_only"])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     #: the smallest effect of interest and the equivalence margin (TOST), in points of test accuracy
     effect: float = 0.5
@@ -189,14 +189,14 @@ class StudyParams:
     def check(self, key: str) -> None:
         distillers = _distillers()
         positive(f"{key}.effect", self.effect)
-        if not self.variants:
-            raise ParamsError(f"{key}.variants", "is empty; list at least one of " + ", ".join(distillers))
-        for i, v in enumerate(self.variants):
+        if not self.methods:
+            raise ParamsError(f"{key}.methods", "is empty; list at least one of " + ", ".join(distillers))
+        for i, v in enumerate(self.methods):
             if v == BASELINE:
-                raise ParamsError(f"{key}.variants[{i}]", f"{BASELINE!r} is the baseline, trained by the `baseline` "
-                                  f"stage in every study; list only distillation variants: {', '.join(distillers)}")
-            choice(f"{key}.variants[{i}]", v, distillers)
-        no_duplicates(f"{key}.variants", self.variants)
+                raise ParamsError(f"{key}.methods[{i}]", f"{BASELINE!r} is the baseline, trained by the `baseline` "
+                                  f"stage in every study; list only distillation methods: {', '.join(distillers)}")
+            choice(f"{key}.methods[{i}]", v, distillers)
+        no_duplicates(f"{key}.methods", self.methods)
         if not self.seeds:
             raise ParamsError(f"{key}.seeds", "is empty; give at least one seed, e.g. [0, 1, 2]")
         if len(self.seeds) > MAX_SEEDS:

@@ -135,5 +135,5 @@ def run_pilot(p: Params, study: PilotStudy) -> None:
                                   teacher=Source(teacher_file, rebuild) if reads else None,
                                   cache=Source(cache_file, rebuild) if reads else None, subset=sub, test=False,
                                   curve=out / f"{run}.curve.json", record=s_record,
-                                  tags={"pilot_recipe": name, "variant": arm},
+                                  tags={"pilot_recipe": name, "method": arm},
                                   about=f"The {study_name} pilot's recipe `{name}`. ", extra=extra))
