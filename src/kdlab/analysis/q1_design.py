@@ -33,7 +33,7 @@ from typing import Callable
 
 from kdlab import distill
 from kdlab.infra import io
-from kdlab.infra.schema import ParamsError, build, choice, flatten_dict, no_duplicates, positive, read_yaml
+from kdlab.infra.schema import ParamsError, build, choice, flatten_dict, no_duplicates, positive
 from kdlab.pipeline.params import ModelParams, Params, with_overrides
 from kdlab.pipeline.spec import RunSpec, Source
 from kdlab.pipeline.study import (
@@ -43,6 +43,7 @@ from kdlab.pipeline.study import (
     TeacherRun,
     check_recipe,
     check_study,
+    load_section,
     subset,
     teacher_spec,
 )
@@ -222,12 +223,7 @@ def overrides(q: Q1) -> dict:
 
 
 def load(path: Path = STUDY) -> Q1:
-    raw = read_yaml(Path(path)) or {}
-    if set(raw) != {"q1"}:
-        raise ParamsError(str(path), "must hold exactly one section, q1")
-    q = build(Q1, raw["q1"], "q1")
-    q.check()
-    return q
+    return load_section(path, "q1", Q1)
 
 
 def teacher_file(name: str, q: Q1) -> Path:

@@ -37,7 +37,7 @@ from typing import Callable
 
 from kdlab import distill
 from kdlab.infra import io
-from kdlab.infra.schema import ParamsError, build, choice, flatten_dict, no_duplicates, positive, read_yaml
+from kdlab.infra.schema import ParamsError, choice, flatten_dict, no_duplicates, positive
 from kdlab.pipeline.cuts import Cutting, Prune, cut_name, pruned_file
 from kdlab.pipeline.params import ModelParams, Params, with_overrides
 from kdlab.pipeline.spec import RunSpec, Source
@@ -48,6 +48,7 @@ from kdlab.pipeline.study import (
     TeacherRun,
     check_recipe,
     check_study,
+    load_section,
     subset,
     teacher_spec,
 )
@@ -196,12 +197,7 @@ class Q23:
 
 
 def load(path: Path = STUDY) -> Q23:
-    raw = read_yaml(Path(path)) or {}
-    if set(raw) != {"q23"}:
-        raise ParamsError(str(path), "must hold exactly one section, q23")
-    q = build(Q23, raw["q23"], "q23")
-    q.check()
-    return q
+    return load_section(path, "q23", Q23)
 
 
 def study_params(q: Q23) -> dict:

@@ -62,9 +62,17 @@ class Layout:
         return self.students / f"{run}.pt", self.metrics / "students" / f"{run}.json"
 
 
-def layout_of(path: str | Path) -> Layout:
-    """The layout of the study whose params file is ``path`` (``studies/q1/params.yaml``: q1)."""
-    return Layout(Path(path).parent.name)
+def load_section(path: str | Path, name: str, cls):
+    """The named study ``name``'s params file ``path`` (its one section, ``name``) as ``cls``, checked (``check()``:
+    every error names its key)."""
+    from kdlab.infra.schema import build, read_yaml
+
+    raw = read_yaml(Path(path)) or {}
+    if set(raw) != {name}:
+        raise ParamsError(str(path), f"must hold exactly one section, {name}")
+    q = build(cls, raw[name], name)
+    q.check()
+    return q
 
 
 @dataclasses.dataclass(frozen=True)
