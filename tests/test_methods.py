@@ -191,7 +191,6 @@ def test_a_stage_the_arch_lacks_is_refused_with_the_allowed_ones():
     ({"fitnet": {"layers": []}}, "methods.fitnet.layers"),
     ({"dkd": {"warmup": -1}}, "methods.dkd.warmup"),
     ({"at": {"kd": "yes"}}, "methods.at.kd"),
-    ({"init_teacher": {"keep": [0, 1]}}, "methods.init_teacher.keep[0]"),
 ])
 def test_bad_method_options_name_the_key(methods, key):
     name = next(iter(methods))
@@ -233,17 +232,16 @@ def test_extractors_tap_the_model_itself_and_stop_at_the_deepest_tap():
     assert set(cut(x)) == {"layer1"}
 
 
-@pytest.mark.parametrize("name", ["raw", "ls", "kd", "kd_correct_only", "kd_online", "dkd", "fitnet", "at",
-                                  "init_teacher", "init_random"])
+@pytest.mark.parametrize("name", ["raw", "ls", "kd", "kd_correct_only", "kd_online", "dkd", "fitnet", "at"])
 def test_every_method_compiles_as_one_graph_and_matches_eager(name):
     """train.fit runs ``torch.compile(method)``: no graph break (fullgraph), the same terms as eager, and no
     recompilation when the epoch or the step changes (DKD's warm-up, per step)."""
     torch._dynamo.reset()  # compiled code is cached per code object, and methods share forward()
     torch.manual_seed(0)
-    p = _p(dkd={"warmup": 2.0}, fitnet={"layers": ["layer1", "layer3"]}, init_teacher={"keep": [[0], [0], [0]]})
+    p = _p(dkd={"warmup": 2.0}, fitnet={"layers": ["layer1", "layer3"]})
     teacher = models.build("resnet20", 1, 3, 0.5).eval()
     m = distill.build(name, p)
-    student = m.init_student(models.build("resnet8", 1, 3, 0.5), teacher)
+    student = models.build("resnet8", 1, 3, 0.5)
     x = torch.randn(6, 1, 12, 12)
     m.attach(student, teacher, x)
     with torch.no_grad():
@@ -265,11 +263,11 @@ def test_every_method_compiles_as_one_graph_and_matches_eager(name):
 # ---------------------------------------------------------------- students carved from the teacher
 
 @pytest.mark.parametrize("arch, keep", [("resnet20", [[1], [0, 2], [0]]), ("resnet50", [[0, 2], [0], [0, 3], [0]])])
-def test_init_teacher_copies_exactly_the_chosen_blocks(arch, keep):
+def test_a_carved_student_copies_exactly_the_chosen_blocks(arch, keep):
+    """The ``carved`` init (kdlab.pipeline.train: ``keep_blocks`` of the teacher)."""
     torch.manual_seed(0)
     teacher = models.build(arch, 3, 10).eval()
-    m = distill.build("init_teacher", _p(init_teacher={"keep": keep}))
-    student = m.init_student(None, teacher)
+    student = keep_blocks(teacher, keep, "q23.keep")
     for i, idx in enumerate(keep, start=1):
         s_stage, t_stage = getattr(student, f"layer{i}"), getattr(teacher, f"layer{i}")
         assert len(s_stage) == len(idx)
@@ -281,27 +279,17 @@ def test_init_teacher_copies_exactly_the_chosen_blocks(arch, keep):
     out = student.train()(torch.randn(2, 3, 16, 16))
     out.sum().backward()
     assert out.shape == (2, 10)
-    # the control: the same shape, freshly initialised
-    control = distill.build("init_random", _p(init_teacher={"keep": keep})).init_student(None, teacher)
-    assert [tuple(v.shape) for v in control.state_dict().values()] == [tuple(v.shape) for v in student.state_dict().values()]
-    assert not torch.equal(control.layer1[0].conv1.weight, student.layer1[0].conv1.weight)
 
 
 def test_keep_blocks_refuses_dropping_a_block_that_changes_shape():
     teacher = models.build("resnet20", 1, 3)
     with pytest.raises(ParamsError, match="block 0 changes") as e:
-        keep_blocks(teacher, [[0], [1], [0]], "methods.init_teacher.keep")
-    assert e.value.key == "methods.init_teacher.keep[1]"
+        keep_blocks(teacher, [[0], [1], [0]], "q23.keep")
+    assert e.value.key == "q23.keep[1]"
     with pytest.raises(ParamsError, match="blocks 0..2"):
         keep_blocks(teacher, [[0], [0], [3]])
     with pytest.raises(ParamsError, match="one list of block indices per layer"):
         keep_blocks(teacher, [[0], [0]])
-
-
-def test_default_keep_is_one_block_in_two():
-    teacher = models.build("resnet32", 1, 3)                             # 5 blocks per layer
-    student = distill.build("init_teacher", _p()).init_student(None, teacher)
-    assert [len(getattr(student, f"layer{i}")) for i in (1, 2, 3)] == [3, 3, 3]
 
 
 # ---------------------------------------------------------------- CKA

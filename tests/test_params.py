@@ -70,7 +70,7 @@ BAD = [
     ({"data": {"synthetic": {"n_train": 0}}}, "data.synthetic.n_train", ["> 0"]),
     ({"study": "kd"}, "study", ["mapping"]),
     ({"study": {"seeds": "0,1"}}, "study.seeds", ["list"]),
-    ({"methods": {"fitnett": {}}}, "methods.fitnett", ["fitnet", "dkd", "init_teacher"]),
+    ({"methods": {"fitnett": {}}}, "methods.fitnett", ["fitnet", "dkd"]),
     ({"methods": {"fitnet": [1]}}, "methods.fitnet", ["mapping"]),
 ]
 

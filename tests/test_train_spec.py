@@ -80,9 +80,8 @@ def test_inits_that_conflict_or_lack_their_source_are_refused(tmp_path):
     from kdlab import distill
 
     p, ctx = params.from_dict(tiny()), _ctx()
-    carving = distill.build("init_teacher", p)
-    with pytest.raises(io.StageError, match="builds its own student; its init must be random"):
-        train._initial_model(_spec(tmp_path, "init_teacher", init="shape"), carving, ctx, None, None, {})
+    with pytest.raises(io.StageError, match="init 'sideways' \\(allowed: random, carved, pruned, shape"):
+        train._initial_model(_spec(tmp_path, init="sideways"), distill.build("kd", p), ctx, None, None, {})
     with pytest.raises(io.StageError, match="init 'pruned'.*need the pruned model's file"):
         train._initial_model(_spec(tmp_path, init="pruned"), distill.build("kd", p), ctx, None, None, {})
     with pytest.raises(io.StageError, match="needs the teacher, and the run names none"):

@@ -7,8 +7,7 @@ from pathlib import Path
 
 #: how a method is called in tables, pictures and sentences
 LABELS = {"raw": "Trained alone (raw)", "kd": "Distilled (kd)", "kd_correct_only": "Distilled, teacher-correct only"}
-COLORS = {"teacher": "black", "raw": "tab:gray", "kd": "tab:blue", "kd_correct_only": "tab:orange",
-          "init_teacher": "tab:red", "init_random": "tab:pink"}
+COLORS = {"teacher": "black", "raw": "tab:gray", "kd": "tab:blue", "kd_correct_only": "tab:orange"}
 
 
 # ---------------------------------------------------------------- numbers

@@ -164,7 +164,7 @@ class Q1:
         for m in self.labels:
             choice("q1.labels", m, distill.names())
             cls = distill.method_class(m)
-            if m == "raw" or cls.uses_teacher_logits or cls.uses_teacher_model or cls.builds_from_teacher:
+            if m == "raw" or cls.uses_teacher_logits or cls.uses_teacher_model:
                 raise ParamsError("q1.labels", f"{m}: list methods on the labels alone other than raw (the baseline)")
         positive("q1.effect", self.effect)
         positive("q1.plateau", self.plateau)
@@ -267,8 +267,6 @@ def cache(p: Params, q: Q1, name: str) -> dict:
 def student_spec(p: Params, q: Q1, method: str, teacher: str | None, width: float, epochs: int,
                  seed: int) -> RunSpec:
     cls = distill.method_class(method)
-    if cls.builds_from_teacher:
-        raise io.StageError(f"question 1's students start from random weights; {method!r} builds from the teacher")
     if (cls.uses_teacher_logits or cls.uses_teacher_model) == (teacher is None):
         raise io.StageError(f"{method}: {'give' if teacher is None else 'no'} teacher")
     name = student_name(method, teacher, width, epochs, seed)

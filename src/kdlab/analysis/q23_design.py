@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Callable
 
 from kdlab import distill
-from kdlab.infra import io
 from kdlab.infra.schema import ParamsError, choice, flatten_dict, no_duplicates, positive
 from kdlab.pipeline.cuts import Cutting, Prune, cut_name, pruned_file
 from kdlab.pipeline.params import ModelParams, Params, with_overrides
@@ -274,8 +273,6 @@ def cache(p: Params, q: Q23) -> dict:
 
 def student_spec(p: Params, q: Q23, group: Group, seed: int) -> RunSpec:
     arm = q.arms[group.arm]
-    if distill.method_class(arm.method).builds_from_teacher:
-        raise io.StageError(f"q23.arms.{group.arm}: {arm.method} builds its student; the study's init does that")
     name = student_name(group, seed)
     start = {"random": "random weights", "carved": f"the teacher's blocks {q.keep}",
              "pruned": f"the pruned teacher {group.cut}", "shape": f"the shape of the pruned teacher {group.cut}, "

@@ -13,7 +13,7 @@ pruning ratio, each try on a fresh copy. Criteria (``prune.criterion``):
 - ``activation``: mean |activation| entering the next layer on the calibration images (Minitron);
 - ``random``: the control.
 
-Optionally whole residual blocks are dropped first (``prune.keep``, as ``init_teacher`` does). Pruning is
+Optionally whole residual blocks are dropped first (``keep``, as a ``carved`` init does). Pruning is
 one-shot (``prune.steps: 1``) or iterative: the parameter budget shrinks linearly over ``steps`` and the
 student is distilled for ``finetune_steps`` KD steps between them. A pruned model is saved with the
 pruning history, which rebuilds its shape from a fresh model of the teacher's architecture.

@@ -38,11 +38,6 @@ def _changes_shape(block: nn.Module) -> bool:
     return projection is not None and len(list(projection.parameters())) > 0
 
 
-def default_keep(model: nn.Module) -> list[list[int]]:
-    """DistilBERT's choice: one block in two, starting from the first."""
-    return [list(range(0, len(model.get_submodule(n)), 2)) for n in layers(model)]
-
-
 def block_counts(model: nn.Module) -> list[int]:
     return [len(model.get_submodule(n)) for n in layers(model)]
 

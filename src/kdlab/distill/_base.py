@@ -24,10 +24,6 @@ class Method(nn.Module):
     uses_teacher_model = False
     #: "cache": the views the cache covers (so every method sees the same pixels); "all": any view
     views = "cache"
-    #: the student is built from the teacher's weights (see :meth:`init_student`)
-    builds_from_teacher = False
-    #: read the options of another method (a control that must share them); default: our own name
-    options_from: str | None = None
 
     def __init__(self, loss, options: dict | None = None, label_smoothing: float = 0.0, **overrides):
         """``loss``: the ``loss`` params section (alpha, temperature); ``options``: this method's
@@ -46,7 +42,7 @@ class Method(nn.Module):
     @classmethod
     def options_key(cls) -> str:
         """The key under ``methods`` in params.yaml that holds this method's options."""
-        return cls.options_from or cls.name
+        return cls.name
 
     @property
     def options_name(self) -> str:
@@ -68,10 +64,6 @@ class Method(nn.Module):
         if teacher is not None:
             teacher.eval().requires_grad_(False)
             self._teacher = [teacher]
-
-    def init_student(self, student: nn.Module, teacher: nn.Module | None) -> nn.Module:
-        """The student to train; methods that build it from the teacher override this."""
-        return student
 
     def begin_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -2,11 +2,14 @@
 file the project reads can run code (tensors and plain containers only, never arbitrary pickles)."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 _UMASK = os.umask(0)
@@ -24,9 +27,36 @@ def first_line(e: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(e).__name__
 
 
+@contextlib.contextmanager
+def _signals_deferred():
+    """Ctrl-C and SIGTERM arriving inside the block take effect when it ends: a file being written (a checkpoint
+    at an epoch's end) is finished and in place first. Otherwise torch.save's zip writer, interrupted, raises its
+    own error on the way out and the stage dies with a traceback instead of "rerun the stage to resume". Python
+    runs signal handlers in the main thread only, so elsewhere nothing is deferred."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    # a handler installed outside Python (getsignal: None) could not be put back: such a signal is left alone
+    signals = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not None]
+    kept = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in kept.items():
+            signal.signal(s, handler)
+        if pending:
+            signal.raise_signal(pending[0])
+
+
 def _atomic(path: Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    with _signals_deferred():
+        _write_then_rename(path, write)
+
+
+def _write_then_rename(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

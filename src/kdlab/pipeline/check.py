@@ -16,7 +16,6 @@ from kdlab import distill
 from kdlab.core.data import CLASSES, SHAPES
 from kdlab.core.features import check_paths
 from kdlab.core.models import build
-from kdlab.core.surgery import keep_blocks
 from kdlab.infra import io, runtime
 from kdlab.infra.schema import ParamsError, read_yaml
 from kdlab.pipeline.params import Params
@@ -38,7 +37,7 @@ def check_methods(p: Params, raw_methods: dict | None = None, source: str = "par
 
 
 def check_models(p: Params, methods: dict) -> None:
-    """The layers that taps and carving name exist in both architectures."""
+    """The layers that taps name exist in both architectures."""
     s = p.data.synthetic
     channels = SHAPES.get(p.data.name, (s.channels,))[0]
     classes = CLASSES.get(p.data.name, s.classes)
@@ -50,7 +49,6 @@ def check_models(p: Params, methods: dict) -> None:
         for key, paths in taps.items():
             for role, model in (("teacher", teacher), ("student", student)):
                 check_paths(model, paths, key, role)
-        keep_blocks(teacher, methods["init_teacher"].blocks(teacher), "methods.init_teacher.keep")
 
 
 def check_all(p: Params, path: str | Path = "params.yaml") -> Params:

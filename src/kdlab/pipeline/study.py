@@ -162,7 +162,7 @@ class Pilot:
         for arm in self.arms:
             choice(f"{key}.arms", arm, distill.names())
             cls = distill.method_class(arm)
-            if cls.uses_teacher_model or cls.builds_from_teacher:
+            if cls.uses_teacher_model:
                 raise ParamsError(f"{key}.arms", f"{arm} runs the teacher model; the pilot's arms read its cache")
         for name, r in self.recipes.items():
             check_recipe(r, f"{key}.recipes.{name}")

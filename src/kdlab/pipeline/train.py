@@ -82,14 +82,7 @@ def _initial_model(spec: RunSpec, method, ctx: Context, t: dict | None, teacher,
     from kdlab.core.surgery import keep_blocks, reinit
 
     if spec.init == "random":
-        model = build_model(spec.model, ctx)
-        if not method.builds_from_teacher:
-            return model, None
-        # the default study's init_teacher / init_random: the method carves its student out of the teacher
-        model = memory_format(method.init_student(model, teacher).to(ctx.device), spec.model, ctx)
-        return model, {"arch": t["arch"], "width": t["width"], "blocks": method.blocks(teacher)}
-    if method.builds_from_teacher:
-        raise io.StageError(f"run {spec.name}: {spec.method} builds its own student; its init must be random")
+        return build_model(spec.model, ctx), None
     if spec.init == "carved":
         model = keep_blocks(teacher, spec.blocks, "blocks").train()
         return memory_format(model.to(ctx.device), spec.model, ctx), {"arch": t["arch"], "width": t["width"],
@@ -158,7 +151,7 @@ def train(p: Params, spec: RunSpec) -> dict:
     ctx = context(p, spec.seed, spec.subset)
     resume_key: dict = {}
     t = teacher = None
-    if method.uses_teacher_model or method.builds_from_teacher or spec.init == "carved":
+    if method.uses_teacher_model or spec.init == "carved":
         t, teacher = _teacher(spec, ctx, resume_key)
     model, arch = _initial_model(spec, method, ctx, t, teacher, resume_key)
     batches = _batches(p, spec, ctx, method, resume_key)
