@@ -68,13 +68,13 @@ def test_the_old_study_commands_point_to_the_generic_ones():
 
 def test_results_prints_a_table_and_writes_percent():
     df = pd.DataFrame({"run": ["teacher", "raw-0", "raw-1", "q1/teacher.main", "q1/kd.main-e30-s0"],
-                       "group": ["teacher", "raw", "raw", "teacher", "kd.main-e30"],
+                       "arm": ["teacher", "raw", "raw", "teacher", "kd.main-e30"],
                        "method": ["teacher", "raw", "raw", "teacher", "kd"],
                        "test_acc": [0.928, 0.88, 0.89, 0.8776, 0.86414], "ece": [0.01, 0.02, 0.03, 0.02, 0.02]})
     pct = results.in_percent(df)
     assert list(pct.test_acc) == [92.8, 88.0, 89.0, 87.76, 86.41] and list(df.test_acc)[0] == 0.928  # a copy
     table = results.summary_table(df).splitlines()
-    assert table[0].split() == ["study", "group", "runs", "test", "acc", "(%)", "SD", "(points)"]
+    assert table[0].split() == ["study", "arm", "runs", "test", "acc", "(%)", "SD", "(points)"]
     rows = [line.split() for line in table[1:]]
     assert rows[1] == ["default", "raw", "2", "88.50", "0.71"]  # seeds grouped: mean and SD in points
     assert rows[2][:3] == ["q1", "teacher.main", "1"]  # each teacher its own row

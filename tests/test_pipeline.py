@@ -95,6 +95,11 @@ def test_repro_runs_every_stage_into_metrics_report_and_mlflow(studied):
     for name in STUDENTS:
         m = json.loads((root / f"metrics/students/{name}.json").read_text())
         assert 0 <= m["test_acc"] <= 1 and m["epochs"] == 1 and m["best_epoch"] == 1
+        # the file says which run it measures: the spec kdlab train ran
+        method, seed = name.rsplit("-", 1)
+        assert {k: m["spec"][k] for k in ("name", "role", "method", "seed", "init", "model_file", "epochs")} == {
+            "name": name, "role": "student", "method": method, "seed": int(seed), "init": "random",
+            "model_file": f"models/students/{name}.pt", "epochs": 1}, m["spec"]
     teacher = json.loads((root / "metrics/teacher.json").read_text())
     assert teacher["test_acc"] > 0.5, teacher  # 3 separable classes: far above chance (1/3)
     summary = json.loads((root / "metrics/summary.json").read_text())
@@ -280,6 +285,17 @@ def test_question_1_in_depth_is_its_own_pipeline(repo, tmp_path):
     runs_b = sorted((root / "metrics/q1/pilot/b").glob("*.json"))
     assert len(runs_b) == 2 * (1 + 2 * 2)  # teacher and 2 x 2 students: metrics and curve each
     assert all("test_acc" not in json.loads(f.read_text()) for f in runs_b)
+    assert json.loads((root / "metrics/q1/pilot/b/kd-s1.json").read_text())["spec"]["overrides"]["train"][
+        "batch_size"] == 64  # the recipe the run trained with, in its spec
+    # `kdlab results` lists the study's runs, each named by the spec its metrics file carries
+    listed = _run(["kdlab", "results", "-o", str(tmp_path / "all.csv")], root, env)
+    import pandas as pd
+
+    df = pd.read_csv(tmp_path / "all.csv").set_index("run")
+    q1_rows = df[df.index.str.startswith("q1/")]
+    assert len(q1_rows) == 11 and "q1/teacher.main" in q1_rows.index, listed
+    kd = q1_rows.loc["q1/kd.main-w0.25-e1-s0"]
+    assert (kd.arm, kd.method, kd.question, kd.teacher) == ("kd.main-e1", "kd", 1, "models/q1/teachers/main/final.pt")
     assert pilot["power"]["seeds_needed"]["0.5"]["1"] >= 2
     assert "| `b` | 0.05 | onecycle (0.2) | 64 | 0.9 | all |" in (root / "reports/q1/pilot.md").read_text()
     # its runs form their own MLflow study (the q1 params are part of the key), apart from the default study's

@@ -230,6 +230,11 @@ def fake_study(root, q, teacher_acc=0.9, kd_gain=0.02, seed=0):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(obj))
 
+    from kdlab.pipeline.spec import record
+
+    runs = q1.runs(params.from_dict({}), q)
+    spec = lambda run: record(runs[run]())  # noqa: E731  (a metrics file carries its run's spec)
+
     dump(root / q1_report.PILOT_JSON, {"adopted": "r", "power": {"sd": 0.4}})
     for name in q.cached:
         acc = teacher_acc if name == q.teacher else teacher_acc - 0.2
@@ -244,7 +249,8 @@ def fake_study(root, q, teacher_acc=0.9, kd_gain=0.02, seed=0):
     for name, t in q.teachers.items():
         dump(root / q1.METRICS / "teachers" / f"{name}.curve.json",
              {"teacher": name, "val_curve": np.linspace(0.5, teacher_acc, t.epochs).tolist()})
-        dump(root / q1.METRICS / "teachers" / f"{name}.json", {"test_acc": teacher_acc, "wall_seconds": 600.0})
+        dump(root / q1.METRICS / "teachers" / f"{name}.json", {"test_acc": teacher_acc, "val_acc": teacher_acc,
+                                                              "wall_seconds": 600.0, "spec": spec(f"teachers/{name}")})
     for method, teacher, width, epochs in q1.students(q):
         for s in q.seeds:
             rs = np.random.default_rng([seed, s, epochs, int(100 * width)])
@@ -252,8 +258,9 @@ def fake_study(root, q, teacher_acc=0.9, kd_gain=0.02, seed=0):
             pred = noisy(acc, rs)
             name = q1.student_name(method, teacher, width, epochs, s)
             test_acc = float((pred == labels).mean())
-            dump(root / q1.METRICS / "students" / f"{name}.json", {"test_acc": test_acc, "params": int(1e4 * width),
-                                                                   "wall_seconds": 30.0 * epochs})
+            dump(root / q1.METRICS / "students" / f"{name}.json", {
+                "test_acc": test_acc, "val_acc": acc, "epochs": epochs, "params": int(1e4 * width),
+                "wall_seconds": 30.0 * epochs, "spec": spec(f"students/{name}")})
             dump(root / q1.TESTS / f"{name}.json", {
                 "method": method, "teacher": teacher, "arch": "resnet8", "width": width, "epochs": epochs,
                 "seed": s, "test_acc": test_acc, "val_acc": acc, "val_curve": np.linspace(0.5, acc, epochs).tolist(),

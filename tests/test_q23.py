@@ -3,10 +3,10 @@ the estimators against independent computations, the methods on tiny models, the
 report's numbers from a hand-made study. The pipeline itself runs end to end in tests/test_pipeline.py."""
 import copy
 import itertools
+import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -228,37 +228,33 @@ def test_the_shipped_study_declares_its_groups_budgets_and_families():
 # ---------------------------------------------------------------- the report's numbers
 
 def _study(effects: dict, noise: dict, collapsed: dict | None = None):
-    """A hand-made study: every run of the shipped params, test accuracy 0.80 + effect + seed noise, final
-    validation accuracy 0.80 unless ``collapsed`` sets it (group -> {seed: val})."""
-    from kdlab.analysis.q23_report import load_runs
+    """A hand-made study: every run of the shipped params, its metrics file as kdlab train writes it (its spec
+    included), test accuracy 0.80 + effect + seed noise, final validation accuracy 0.80 unless ``collapsed`` sets
+    it (group -> {seed: val}); read back as the report reads it (kdlab results' table of the study)."""
+    import shutil
+
     from kdlab.analysis import q23_design as q23
+    from kdlab.analysis import results
+    from kdlab.analysis.q23_report import load_runs
+    from kdlab.pipeline import params
+    from kdlab.pipeline.spec import record
 
-    q = q23.load(REPO / "studies/q23/params.yaml")
-    rows = []
-    for g in q23.groups(q):
-        for seed in g.seeds:
-            val = (collapsed or {}).get(g.name, {}).get(seed, 0.80)
-            rows.append({"name": q23.student_name(g, seed), "group": g.name, "seed": seed, "params": 19810,
-                         "val_acc": val, "val_acc_last": val, "wall_seconds": 1.0,
-                         "test_acc": 0.80 + effects.get(g.name, 0.0) + noise.get(g.name, {}).get(seed, 0.0)})
-    frame = pd.DataFrame(rows)
-
-    def fake_json(path, rebuild):
-        row = frame[frame.name == Path(path).stem].iloc[0]
-        return {k: row[k] for k in ("test_acc", "val_acc", "val_acc_last", "params", "wall_seconds")}
-
-    import kdlab.analysis.q23_report as rep
-
-    inputs = {"runs": q23.report_inputs(q)["runs"], "metrics": "m", "rebuild": "r"}
-    real = rep.io.load_json
-    rep.io.load_json = fake_json
-    try:
-        return q, load_runs(q, inputs)
-    finally:
-        rep.io.load_json = real
+    Path("studies/q23").mkdir(parents=True)
+    shutil.copy(REPO / "studies/q23/params.yaml", "studies/q23/params.yaml")
+    q = q23.load(Path("studies/q23/params.yaml"))
+    p = params.from_dict({})
+    for *_, spec in results.runs(p, only=("q23", q)):
+        group, seed = spec.tags.get("arm", "teacher"), spec.seed
+        val = (collapsed or {}).get(group, {}).get(seed, 0.80)
+        path = spec.files[1]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({
+            "params": 19810, "val_acc": val, "val_acc_last": val, "wall_seconds": 1.0, "epochs": spec.model.epochs,
+            "test_acc": 0.80 + effects.get(group, 0.0) + noise.get(group, {}).get(seed, 0.0), "spec": record(spec)}))
+    return q, load_runs(q, results.frame(p, only=("q23", q)))
 
 
-def test_families_are_paired_holm_within_each_and_worded_in_four_verdicts():
+def test_families_are_paired_holm_within_each_and_worded_in_four_verdicts(in_tmp):
     from scipy import stats as st
 
     from kdlab.analysis.q23_report import families, said
@@ -287,7 +283,7 @@ def test_families_are_paired_holm_within_each_and_worded_in_four_verdicts():
     assert {v["n"] for v in fams["curve"]["comparisons"].values()} == {len(q.curve_seeds)}
 
 
-def test_collapsed_runs_are_counted_and_left_out_never_averaged():
+def test_collapsed_runs_are_counted_and_left_out_never_averaged(in_tmp):
     from kdlab.analysis.q23_report import families, group_rows
 
     # seed 1 of dkd collapsed (val 0.30: 50 points under the median, under the floor too), with a test accuracy
@@ -303,7 +299,7 @@ def test_collapsed_runs_are_counted_and_left_out_never_averaged():
     assert int(df.collapsed.sum()) == 2
 
 
-def test_cka_separates_only_where_the_reference_is_outside_the_interval():
+def test_cka_separates_only_where_the_reference_is_outside_the_interval(in_tmp):
     from kdlab.analysis.q23_report import cka_summary, compute
 
     q, df = _study({}, {})
@@ -356,7 +352,7 @@ def test_snapshots_keep_the_students_weights_at_the_start_of_the_next_epoch(tmp_
     assert _snapshotter(RunSpec("s", "student", ModelParams(), 0, (out, out)), ctx, student) is None
 
 
-def test_the_report_states_every_family_the_curve_and_the_collapse_count(tmp_path):
+def test_the_report_states_every_family_the_curve_and_the_collapse_count(tmp_path, in_tmp):
     """The words and pictures of a hand-made study: every declared family in the report and the README block with
     its verdicts, the trade-off table at every size, the collapsed run counted, CKA's sentence, the headline."""
     from kdlab.analysis.q23_report import analyse, findings, headline, pictures, render
@@ -390,7 +386,7 @@ def test_the_report_states_every_family_the_curve_and_the_collapse_count(tmp_pat
         assert (tmp_path / name).stat().st_size > 5000
 
 
-def test_each_familys_power_line_comes_from_its_own_pairs_sd():
+def test_each_familys_power_line_comes_from_its_own_pairs_sd(in_tmp):
     from kdlab.analysis import stats
     from kdlab.analysis.q23_report import compare, families
 

@@ -45,7 +45,7 @@ def study(in_tmp):
 
 def _frame(runs):
     """kdlab.analysis.results.frame's shape for question 1: a row per run (the teacher aside)."""
-    return pd.DataFrame([{"question": 1, "group": r["method"], "seed": r["seed"], "test_acc": r["test_acc"]}
+    return pd.DataFrame([{"question": 1, "arm": r["method"], "seed": r["seed"], "test_acc": r["test_acc"]}
                          for n, r in runs.items() if n != "teacher"])
 
 
@@ -193,25 +193,36 @@ def test_a_grid_sweep_has_one_row_per_experiment_and_one_curve_per_second_value(
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def _write_run(spec, acc, **more):
+    """A run's metrics file as kdlab train writes it: the measured numbers and the run's spec."""
+    from kdlab.pipeline.spec import record
+
+    path = spec.files[1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"test_acc": acc, "val_acc": acc + 0.01, "params": 100, "train_seconds": 1.5,
+                                **more, "spec": record(spec)}))
+
+
 def test_results_is_one_tidy_row_per_run_of_the_study(in_tmp, capsys):
     from kdlab.analysis import results
 
     p = params.from_dict({"study": {"seeds": [0, 1]}})
-
-    def write(path, acc):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"test_acc": acc, "val_acc": acc + 0.01, "params": 100, "train_seconds": 1.5}))
-
-    write(in_tmp / "metrics/teacher.json", 0.9)
+    specs = {spec.name: spec for *_, spec in results.runs(p)}
+    assert set(specs) == {"teacher", *(f"{m}-{s}" for m in ("raw", "kd", "kd_correct_only") for s in (0, 1))}
+    _write_run(specs["teacher"], 0.9)
     for i, v in enumerate(["raw", "kd", "kd_correct_only"]):
         for s in (0, 1) if v != "kd_correct_only" else (0,):  # kd_correct_only-1 not trained yet
-            write(in_tmp / workspace.run_files(v, s)[1], 0.80 + i / 100 + s / 1000)
+            _write_run(specs[f"{v}-{s}"], 0.80 + i / 100 + s / 1000)
     (in_tmp / workspace.RUNS_JSON).write_text(json.dumps({"kd-1": {"agreement": 0.95, "method": "kd", "seed": 1}}))
     df = results.run_results(p)
-    assert list(df.columns[:6]) == ["study", "question", "run", "group", "method", "seed"]
+    assert list(df.columns[:6]) == ["study", "question", "run", "arm", "method", "seed"]
     assert df.groupby("question").size().to_dict() == {1: 6}
     kd1 = df[df.run == "kd-1"].iloc[0]
     assert kd1.test_acc == pytest.approx(0.811) and kd1.agreement == 0.95 and kd1["loss.alpha"] == 0.5
+    # the identity is the spec's: kd reads the teacher's file, the baseline reads none
+    assert (kd1.arm, kd1.init, kd1.arch, kd1.width, kd1.teacher) == ("kd", "random", p.student.arch,
+                                                                     p.student.width, "models/teacher.pt")
+    assert pd.isna(df[df.run == "raw-0"].iloc[0].teacher) and df[df.run == "teacher"].iloc[0].arm == "teacher"
     assert df.study.nunique() == 1 and len(df.study.iloc[0]) == 12
     # the CSV reads back as the same table, its accuracies in percent as the reports give them; the runs not trained
     # yet are named, not invented
@@ -220,6 +231,20 @@ def test_results_is_one_tidy_row_per_run_of_the_study(in_tmp, capsys):
     assert back.val_acc.tolist() == pytest.approx((100 * df.val_acc).round(2).tolist())
     assert "not run yet" in capsys.readouterr().out
     assert df.attrs["missing"] == [str(workspace.run_files("kd_correct_only", 1)[1])]
+
+
+def test_a_metrics_file_without_its_spec_is_refused_naming_it(in_tmp):
+    """A metrics file written before runs carried their spec is not guessed at: one line names it and the script
+    that adds the spec."""
+    from kdlab.analysis import results
+    from kdlab.infra.io import StageError
+
+    p = params.from_dict({"study": {"seeds": [0]}})
+    path = workspace.run_files("kd", 0)[1]
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"test_acc": 0.8}))
+    with pytest.raises(StageError, match=r"metrics/students/kd-0.json carries no spec.*scripts/spec_outputs.py"):
+        results.frame(p)
 
 
 def test_kdlab_results_lists_the_named_studies_runs_too(in_tmp, capsys):
@@ -241,9 +266,10 @@ def test_kdlab_results_lists_the_named_studies_runs_too(in_tmp, capsys):
     p = params.from_dict({"study": {"seeds": [0]}})
     a, b = q1.load(), q23.load()
 
+    specs = {str(spec.files[1]): spec for *_, spec in results.runs(p, named=True)}
+
     def write(path, acc):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"test_acc": acc, "val_acc": acc, "params": 100, "epochs": 2}))
+        _write_run(specs[str(path.relative_to(in_tmp))], acc, epochs=2)
 
     write(in_tmp / "metrics/teacher.json", 0.9)
     write(in_tmp / "metrics/q1/teachers/main.json", 0.88)
@@ -257,12 +283,15 @@ def test_kdlab_results_lists_the_named_studies_runs_too(in_tmp, capsys):
                                  f"q1/raw-w0.5-e{a.budgets[-1]}-s2", f"q23/kd.carved-e{b.epochs}-s1",
                                  f"q23/kd.pruned-l1-it-x0.5-e{b.epochs}-s0"}
     kd = by_run.loc[f"q1/kd.main-w0.5-e{a.budgets[0]}-s0"]
-    assert (kd.question, kd.method, kd.teacher, kd.width, kd.seed, kd.test_acc) == (1, "kd", "main", 0.5, 0, 0.85)
+    assert (kd.question, kd.method, kd.arm, kd.width, kd.seed, kd.test_acc) == (1, "kd", f"kd.main-e{a.budgets[0]}",
+                                                                             0.5, 0, 0.85)
+    assert kd.teacher == "models/q1/teachers/main/final.pt"
     raw = by_run.loc[f"q1/raw-w0.5-e{a.budgets[-1]}-s2"]
     assert pd.isna(raw.teacher) and (raw.width, raw.method) == (0.5, "raw")
     carved, pruned = by_run.loc[f"q23/kd.carved-e{b.epochs}-s1"], by_run.loc[f"q23/kd.pruned-l1-it-x0.5-e{b.epochs}-s0"]
-    assert (carved.question, carved.init, carved.method, carved.teacher) == (2, "carved", "kd", b.teacher)
-    assert (pruned.question, pruned.init, pruned.group) == (3, "pruned", f"kd.pruned-l1-it-x0.5-e{b.epochs}")
+    assert (carved.question, carved.init, carved.method, carved.teacher) == (2, "carved", "kd",
+                                                                             f"models/q23/teachers/{b.teacher}/final.pt")
+    assert (pruned.question, pruned.init, pruned.arm) == (3, "pruned", f"kd.pruned-l1-it-x0.5-e{b.epochs}")
     flat = flatten(p)
     assert by_run.loc["q1/teacher.main", "study"] == tracking.study_key({**flat, **q1.study_params(a)})
     assert carved.study == tracking.study_key({**flat, **q23.study_params(b)})
@@ -291,10 +320,10 @@ def test_the_declared_effect_decides_equivalence(study):
     """study.effect (params) is the study's equivalence margin: a difference of +0.10 points whose paired interval
     spans zero is equivalent within the shipped +/-0.5 and inconclusive within a declared +/-0.1."""
     p, s, runs = study
-    frame = pd.DataFrame([{"question": 1, "group": g, "seed": seed, "test_acc": a + bump}
+    frame = pd.DataFrame([{"question": 1, "arm": g, "seed": seed, "test_acc": a + bump}
                           for g, bump in (("raw", 0.0), ("kd", 0.04), ("kd_correct_only", 0.0))
                           for seed, a in zip((0, 1, 2, 3, 4), (0.80, 0.81, 0.82, 0.815, 0.805))])
-    frame.loc[frame.group == "kd_correct_only", "test_acc"] += [0.003, -0.001, 0.002, -0.0005, 0.0015]
+    frame.loc[frame.arm == "kd_correct_only", "test_acc"] += [0.003, -0.001, 0.002, -0.0005, 0.0015]
     shipped = params.from_dict({}).study.effect
     assert shipped == 0.5
     wide = report.paired_family(frame, s, shipped)["comparisons"]["kd_correct_only_vs_raw"]["test_acc"]

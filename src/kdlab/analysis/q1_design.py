@@ -311,18 +311,9 @@ def runs(p: Params, q: Q1) -> dict[str, Callable[[], RunSpec]]:
     return out
 
 
-def table(q: Q1) -> list[tuple[dict, Path]]:
-    """Every run of the study as a row of ``kdlab results`` (its identity, its metrics file)."""
-    from kdlab.analysis.results import teacher_rows
-
-    rows = teacher_rows("q1", 1, q.teachers, METRICS)
-    for method, teacher, width, epochs in students(q):
-        for seed in q.seeds:
-            name = student_name(method, teacher, width, epochs, seed)
-            rows.append(({"question": 1, "run": f"q1/{name}", "group": name.rsplit("-s", 1)[0], "method": method,
-                          "seed": seed, "arch": q.student.arch, "teacher": teacher, "width": width},
-                         LAYOUT.student_files(name)[1]))
-    return rows
+def question(q: Q1, rec: dict) -> int:
+    """The question a run of the study answers (its spec: :func:`kdlab.pipeline.spec.record`): question 1's."""
+    return 1
 
 
 def cache_teachers(q: Q1) -> list[str]:

@@ -20,7 +20,6 @@ metrics/q1/analysis.json (every number) and metrics/q1/headline.json (the study'
 """
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 
@@ -51,10 +50,9 @@ from kdlab.analysis.q1_design import (
     arm_name,
     arm_teacher,
     overrides,
-    student_name,
-    students,
     study_params,
 )
+from kdlab.analysis.results import complete, frame
 from kdlab.infra import io
 from kdlab.pipeline.params import Params, with_overrides
 
@@ -85,33 +83,35 @@ def digits(s: str) -> np.ndarray:
     return np.frombuffer(s.encode(), dtype=np.uint8).astype(np.int64) - 48
 
 
-def load_runs(q: Q1) -> pd.DataFrame:
-    """One row per trained student: its arm, seed, accuracies, validation curve, test predictions and whether it
-    collapsed (final validation accuracy below ``q1.collapse`` points)."""
+def load_runs(q: Q1, runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per trained student, from its row in ``kdlab results``' table (``runs``:
+    :func:`kdlab.analysis.results.frame` of this study alone: arm, method, teacher, epochs, seed, accuracies,
+    wall time) and its test record (validation curve, test predictions), and whether it collapsed (final
+    validation accuracy below ``q1.collapse`` points)."""
+    s = complete(runs, "the report")
     rows = []
-    for method, teacher, width, epochs in students(q):
-        for seed in q.seeds:
-            name = student_name(method, teacher, width, epochs, seed)
-            t = io.load_json(TESTS / f"{name}.json", REBUILD)
-            m = io.load_json(METRICS / "students" / f"{name}.json", REBUILD)
-            rows.append({"name": name, "arm": arm_name(method, teacher, epochs), "method": method,
-                         "teacher": teacher, "epochs": epochs, "seed": seed, "test_acc": t["test_acc"],
-                         "val_acc": t["val_acc"], "val_curve": t["val_curve"], "pred": digits(t["pred"]),
-                         "collapsed": 100 * t["val_acc"] < q.collapse, "wall_seconds": m["wall_seconds"]})
+    for r in s[s.method != "teacher"].itertuples():
+        name = r.run.split("/", 1)[1]
+        t = io.load_json(TESTS / f"{name}.json", REBUILD)
+        rows.append({"name": name, "arm": r.arm, "method": r.method, "teacher": r.q1_teacher or None,
+                     "epochs": r.epochs, "seed": r.seed, "test_acc": r.test_acc, "val_acc": r.val_acc,
+                     "val_curve": t["val_curve"], "pred": digits(t["pred"]), "collapsed": 100 * r.val_acc < q.collapse,
+                     "wall_seconds": r.wall_seconds})
     return pd.DataFrame(rows)
 
 
-def load_teachers(q: Q1) -> dict[str, dict]:
+def load_teachers(q: Q1, runs: pd.DataFrame) -> dict[str, dict]:
     """Per cached teacher: its run (architecture, width, training images, epochs), accuracies and wrong fractions
-    (q1_cache), validation curve and test predictions."""
+    (q1_cache), validation curve, test predictions and wall time (its row in ``runs``)."""
+    wall = {r.run.split("/", 1)[1].removeprefix("teacher."): r.wall_seconds
+            for r in runs[runs.method == "teacher"].itertuples()}
     out = {}
     for name, run in q.cached.items():
         c = io.load_json(CACHE_METRICS / f"{name}.json", REBUILD)
         t = io.load_json(TESTS / f"teacher.{name}.json", REBUILD)
         curve = io.load_json(METRICS / "teachers" / f"{run}.curve.json", REBUILD)["val_curve"]
         r = q.teachers[run]
-        wall = io.load_json(METRICS / "teachers" / f"{run}.json", REBUILD)["wall_seconds"]
-        out[name] = {**c, "pred": digits(t["pred"]), "wall_seconds": wall, "labels": digits(t["labels"]),
+        out[name] = {**c, "pred": digits(t["pred"]), "wall_seconds": wall[run], "labels": digits(t["labels"]),
                      "val_curve": curve,
                      "arch": r.arch, "width": r.width, "epochs": r.epochs, "images": r.train_images or q.train_images}
     return out
@@ -436,8 +436,10 @@ def report(p: Params, q: Q1) -> dict:
 
 
 def run_q1_report(p: Params, q: Q1) -> dict:
-    df = load_runs(q)
-    a = analyse(q, df, load_teachers(q))
+    """The report, from the study's rows of ``kdlab results``' table and its test records."""
+    runs = frame(p, only=("q1", q))
+    df = load_runs(q, runs)
+    a = analyse(q, df, load_teachers(q, runs))
     # the params as the study's training runs log them (the recipe in place of train.*): the same MLflow study
     study = study_params(q)
     publish(with_overrides(p, overrides(q)), study, "q1", "question 1 in depth", REPORT_DIR, pictures(q, a),

@@ -248,13 +248,6 @@ def student_name(group: Group, seed: int) -> str:
     return f"{group.name}-s{seed}"
 
 
-def report_inputs(q: Q23) -> dict:
-    """What ``q23_report`` reads (:func:`kdlab.analysis.q23_report.run_q23_report`): every student run and the study's files."""
-    runs = [{"name": student_name(g, seed), "group": g.name, "arm": g.arm, "init": g.init, "epochs": g.epochs,
-             "cut": g.cut, "seed": seed} for g in groups(q) for seed in g.seeds]
-    return {"runs": runs, "metrics": METRICS, "rebuild": REBUILD}
-
-
 def recipe_params(p: Params, q: Q23) -> Params:
     """The params every run, the cache and the pruning of the study train with: the default study's, the
     recipe's ``train.*`` and ``cache.views`` set."""
@@ -321,19 +314,11 @@ def cka(p: Params, q: Q23) -> dict:
                    chosen, REBUILD, CKA_JSON)
 
 
-def table(q: Q23) -> list[tuple[dict, Path]]:
-    """Every run of the study as a row of ``kdlab results`` (its identity, its metrics file)."""
-    from kdlab.analysis.results import teacher_rows
-
-    rows = teacher_rows("q23", 2, q.teachers, METRICS)
-    for g in groups(q):
-        for seed in g.seeds:
-            name = student_name(g, seed)
-            question = 3 if g.init in ("pruned", "shape") or g.arm in q.selective else 2
-            rows.append(({"question": question, "run": f"q23/{name}", "group": g.name,
-                          "method": q.arms[g.arm].method, "seed": seed, "init": g.init, "arch": q.student.arch,
-                          "teacher": q.teacher, "width": q.student.width}, LAYOUT.student_files(name)[1]))
-    return rows
+def question(q: Q23, rec: dict) -> int:
+    """The question a run of the study answers (its spec: :func:`kdlab.pipeline.spec.record`): 3 for what
+    starts from a pruned teacher (or its shape) or selects the teacher's features, 2 for the rest (teachers
+    included)."""
+    return 3 if rec["init"] in ("pruned", "shape") or rec["tags"].get("q23_arm") in q.selective else 2
 
 
 #: the stages the study has besides ``train`` (``kdlab cache --study studies/q23/params.yaml``)

@@ -19,7 +19,6 @@ metrics/q23/analysis.json (every number) and metrics/q23/headline.json (the stud
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -41,7 +40,8 @@ from kdlab.analysis.study_report import (
     said,
     short,
 )
-from kdlab.analysis.q23_design import LAYOUT, Q23, Group, report_inputs
+from kdlab.analysis.q23_design import LAYOUT, METRICS, Q23, REBUILD, Group
+from kdlab.analysis.results import complete, frame
 from kdlab.infra import io
 from kdlab.infra.schema import flatten_dict
 from kdlab.pipeline.cuts import cut_name
@@ -64,15 +64,17 @@ QUESTIONS = {
 
 # ---------------------------------------------------------------- the runs
 
-def load_runs(q: Q23, inputs: dict) -> pd.DataFrame:
-    """One row per trained student (``inputs["runs"]``: name, group, arm, init, epochs, cut, seed) with its metrics
-    and whether it collapsed (``q23.collapse``, against its group's median final validation accuracy)."""
-    rows = []
-    for r in inputs["runs"]:
-        m = io.load_json(Path(inputs["metrics"]) / "students" / f"{r['name']}.json", inputs["rebuild"])
-        rows.append({**r, "test_acc": m["test_acc"], "val_acc": m["val_acc"], "val_last": m["val_acc_last"],
-                     "params": m["params"], "wall_seconds": m.get("wall_seconds", 0.0)})
-    df = pd.DataFrame(rows)
+def load_runs(q: Q23, runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per trained student of the study, from its rows in ``kdlab results``' table (``runs``:
+    :func:`kdlab.analysis.results.frame` of this study alone): its name, group (the cell: ``arm`` there), arm
+    (``q23_arm``), init, epochs, seed and metrics, and whether it collapsed (``q23.collapse``, against its group's
+    median final validation accuracy)."""
+    s = complete(runs, "the report")
+    s = s[s.method != "teacher"]
+    df = pd.DataFrame({"name": s.run.str.split("/", n=1).str[1], "group": s.arm, "arm": s.q23_arm, "init": s.init,
+                       "epochs": s.epochs, "seed": s.seed, "test_acc": s.test_acc, "val_acc": s.val_acc,
+                       "val_last": s.val_acc_last, "params": s.params, "wall_seconds": s.wall_seconds}
+                      ).reset_index(drop=True)
     median = df.groupby("group").val_last.transform("median")
     df["collapsed"] = (100 * df.val_last < q.collapse.floor) | (100 * (median - df.val_last) > q.collapse.below_median)
     return df
@@ -339,18 +341,17 @@ def pictures(q: Q23, a: dict) -> dict:
 
 def report(p: Params, q: Q23) -> dict:
     """The study's report stage (``kdlab report --study studies/q23/params.yaml``)."""
-    return run_q23_report(p, q, report_inputs(q))
+    return run_q23_report(p, q, frame(p, only=("q23", q)))
 
 
-def run_q23_report(p: Params, q: Q23, inputs: dict) -> dict:
-    """``inputs`` (:func:`kdlab.analysis.q23_design.report_inputs`): every student run, the study's metrics folder and the command
-    that rebuilds a missing file."""
-    df = load_runs(q, inputs)
-    metrics, rebuild = Path(inputs["metrics"]), inputs["rebuild"]
-    teachers = {n: io.load_json(metrics / "teachers" / f"{n}.json", rebuild) for n in q.teachers}
-    a = analyse(q, df, io.load_json(metrics / "cache.json", rebuild), teachers,
-                io.load_json(metrics / "prune.json", rebuild), io.load_json(metrics / "cka.json", rebuild))
+def run_q23_report(p: Params, q: Q23, runs: pd.DataFrame) -> dict:
+    """``runs``: the study's rows of ``kdlab results``' table (:func:`kdlab.analysis.results.frame`); the
+    study's other files are read from its metrics folder."""
+    df = load_runs(q, runs)
+    teachers = {t.run: {"wall_seconds": t.wall_seconds} for t in runs[runs.method == "teacher"].itertuples()}
+    a = analyse(q, df, io.load_json(METRICS / "cache.json", REBUILD), teachers,
+                io.load_json(METRICS / "prune.json", REBUILD), io.load_json(METRICS / "cka.json", REBUILD))
     study = flatten_dict(dataclasses.asdict(q), "q23.")  # as the study's training runs log it: the same MLflow study
     publish(p, study, "q23", "questions 2 and 3", REPORT_DIR, pictures(q, a), render(p, q, a), findings(p, q, a),
-            brief_findings(p, q, a), a, headline(q, a), metrics)
+            brief_findings(p, q, a), a, headline(q, a), METRICS)
     return a

@@ -12,6 +12,7 @@ import copy
 
 from kdlab.analysis import evaluate, stats
 from kdlab.analysis.present import report_html
+from kdlab.analysis.results import complete
 from kdlab.analysis.study_report import family, said, short
 from kdlab.infra import io, tracking
 from kdlab.infra.schema import flatten, flatten_dict
@@ -39,7 +40,7 @@ def paired_family(frame, summary: dict, effect: float) -> dict:
     ``effect``: the study's declared smallest effect of interest and equivalence margin, in points."""
     s = copy.deepcopy(summary)
     pairs = [tuple(k.split("_vs_")) for k in s["comparisons"]]
-    tested = family(stats.paired_pairs(frame, "group", "test_acc", pairs), effect / 100)
+    tested = family(stats.paired_pairs(frame, "arm", "test_acc", pairs), effect / 100)
     for (a, b), c in zip(pairs, s["comparisons"].values()):
         c["test_acc"] = tested[f"{a}_vs_{b}"]
     return s
@@ -112,10 +113,8 @@ def run_report(p: Params, metrics_files: dict | None = None, runs_frame=None):
     """Write the report, its pictures and the headline metrics, and log them to MLflow (the report as one
     HTML page with its pictures, which the UI shows); ``metrics_files`` ({run name: its metrics file}, from
     :func:`kdlab.analysis.results.metrics_files`): the study's runs, so that those DVC reused link into this study."""
-    missing = runs_frame.attrs.get("missing", []) if runs_frame is not None else []
-    if missing:  # every comparison is paired over the seeds of every arm: no report of a study with holes
-        raise io.StageError(f"{len(missing)} of the study's runs have no metrics file ({', '.join(missing[:3])}"
-                            f"{' ...' if len(missing) > 3 else ''}); `dvc repro` makes them, then the report")
+    if runs_frame is not None:  # every comparison is paired over the seeds of every arm: no report with holes
+        complete(runs_frame, "the report")
     runs = io.load_json(RUNS_JSON, "dvc repro evaluate")
     curves = load_curves(runs)
     summary = paired_family(runs_frame, io.load_json(SUMMARY_JSON, "dvc repro evaluate"), p.study.effect)

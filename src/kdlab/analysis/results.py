@@ -4,9 +4,10 @@ One row per trained model: the default study's teacher and students (``metrics/s
 metrics ``kdlab evaluate`` wrote to ``metrics/runs.json``). ``kdlab results`` adds the named
 studies whose params files are there (``studies/q1``: question 1 in depth; ``studies/q23``: questions 2 and 3 with
 controls): their teachers and students, ``run`` prefixed with the study's folder (``q1/kd.main-w0.5-e15-s0``).
-The runs are the current params' (not whatever lies in those directories), and each row names its study (the key
-of its MLflow parent run), question, group, training method, seed, the params that set it apart and every
-number its stage measured. In a notebook::
+The runs are the current params' (not whatever lies in those directories); each row's identity is read off the
+spec its metrics file carries (:func:`kdlab.pipeline.spec.record`): its study (the key of its MLflow parent run),
+question, arm, training method, seed, initialisation, architecture, width and teacher, then the params that set
+the study apart and every number its stage measured. In a notebook::
 
     import pandas as pd
     df = pd.read_csv("reports/results.csv")
@@ -14,12 +15,15 @@ number its stage measured. In a notebook::
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 from kdlab.infra import io, tracking
 from kdlab.infra.schema import flatten
 from kdlab.pipeline.params import Params
-from kdlab.pipeline.workspace import METRICS, REPORTS, RUNS_JSON, run_files
+from kdlab.pipeline.spec import RunSpec
+from kdlab.pipeline.workspace import REPORTS, RUNS_JSON
 
 RESULTS_CSV = REPORTS / "results.csv"
 #: the study's params every row carries (the rest are in MLflow and params.yaml)
@@ -29,70 +33,95 @@ STUDY_PARAMS = ("data.name", "teacher.arch", "student.arch", "student.width", "s
 #: width and teacher; data, loss and cache views are the default study's in every study)
 OWN_PARAMS = ("teacher.arch", "student.arch", "student.width", "student.epochs")
 #: identity columns first, in this order; then the study's params, then the measured numbers (sorted)
-ID_COLUMNS = ("study", "question", "run", "group", "method", "seed", "init", "arch",
+ID_COLUMNS = ("study", "question", "run", "arm", "method", "seed", "init", "arch",
               "teacher", "width")
 
 
-def _q1(p: Params) -> list[tuple[dict, Path]]:
-    from kdlab.analysis.evaluate import methods
+def runs(p: Params, named: bool = False, only: tuple[str, object] | None = None
+         ) -> list[tuple[str | None, dict, Callable[[dict], int], RunSpec]]:
+    """(study folder, None for the default study; the study's own params, which its MLflow key hashes with
+    params.yaml's; the question a run's spec answers; the spec) of every training run of the default study
+    (``named``: and of every named study; ``only``: (a named study's folder, its loaded params): of that study
+    alone), as the current params define them."""
+    from kdlab.analysis import studies  # here, as each stage imports only the study code it reads
 
-    rows = [({"question": 1, "run": "teacher", "group": "teacher", "method": "teacher", "seed": p.teacher.seed,
-              "arch": p.teacher.arch}, METRICS / "teacher.json")]
-    for v in methods(p):
-        for s in p.study.seeds:
-            rows.append(({"question": 1, "run": f"{v}-{s}", "group": v, "method": v, "seed": s,
-                          "arch": p.student.arch}, run_files(v, s)[1]))
-    return rows
+    if only is not None:
+        chosen, out = [(only[0], studies.named(only[0]), only[1])], []
+    else:
+        from kdlab.pipeline import stages
 
-
-def teacher_rows(study: str, question: int, teachers: dict, metrics: Path) -> list[tuple[dict, Path]]:
-    """A named study's teachers as rows of the table (a design's :func:`table` starts with them)."""
-    return [({"question": question, "run": f"{study}/teacher.{name}", "group": "teacher",
-              "method": "teacher", "seed": t.seed, "arch": t.arch, "width": t.width},
-             metrics / "teachers" / f"{name}.json") for name, t in teachers.items()]
-
-
-def _not_default(rows: list[tuple[dict, Path]]) -> list[tuple[dict, Path]]:
-    """``rows`` of a named study, the default study's own params blanked (:data:`OWN_PARAMS`)."""
-    return [({**dict.fromkeys(OWN_PARAMS), **ident}, path) for ident, path in rows]
+        chosen = [(path.parent.name, studies.design(path), studies.design(path).load(path))
+                  for path in (studies.found() if named else [])]
+        out = [(None, {}, lambda rec: 1, make()) for make in stages.runs(p).values()]
+    for folder, design, q in chosen:
+        own, question = design.study_params(q), partial(design.question, q)
+        out += [(folder, own, question, make()) for make in design.runs(p, q).values()]
+    return out
 
 
-def _named(p: Params) -> list[tuple[dict, Path]]:
-    """The named studies' runs, where their params files are: (identity with the study's key, metrics file)."""
-    from kdlab.analysis import studies
+def identity(study: str | None, rec: dict, question: int) -> dict:
+    """A run's identity columns, read off the spec its metrics file carries (``rec``,
+    :func:`kdlab.pipeline.spec.record`): ``run`` (a named study's prefixed with its folder: ``q1/kd.main-w0.5-e30-s0``;
+    a named study's teacher ``q1/teacher.main``), its ``arm`` (the cell of the study: a teacher's is ``teacher``),
+    ``method`` (``teacher`` for a teacher), seed, initialisation, architecture and width, and ``teacher``: the model
+    file of the teacher whose logits or features the method reads (empty for labels-only methods); then the run's
+    other tags (a study's own: ``q1_teacher``, ``q23_arm``, ``cut``)."""
+    from kdlab import distill
 
-    flat, rows = flatten(p), []
-    for path in studies.found():
-        design = studies.design(path)
-        q = design.load(path)
-        key = tracking.study_key({**flat, **design.study_params(q)})
-        rows += [({"study": key, **ident}, file) for ident, file in design.table(q)]
-    return _not_default(rows)
+    is_teacher = rec["role"] == "teacher"
+    name = f"teacher.{rec['tags'][f'{study}_teacher']}" if is_teacher and study else rec["name"]
+    cls = None if is_teacher else distill.method_class(rec["method"])
+    reads = cls is not None and (cls.uses_teacher_logits or cls.uses_teacher_model)
+    ident = {"question": question, "run": f"{study}/{name}" if study else name,
+             "arm": "teacher" if is_teacher else rec["tags"].get("arm", rec["method"]),
+             "method": "teacher" if is_teacher else rec["method"], "seed": rec["seed"], "init": rec["init"],
+             "arch": rec["arch"], "width": rec["width"], "teacher": rec["teacher"] if reads else None}
+    return {**ident, **{k: v for k, v in rec["tags"].items() if k not in ident}}
+
+
+def complete(df, what: str):
+    """``df`` (:func:`frame`), refused in one line if a run of it has no metrics file: ``what`` (a report) compares
+    every arm over every seed, so it is not made from a study with holes."""
+    missing = df.attrs.get("missing", [])
+    if missing:
+        raise io.StageError(f"{len(missing)} of the study's runs have no metrics file ({', '.join(missing[:3])}"
+                            f"{' ...' if len(missing) > 3 else ''}); `dvc repro` makes them, then {what}")
+    return df
 
 
 def metrics_files(p: Params) -> dict[str, Path]:
     """{run name: its metrics file} for every run of the default study."""
-    return {ident["run"]: path for ident, path in _q1(p)}
+    return {spec.name: spec.files[1] for *_, spec in runs(p)}
 
 
-def frame(p: Params, named: bool = False):
+def frame(p: Params, named: bool = False, only: tuple[str, object] | None = None):
     """The tidy DataFrame of every run of the study whose metrics file exists (``missing``: the others'
-    files, in ``df.attrs``); ``named``: the named studies' runs too."""
+    files, in ``df.attrs``); ``named``: the named studies' runs too; ``only``: (a named study's folder, its loaded
+    params): that study's runs alone (its report's table)."""
     import pandas as pd
 
     flat = flatten(p)
     study = {"study": tracking.study_key(flat), **{k: flat[k] for k in STUDY_PARAMS}}
-    tested = io.load_json(RUNS_JSON, "dvc repro evaluate") if RUNS_JSON.exists() else {}
+    tested = io.load_json(RUNS_JSON, "dvc repro evaluate") if RUNS_JSON.exists() and not only else {}
     records, missing = [], []
-    for ident, path in _q1(p) + (_named(p) if named else []):
+    for folder, own_params, question, spec in runs(p, named, only):
+        path = spec.files[1]
         if not path.exists():
             missing.append(str(path))
             continue
         measured = dict(io.load_json(path, "dvc repro"))
-        if ident["question"] == 1:  # evaluate's test metrics: agreement, KL, ECE, FLOPs, images/s
+        if "spec" not in measured:
+            raise io.StageError(f"{path} carries no spec (a run's metrics file says which run it measures since "
+                                f"issue 27); python scripts/spec_outputs.py adds it to files written before")
+        rec = measured.pop("spec")
+        ident = identity(folder, rec, question(rec))
+        if folder is None:  # evaluate's test metrics: agreement, KL, ECE, FLOPs, images/s
             measured.update({k: v for k, v in tested.get(ident["run"], {}).items()
                              if isinstance(v, (int, float)) and k != "seed"})
-        records.append({**study, **ident, **{k: v for k, v in measured.items() if isinstance(v, (int, float))}})
+            own = study
+        else:  # a named study's rows: its key, the default study's own model and budget left empty
+            own = {**study, "study": tracking.study_key({**flat, **own_params}), **dict.fromkeys(OWN_PARAMS)}
+        records.append({**own, **ident, **{k: v for k, v in measured.items() if isinstance(v, (int, float))}})
     df = pd.DataFrame.from_records(records)
     if len(df):
         ids = [c for c in ID_COLUMNS if c in df.columns]
@@ -121,12 +150,12 @@ def study_of(df):
 
 
 def summary_table(df) -> str:
-    """The terminal's view of the runs: per study and group, the runs and their test accuracy (%, mean and SD)."""
+    """The terminal's view of the runs: per study and arm, the runs and their test accuracy (%, mean and SD)."""
     if not len(df):
         return "no runs yet"
     # each teacher is its own row (a study's teachers differ on purpose); students group over seeds
-    group = df.group.where(df.method != "teacher", df.run.str.split("/").str[-1])
-    rows = (in_percent(df).assign(study=study_of(df), group=group).groupby(["study", "group"], sort=False)["test_acc"]
+    arm = df.arm.where(df.method != "teacher", df.run.str.split("/").str[-1])
+    rows = (in_percent(df).assign(study=study_of(df), arm=arm).groupby(["study", "arm"], sort=False)["test_acc"]
             .agg(**{"runs": "count", "test acc (%)": "mean", "SD (points)": "std"}).round(2).reset_index())
     return rows.to_string(index=False, na_rep="-")
 

@@ -37,7 +37,12 @@ def design(path: str | Path) -> ModuleType:
     if len(sections) != 1 or not importlib.util.find_spec(f"kdlab.analysis.{sections[0]}_design"):
         raise ParamsError(str(path), f"a named study's params file holds one section, the study's name (one of "
                           f"{known}); found {sections}")
-    return importlib.import_module(f"kdlab.analysis.{sections[0]}_design")
+    return named(sections[0])
+
+
+def named(name: str) -> ModuleType:
+    """The design module of the named study ``name`` (``q1``: :mod:`kdlab.analysis.q1_design`)."""
+    return importlib.import_module(f"kdlab.analysis.{name}_design")
 
 
 def report(path: str | Path) -> ModuleType:

@@ -96,44 +96,56 @@ def _done(curve: Path, record: dict) -> bool:
     return {k: have.get(k) for k in record} == record
 
 
+def _rebuild(study: PilotStudy, name: str) -> str:
+    return f"rm -r {SCRATCH / study.name / name} {run_dir(study.metrics, name)}  # then rerun the pilot"
+
+
+def recipe_runs(study: PilotStudy, name: str, r: Recipe, record: dict) -> list[RunSpec]:
+    """The runs of the pilot's recipe ``name``: its teacher, then the student of every arm and seed; each trains
+    with the recipe (``overrides``) and writes its curve file with ``record`` (plus its arm and seed)."""
+    pilot, study_name = study.pilot, study.name
+    sub = Subset(study.train_images, pilot.val_images, study.subset_seed)
+    out, scratch = run_dir(study.metrics, name), SCRATCH / study_name / name
+    rebuild = _rebuild(study, name)
+    teacher_file, cache_file = scratch / "teacher.pt", scratch / "cache.pt"
+    common = {"subset": sub, "test": False, "about": f"The {study_name} pilot's recipe `{name}`. ",
+              "extra": study.logged(), "overrides": r.overrides()}
+    specs = [RunSpec(f"{study_name}-pilot-{name}-teacher", "teacher",
+                     dataclasses.replace(study.teacher, epochs=pilot.epochs, lr=r.lr), study.teacher.seed,
+                     (teacher_file, out / "teacher.json"), all_views=True, curve=out / "teacher.curve.json",
+                     record={**record, "arm": "teacher", "seed": study.teacher.seed}, tags={"pilot_recipe": name},
+                     **common)]
+    s_model = dataclasses.replace(study.student, epochs=pilot.epochs, lr=r.lr)
+    for arm in pilot.arms:
+        for seed in pilot.seeds:
+            run, reads = f"{arm}-s{seed}", arm != "raw"
+            specs.append(RunSpec(f"{study_name}-pilot-{name}-{run}", "student", dataclasses.replace(s_model, seed=seed),
+                                 seed, (scratch / f"{run}.pt", out / f"{run}.json"), arm,
+                                 teacher=Source(teacher_file, rebuild) if reads else None,
+                                 cache=Source(cache_file, rebuild) if reads else None,
+                                 curve=out / f"{run}.curve.json", record={**record, "arm": arm, "seed": seed},
+                                 tags={"pilot_recipe": name, "method": arm}, **common))
+    return specs
+
+
 def run_pilot(p: Params, study: PilotStudy) -> None:
     """Train every run of the pilot that is not done yet (see the module's docstring)."""
     from kdlab.pipeline.cache import write_cache
     from kdlab.pipeline.train import train
     from kdlab.pipeline.workspace import context, model_from_checkpoint
 
-    pilot, study_name, train_images = study.pilot, study.name, study.train_images
-    teacher, student, metrics, extra = study.teacher, study.student, study.metrics, study.logged()
-    sub = Subset(train_images, pilot.val_images, study.subset_seed)
     code = io.code_digest()  # a run of other code is trained again, as a checkpoint of other code is not resumed
-    for name, r in pilot.recipes.items():
-        pr, out, scratch = recipe_params(p, r), run_dir(metrics, name), SCRATCH / study_name / name
-        record = {"recipe": dataclasses.asdict(r), "epochs": pilot.epochs,
-                  "steps": pilot.epochs * steps_per_epoch(train_images, r), "code": code}
-        rebuild = f"rm -r {scratch} {out}  # then rerun the pilot"
-        teacher_file, cache_file = scratch / "teacher.pt", scratch / "cache.pt"
-        t_model = dataclasses.replace(teacher, epochs=pilot.epochs, lr=r.lr)
-        t_record = {**record, "arm": "teacher", "seed": teacher.seed}
-        if not (_done(out / "teacher.curve.json", t_record) and cache_file.exists()):
-            train(pr, RunSpec(f"{study_name}-pilot-{name}-teacher", "teacher", t_model, teacher.seed,
-                              (teacher_file, out / "teacher.json"), subset=sub, all_views=True, test=False,
-                              curve=out / "teacher.curve.json", record=t_record,
-                              tags={"pilot_recipe": name}, about=f"The {study_name} pilot's recipe `{name}`. ",
-                              extra=extra))
-            ctx = context(pr, pr.cache.seed, sub)
-            write_cache(pr, ctx, model_from_checkpoint(io.load_torch(teacher_file, rebuild), ctx), teacher_file,
-                        cache_file, scratch / "cache.partial", sub)
-        s_model = dataclasses.replace(student, epochs=pilot.epochs, lr=r.lr)
-        for arm in pilot.arms:
-            for seed in pilot.seeds:
-                run, s_record = f"{arm}-s{seed}", {**record, "arm": arm, "seed": seed}
-                if _done(out / f"{run}.curve.json", s_record):
-                    continue
-                reads = arm != "raw"
-                train(pr, RunSpec(f"{study_name}-pilot-{name}-{run}", "student", dataclasses.replace(s_model, seed=seed),
-                                  seed, (scratch / f"{run}.pt", out / f"{run}.json"), arm,
-                                  teacher=Source(teacher_file, rebuild) if reads else None,
-                                  cache=Source(cache_file, rebuild) if reads else None, subset=sub, test=False,
-                                  curve=out / f"{run}.curve.json", record=s_record,
-                                  tags={"pilot_recipe": name, "method": arm},
-                                  about=f"The {study_name} pilot's recipe `{name}`. ", extra=extra))
+    for name, r in study.pilot.recipes.items():
+        record = {"recipe": dataclasses.asdict(r), "epochs": study.pilot.epochs,
+                  "steps": study.pilot.epochs * steps_per_epoch(study.train_images, r), "code": code}
+        teacher, *students = recipe_runs(study, name, r, record)
+        teacher_file, scratch = teacher.files[0], SCRATCH / study.name / name
+        if not (_done(teacher.curve, teacher.record) and (scratch / "cache.pt").exists()):
+            train(p, teacher)
+            pr = recipe_params(p, r)
+            ctx = context(pr, pr.cache.seed, teacher.subset)
+            write_cache(pr, ctx, model_from_checkpoint(io.load_torch(teacher_file, _rebuild(study, name)), ctx),
+                        teacher_file, scratch / "cache.pt", scratch / "cache.partial", teacher.subset)
+        for s in students:
+            if not _done(s.curve, s.record):
+                train(p, s)

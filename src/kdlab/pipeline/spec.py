@@ -3,6 +3,7 @@ or student of any study (architecture, schedule, seed, initialisation and its so
 teacher's model and/or logit cache, the data subset, snapshots and outputs). Plain data, no torch."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -83,3 +84,29 @@ class RunSpec:
     #: what the run sets of the params, ``{section: {field: value}}`` (a study's recipe: ``train.batch_size``,
     #: ``cache.views``, ...): the run trains, reads its cache, logs and resumes with those values
     overrides: dict = field(default_factory=dict)
+
+
+def _path(source: Source | Path | None) -> str | None:
+    if source is None:
+        return None
+    return Path(getattr(source, "path", source)).as_posix()
+
+
+def record(spec: RunSpec) -> dict:
+    """The run ``spec`` as plain data, as its metrics file carries it (key ``spec``): what was trained (role,
+    architecture, width, epochs, lr, seed), how (method and its options, initialisation and its source, the
+    teacher's model file and logit cache, the data subset, the study's recipe: ``overrides``), its tags (the
+    study's arm) and its model file. Together with the measured numbers beside it, the file alone says which run
+    it is: ``kdlab results`` builds its table from these. Left out: what only the process needs (MLflow text,
+    the curve's record, snapshot folder) and the study's params (``extra``: the MLflow run has them)."""
+    m = spec.model
+    return {
+        "name": spec.name, "role": spec.role, "model_file": _path(spec.files[0]),
+        "arch": m.arch, "width": m.width, "epochs": m.epochs, "lr": m.lr, "seed": spec.seed,
+        "method": spec.method, "options": dict(spec.options),
+        "init": spec.init, "blocks": spec.blocks if spec.init == "carved" else None, "pruned": _path(spec.pruned),
+        "teacher": _path(spec.teacher), "cache": _path(spec.cache),
+        "subset": None if spec.subset is None else dataclasses.asdict(spec.subset),
+        "all_views": spec.all_views, "snapshots": list(spec.snapshots), "test": spec.test,
+        "overrides": spec.overrides, "tags": spec.tags,
+    }

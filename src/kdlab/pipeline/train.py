@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import time
+from pathlib import Path
 
 import torch
 
@@ -28,7 +29,7 @@ from kdlab.core.train import accuracy, fit, predict
 from kdlab.infra import distributed, io, tracking
 from kdlab.infra.schema import flatten
 from kdlab.pipeline.params import Params, with_overrides
-from kdlab.pipeline.spec import INITS, RunSpec
+from kdlab.pipeline.spec import INITS, RunSpec, record as spec_record
 from kdlab.pipeline.workspace import (
     CHECKPOINTS,
     Context,
@@ -208,7 +209,7 @@ def _fit_and_write(p: Params, spec: RunSpec, ctx: Context, method, model, batche
             metrics["compile_seconds"] = res.first_step_seconds
         io.save_torch(_model_file(record_arch, ctx, res.best_state, spec.seed, history=res.history, metrics=metrics,
                                   data_sha256=ctx.meta["sha256"], **spec.tags), model_path)
-        io.save_json(metrics, metrics_path)
+        io.save_json({**metrics, "spec": spec_record(spec)}, metrics_path)  # the numbers and the run they measure
         if spec.curve is not None:  # the validation curve (where it plateaus) and, if asked, the test predictions
             out = {**spec.record, "val_curve": [row["val_acc"] for row in res.history]}
             if spec.predictions and spec.test:
@@ -221,7 +222,7 @@ def _fit_and_write(p: Params, spec: RunSpec, ctx: Context, method, model, batche
         logged.log({("best_val_acc" if k == "val_acc" else k): v for k, v in metrics.items() if k not in metadata})
         logged.set_tags({"best_epoch": res.best_epoch, "model_params": metrics["params"],
                          "kdlab.metrics_sha256": io.sha256(metrics_path)})
-        logged.log_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", "metrics.json")
+        logged.log_text(Path(metrics_path).read_text(), "metrics.json")
         if spec.log_model and arch is None:
             _log_model(p, ctx, spec, res.best_state, logged)
     # only once the run is logged and closed: a tracking failure above leaves the checkpoint, and a rerun
