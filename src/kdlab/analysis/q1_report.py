@@ -59,7 +59,6 @@ from kdlab.pipeline.params import Params, with_overrides
 REPORT_DIR = LAYOUT.reports
 REPORT_MD = REPORT_DIR / "report.md"
 FINDINGS_MD = REPORT_DIR / "findings.md"
-ANALYSIS_JSON = METRICS / "analysis.json"
 HEADLINE_JSON = METRICS / "headline.json"
 PILOT_JSON = METRICS / "pilot.json"
 #: what each family asks, in the report's and the README's words

@@ -22,11 +22,6 @@ def interval(values) -> dict:
     return s
 
 
-def paired_on(df, by: str, a: str, b: str, value: str = "test_acc") -> dict:
-    """Group ``a`` minus group ``b`` of column ``by`` in ``value``, paired on the seed."""
-    return stats.paired_pairs(df, by, value, [(a, b)])[f"{a}_vs_{b}"]
-
-
 def holm_gain(c: dict) -> dict:
     """A comparison of a :func:`family` as the headline metrics hold it (gain, ci, its Holm p)."""
     return headline_gain(c, c.get("p_holm"))

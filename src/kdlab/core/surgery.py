@@ -38,10 +38,6 @@ def _changes_shape(block: nn.Module) -> bool:
     return projection is not None and len(list(projection.parameters())) > 0
 
 
-def block_counts(model: nn.Module) -> list[int]:
-    return [len(model.get_submodule(n)) for n in layers(model)]
-
-
 def reinit(model: nn.Module) -> nn.Module:
     """The same architecture, freshly initialised from torch's (seeded) generator, as the model registry
     initialises it: the control for a teacher-initialised student."""
