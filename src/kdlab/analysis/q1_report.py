@@ -102,8 +102,7 @@ def load_runs(q: Q1, runs: pd.DataFrame) -> pd.DataFrame:
 def load_teachers(q: Q1, runs: pd.DataFrame) -> dict[str, dict]:
     """Per cached teacher: its run (architecture, width, training images, epochs), accuracies and wrong fractions
     (q1_cache), validation curve, test predictions and wall time (its row in ``runs``)."""
-    wall = {r.run.split("/", 1)[1].removeprefix("teacher."): r.wall_seconds
-            for r in runs[runs.method == "teacher"].itertuples()}
+    wall = {r.q1_teacher: r.wall_seconds for r in runs[runs.method == "teacher"].itertuples()}
     out = {}
     for name, run in q.cached.items():
         c = io.load_json(CACHE_METRICS / f"{name}.json", REBUILD)

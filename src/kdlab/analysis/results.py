@@ -50,8 +50,8 @@ def runs(p: Params, named: bool = False, only: tuple[str, object] | None = None
     else:
         from kdlab.pipeline import stages
 
-        chosen = [(path.parent.name, studies.design(path), studies.design(path).load(path))
-                  for path in (studies.found() if named else [])]
+        designs = {path: studies.design(path) for path in (studies.found() if named else [])}
+        chosen = [(path.parent.name, design, design.load(path)) for path, design in designs.items()]
         out = [(None, {}, lambda rec: 1, make()) for make in stages.runs(p).values()]
     for folder, design, q in chosen:
         own, question = design.study_params(q), partial(design.question, q)
@@ -103,7 +103,7 @@ def frame(p: Params, named: bool = False, only: tuple[str, object] | None = None
     flat = flatten(p)
     study = {"study": tracking.study_key(flat), **{k: flat[k] for k in STUDY_PARAMS}}
     tested = io.load_json(RUNS_JSON, "dvc repro evaluate") if RUNS_JSON.exists() and not only else {}
-    records, missing = [], []
+    records, missing, keys = [], [], {}
     for folder, own_params, question, spec in runs(p, named, only):
         path = spec.files[1]
         if not path.exists():
@@ -120,7 +120,9 @@ def frame(p: Params, named: bool = False, only: tuple[str, object] | None = None
                              if isinstance(v, (int, float)) and k != "seed"})
             own = study
         else:  # a named study's rows: its key, the default study's own model and budget left empty
-            own = {**study, "study": tracking.study_key({**flat, **own_params}), **dict.fromkeys(OWN_PARAMS)}
+            if folder not in keys:  # the study's MLflow key, hashed once per study
+                keys[folder] = tracking.study_key({**flat, **own_params})
+            own = {**study, "study": keys[folder], **dict.fromkeys(OWN_PARAMS)}
         records.append({**own, **ident, **{k: v for k, v in measured.items() if isinstance(v, (int, float))}})
     df = pd.DataFrame.from_records(records)
     if len(df):

@@ -46,4 +46,4 @@ def build(name: str, params, **overrides) -> "Method":
     """The method ``name``, given what it reads of ``params`` (a :class:`kdlab.pipeline.params.Params`): the ``loss``
     section, ``train.label_smoothing`` and its own ``methods.<name>`` options (``overrides`` replace some)."""
     cls = method_class(name)
-    return cls(params.loss, params.methods.get(cls.options_key(), {}), params.train.label_smoothing, **overrides)
+    return cls(params.loss, params.methods.get(cls.name, {}), params.train.label_smoothing, **overrides)

@@ -27,9 +27,9 @@ class Method(nn.Module):
 
     def __init__(self, loss, options: dict | None = None, label_smoothing: float = 0.0, **overrides):
         """``loss``: the ``loss`` params section (alpha, temperature); ``options``: this method's
-        ``methods.<options_name>`` mapping from params.yaml (``overrides`` replace some of its keys)."""
+        ``methods.<name>`` mapping from params.yaml (``overrides`` replace some of its keys)."""
         super().__init__()
-        self.opts = build(self.Options, {**(options or {}), **overrides}, f"methods.{self.options_name}")
+        self.opts = build(self.Options, {**(options or {}), **overrides}, f"methods.{self.name}")
         self.check(self.opts)
         self.loss = loss
         self.label_smoothing = label_smoothing
@@ -39,17 +39,8 @@ class Method(nn.Module):
     def check(self, opts) -> None:
         """Range checks on the options; raise :class:`ParamsError` naming ``methods.<name>.<key>``."""
 
-    @classmethod
-    def options_key(cls) -> str:
-        """The key under ``methods`` in params.yaml that holds this method's options."""
-        return cls.name
-
-    @property
-    def options_name(self) -> str:
-        return self.options_key()
-
     def fail(self, key: str, message: str) -> ParamsError:
-        return ParamsError(f"methods.{self.options_name}.{key}", message)
+        return ParamsError(f"methods.{self.name}.{key}", message)
 
     @property
     def teacher(self) -> nn.Module:

@@ -28,8 +28,8 @@ def check_methods(p: Params, raw_methods: dict | None = None, source: str = "par
     methods = {name: distill.build(name, p) for name in distill.names()}
     if raw_methods is not None:
         for m in methods.values():
-            given = raw_methods.get(m.options_name) or {}
-            unset = [f"methods.{m.options_name}.{f.name}" for f in dataclasses.fields(m.Options) if f.name not in given]
+            given = raw_methods.get(m.name) or {}
+            unset = [f"methods.{m.name}.{f.name}" for f in dataclasses.fields(m.Options) if f.name not in given]
             if unset:
                 raise ParamsError(source, f"does not set {', '.join(unset)}; every key must be set: add them, or "
                                   f"restore the shipped file with `git checkout -- {source}`")
@@ -44,7 +44,7 @@ def check_models(p: Params, methods: dict) -> None:
     with torch.device("meta"):  # shapes and parameter counts only: nothing is allocated
         teacher = build(p.teacher.arch, channels, classes, p.teacher.width)
         student = build(p.student.arch, channels, classes, p.student.width)
-        taps = {f"methods.{m.options_name}.layers": m.opts.layers
+        taps = {f"methods.{m.name}.layers": m.opts.layers
                 for m in methods.values() if hasattr(m.opts, "layers")}
         for key, paths in taps.items():
             for role, model in (("teacher", teacher), ("student", student)):

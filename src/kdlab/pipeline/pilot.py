@@ -139,7 +139,8 @@ def run_pilot(p: Params, study: PilotStudy) -> None:
         record = {"recipe": dataclasses.asdict(r), "epochs": study.pilot.epochs,
                   "steps": study.pilot.epochs * steps_per_epoch(study.train_images, r), "code": code}
         teacher, *students = recipe_runs(study, name, r, record)
-        teacher_file, scratch = teacher.files[0], SCRATCH / study.name / name
+        teacher_file = teacher.files[0]
+        scratch = teacher_file.parent
         if not (_done(teacher.curve, teacher.record) and (scratch / "cache.pt").exists()):
             train(p, teacher)
             pr = recipe_params(p, r)
